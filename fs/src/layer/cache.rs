@@ -1,0 +1,70 @@
+//! The cache directory shared by every mount and process: persisted layer indexes and
+//! decompressed layer blobs. Everything is written to a temporary file in the destination
+//! directory and renamed into place, so a reader never sees a partial file.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{IoContext, Result};
+
+/// Bumped whenever the index encoding or its meaning changes; old indexes are then ignored.
+pub const INDEX_FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    pub fn new(root: impl Into<PathBuf>) -> Cache {
+        Cache { root: root.into() }
+    }
+
+    /// `$STRATA_CACHE`, else `/var/cache/strata` for root, else `$XDG_CACHE_HOME/strata`
+    /// (`~/.cache/strata`).
+    pub fn from_env() -> Cache {
+        if let Some(dir) = std::env::var_os("STRATA_CACHE").filter(|v| !v.is_empty()) {
+            return Cache::new(dir);
+        }
+        if nix::unistd::geteuid().is_root() {
+            return Cache::new("/var/cache/strata");
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        Cache::new(base.join("strata"))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the index of the layer with this key lives.
+    pub fn index_path(&self, key: &str) -> PathBuf {
+        self.root.join(format!("index/v{INDEX_FORMAT_VERSION}")).join(key_file_name(key))
+    }
+
+    /// Where the decompressed tar of a compressed layer lives, named by its diff_id.
+    pub fn blob_path(&self, diff_id: &str) -> PathBuf {
+        self.root.join("blobs").join(key_file_name(diff_id))
+    }
+
+    /// Writes `dest` through a temporary file in its directory and renames it into place.
+    pub fn write_atomic<T>(&self, dest: &Path, write: impl FnOnce(&mut File) -> io::Result<T>) -> Result<T> {
+        let dir = dest.parent().expect("cache paths have a parent");
+        fs::create_dir_all(dir).at(dir)?;
+        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).at(dir)?;
+        let value = write(tmp.as_file_mut()).at(tmp.path())?;
+        tmp.as_file().sync_data().at(tmp.path())?;
+        tmp.persist(dest).map_err(|e| e.error).at(dest)?;
+        Ok(value)
+    }
+}
+
+/// `sha256:abc` becomes `sha256-abc`: one file name, no separators.
+fn key_file_name(key: &str) -> String {
+    key.replace([':', '/'], "-")
+}

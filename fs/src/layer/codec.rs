@@ -1,0 +1,251 @@
+//! The on-disk encoding of a layer index: a small header (magic, format version, payload length,
+//! sha256 of the payload) and a little-endian payload. Decoding validates everything, so a
+//! truncated, corrupt or foreign file is reported (and rebuilt by the caller), never trusted.
+
+use sha2::{Digest, Sha256};
+
+use super::blob::Compression;
+use super::cache::INDEX_FORMAT_VERSION;
+use super::index::{Entry, Kind, LayerIndex, Timestamp};
+use super::LayerInfo;
+
+const MAGIC: &[u8; 8] = b"STRATAIX";
+const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+
+/// Why a persisted index was not usable.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeProblem {
+    NotAnIndex,
+    OtherVersion(u32),
+    Truncated,
+    ChecksumMismatch,
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for DecodeProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeProblem::NotAnIndex => f.write_str("not a strata index"),
+            DecodeProblem::OtherVersion(v) => write!(f, "index format version {v}, expected {INDEX_FORMAT_VERSION}"),
+            DecodeProblem::Truncated => f.write_str("truncated"),
+            DecodeProblem::ChecksumMismatch => f.write_str("checksum mismatch"),
+            DecodeProblem::Malformed(what) => write!(f, "malformed {what}"),
+        }
+    }
+}
+
+pub fn encode(info: &LayerInfo, index: &LayerIndex) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(64 + index.entries.len() * 96));
+    w.str(&info.stored_digest);
+    w.str(&info.diff_id);
+    w.u8(info.compression as u8);
+    w.u64(info.stored_size);
+    w.u64(info.uncompressed_size);
+    w.u64(index.entries.len() as u64);
+    for e in &index.entries {
+        w.bytes(&e.path);
+        w.u8(e.kind as u8);
+        w.u32(e.mode);
+        w.u32(e.uid);
+        w.u32(e.gid);
+        w.u64(e.mtime.sec as u64);
+        w.u32(e.mtime.nsec);
+        w.u64(e.size);
+        w.u64(e.data_offset);
+        w.u32(e.rdev_major);
+        w.u32(e.rdev_minor);
+        w.bytes(&e.link_target);
+        w.u32(e.link_id);
+        w.u32(e.xattrs.len() as u32);
+        for (name, value) in &e.xattrs {
+            w.bytes(name);
+            w.bytes(value);
+        }
+    }
+    for list in [&index.whiteouts, &index.opaque_dirs] {
+        w.u64(list.len() as u64);
+        for path in list {
+            w.bytes(path);
+        }
+    }
+    let payload = w.0;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&payload);
+    out
+}
+
+pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
+    if data.len() < HEADER_LEN {
+        return Err(if data.starts_with(MAGIC) || MAGIC.starts_with(data) { DecodeProblem::Truncated } else { DecodeProblem::NotAnIndex });
+    }
+    if &data[..8] != MAGIC {
+        return Err(DecodeProblem::NotAnIndex);
+    }
+    let version = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+    if version != INDEX_FORMAT_VERSION {
+        return Err(DecodeProblem::OtherVersion(version));
+    }
+    let len = u64::from_le_bytes(data[12..20].try_into().expect("8 bytes"));
+    let payload = &data[HEADER_LEN..];
+    if (payload.len() as u64) < len {
+        return Err(DecodeProblem::Truncated);
+    }
+    if payload.len() as u64 != len {
+        return Err(DecodeProblem::Malformed("length"));
+    }
+    if Sha256::digest(payload).as_slice() != &data[20..52] {
+        return Err(DecodeProblem::ChecksumMismatch);
+    }
+    let mut r = Reader(payload);
+    let info = LayerInfo {
+        stored_digest: r.string()?,
+        diff_id: r.string()?,
+        compression: Compression::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("compression"))?,
+        stored_size: r.u64()?,
+        uncompressed_size: r.u64()?,
+    };
+    let count = r.count()?;
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let path = r.bytes()?;
+        let kind = Kind::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("entry kind"))?;
+        let mut e = Entry::new(&path, kind);
+        e.mode = r.u32()?;
+        e.uid = r.u32()?;
+        e.gid = r.u32()?;
+        e.mtime = Timestamp { sec: r.u64()? as i64, nsec: r.u32()? };
+        e.size = r.u64()?;
+        e.data_offset = r.u64()?;
+        e.rdev_major = r.u32()?;
+        e.rdev_minor = r.u32()?;
+        e.link_target = r.bytes()?;
+        e.link_id = r.u32()?;
+        let xattrs = r.u32()? as usize;
+        for _ in 0..xattrs {
+            e.xattrs.push((r.bytes()?, r.bytes()?));
+        }
+        entries.push(e);
+    }
+    let whiteouts = r.path_list()?;
+    let opaque_dirs = r.path_list()?;
+    if !r.0.is_empty() {
+        return Err(DecodeProblem::Malformed("trailing bytes"));
+    }
+    Ok((info, LayerIndex { entries, whiteouts, opaque_dirs }))
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+    fn str(&mut self, s: &str) {
+        self.bytes(s.as_bytes());
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeProblem> {
+        if self.0.len() < n {
+            return Err(DecodeProblem::Malformed("payload"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeProblem> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeProblem> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeProblem> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    /// A element count, bounded by the bytes left so a corrupt count cannot allocate wildly.
+    fn count(&mut self) -> Result<usize, DecodeProblem> {
+        let n = self.u64()?;
+        if n > self.0.len() as u64 {
+            return Err(DecodeProblem::Malformed("count"));
+        }
+        Ok(n as usize)
+    }
+    fn bytes(&mut self) -> Result<Box<[u8]>, DecodeProblem> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.into())
+    }
+    fn string(&mut self) -> Result<String, DecodeProblem> {
+        String::from_utf8(self.bytes()?.into_vec()).map_err(|_| DecodeProblem::Malformed("string"))
+    }
+    fn path_list(&mut self) -> Result<Vec<Box<[u8]>>, DecodeProblem> {
+        let n = self.count()?;
+        (0..n).map(|_| self.bytes()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (LayerInfo, LayerIndex) {
+        let mut e = Entry::new(b"etc/passwd", Kind::File);
+        e.mode = 0o644;
+        e.size = 42;
+        e.data_offset = 1536;
+        e.mtime = Timestamp { sec: 1_700_000_000, nsec: 123 };
+        e.xattrs.push((b"user.k"[..].into(), b"v"[..].into()));
+        let info = LayerInfo {
+            stored_digest: "sha256:aa".into(),
+            diff_id: "sha256:bb".into(),
+            compression: Compression::Gzip,
+            stored_size: 10,
+            uncompressed_size: 20,
+        };
+        let index = LayerIndex {
+            entries: vec![Entry::new(b"", Kind::Dir), e],
+            whiteouts: vec![b"gone"[..].into()],
+            opaque_dirs: vec![b"opq"[..].into()],
+        };
+        (info, index)
+    }
+
+    #[test]
+    fn round_trips() {
+        let (info, index) = sample();
+        let (info2, index2) = decode(&encode(&info, &index)).unwrap();
+        assert_eq!(info2, info);
+        assert_eq!(index2, index);
+    }
+
+    #[test]
+    fn rejects_truncation_corruption_and_foreign_files() {
+        let (info, index) = sample();
+        let data = encode(&info, &index);
+        assert_eq!(decode(&data[..data.len() - 1]), Err(DecodeProblem::Truncated));
+        assert_eq!(decode(&data[..10]), Err(DecodeProblem::Truncated));
+        let mut flipped = data.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert_eq!(decode(&flipped), Err(DecodeProblem::ChecksumMismatch));
+        assert_eq!(decode(b"#!/bin/sh\nexit 0\n........................................................"), Err(DecodeProblem::NotAnIndex));
+        let mut other = data;
+        other[8] = 99;
+        assert_eq!(decode(&other), Err(DecodeProblem::OtherVersion(99)));
+    }
+}

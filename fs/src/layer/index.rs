@@ -1,0 +1,230 @@
+//! The in-memory index of one layer: every entry's metadata and where its bytes live, plus the
+//! layer's whiteouts and opaque directories. Pure data and the rules for building it; parsing
+//! (tar, directories) lives in `tar_index`/`dir_index`, persistence in `codec`.
+
+use std::collections::HashMap;
+
+use crate::path;
+
+/// File type of an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Kind {
+    File = 0,
+    Dir = 1,
+    Symlink = 2,
+    CharDevice = 3,
+    BlockDevice = 4,
+    Fifo = 5,
+    Socket = 6,
+}
+
+impl Kind {
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            0 => Kind::File,
+            1 => Kind::Dir,
+            2 => Kind::Symlink,
+            3 => Kind::CharDevice,
+            4 => Kind::BlockDevice,
+            5 => Kind::Fifo,
+            6 => Kind::Socket,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+            Kind::CharDevice => "character device",
+            Kind::BlockDevice => "block device",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+        }
+    }
+}
+
+/// Seconds and nanoseconds since the epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timestamp {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// One path of a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Normalised path (see [`crate::path`]); empty for the layer's root directory.
+    pub path: Box<[u8]>,
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (mask 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Timestamp,
+    /// Data length of a file; target length of a symlink; 0 otherwise.
+    pub size: u64,
+    /// Where a file's bytes start in the layer's blob (tar layers only).
+    pub data_offset: u64,
+    pub rdev_major: u32,
+    pub rdev_minor: u32,
+    /// Target of a symlink.
+    pub link_target: Box<[u8]>,
+    /// Non-zero when this entry is one name of a hard-link set; equal within the set.
+    pub link_id: u32,
+    /// Extended attributes, sorted by name.
+    pub xattrs: Vec<(Box<[u8]>, Box<[u8]>)>,
+}
+
+impl Entry {
+    /// An entry with the given path and kind and every other field zero.
+    pub fn new(path: &[u8], kind: Kind) -> Entry {
+        Entry {
+            path: path.into(),
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: Timestamp::default(),
+            size: 0,
+            data_offset: 0,
+            rdev_major: 0,
+            rdev_minor: 0,
+            link_target: Box::default(),
+            link_id: 0,
+            xattrs: Vec::new(),
+        }
+    }
+}
+
+/// The whole index of one layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerIndex {
+    /// One entry per path, in the order the layer first named them.
+    pub entries: Vec<Entry>,
+    /// Paths this layer deletes from the layers below it.
+    pub whiteouts: Vec<Box<[u8]>>,
+    /// Directories whose lower-layer children this layer hides.
+    pub opaque_dirs: Vec<Box<[u8]>>,
+}
+
+/// Why the builder refused an entry.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BuildProblem {
+    HardLinkTargetMissing,
+    HardLinkToDirectory,
+}
+
+/// Builds a [`LayerIndex`] from entries in archive order, applying the in-layer rules:
+/// a later entry for a path replaces the earlier one (a non-directory over a directory drops the
+/// directory's earlier children too), and hard links resolve to earlier entries of the layer.
+#[derive(Default)]
+pub struct IndexBuilder {
+    slots: Vec<Option<Entry>>,
+    by_path: HashMap<Box<[u8]>, usize>,
+    whiteouts: Vec<Box<[u8]>>,
+    opaque_dirs: Vec<Box<[u8]>>,
+    next_link_id: u32,
+}
+
+impl IndexBuilder {
+    pub fn add(&mut self, entry: Entry) {
+        if let Some(&slot) = self.by_path.get(&entry.path) {
+            let old_is_dir = self.slots[slot].as_ref().is_some_and(|e| e.kind == Kind::Dir);
+            if old_is_dir && entry.kind != Kind::Dir {
+                self.drop_children_of(&entry.path);
+            }
+            self.slots[slot] = Some(entry);
+            return;
+        }
+        self.by_path.insert(entry.path.clone(), self.slots.len());
+        self.slots.push(Some(entry));
+    }
+
+    /// Adds `link` as another name of the earlier entry at `target`.
+    pub fn add_hard_link(&mut self, link: &[u8], target: &[u8]) -> Result<(), BuildProblem> {
+        let slot = *self.by_path.get(target).ok_or(BuildProblem::HardLinkTargetMissing)?;
+        let target_entry = self.slots[slot].as_mut().ok_or(BuildProblem::HardLinkTargetMissing)?;
+        if target_entry.kind == Kind::Dir {
+            return Err(BuildProblem::HardLinkToDirectory);
+        }
+        if link == target {
+            return Ok(());
+        }
+        if target_entry.link_id == 0 {
+            self.next_link_id += 1;
+            target_entry.link_id = self.next_link_id;
+        }
+        let mut entry = target_entry.clone();
+        entry.path = link.into();
+        self.add(entry);
+        Ok(())
+    }
+
+    pub fn add_whiteout(&mut self, path: &[u8]) {
+        self.whiteouts.push(path.into());
+    }
+
+    pub fn add_opaque_dir(&mut self, dir: &[u8]) {
+        self.opaque_dirs.push(dir.into());
+    }
+
+    fn drop_children_of(&mut self, dir: &[u8]) {
+        for slot in self.slots.iter_mut() {
+            if slot.as_ref().is_some_and(|e| e.path.len() > dir.len() && path::is_within(&e.path, dir)) {
+                let removed = slot.take().expect("checked above");
+                self.by_path.remove(&removed.path);
+            }
+        }
+    }
+
+    pub fn finish(self) -> LayerIndex {
+        let mut whiteouts = self.whiteouts;
+        whiteouts.sort();
+        whiteouts.dedup();
+        let mut opaque_dirs = self.opaque_dirs;
+        opaque_dirs.sort();
+        opaque_dirs.dedup();
+        LayerIndex { entries: self.slots.into_iter().flatten().collect(), whiteouts, opaque_dirs }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> Entry {
+        Entry::new(path.as_bytes(), Kind::File)
+    }
+
+    #[test]
+    fn later_entry_replaces_earlier_and_file_over_dir_drops_children() {
+        let mut b = IndexBuilder::default();
+        b.add(Entry::new(b"d", Kind::Dir));
+        b.add(file("d/x"));
+        b.add(file("keep"));
+        b.add(file("d"));
+        let idx = b.finish();
+        let paths: Vec<&[u8]> = idx.entries.iter().map(|e| &*e.path).collect();
+        assert_eq!(paths, vec![&b"d"[..], &b"keep"[..]]);
+        assert_eq!(idx.entries[0].kind, Kind::File);
+    }
+
+    #[test]
+    fn hard_links_share_a_link_id_and_need_an_earlier_target() {
+        let mut b = IndexBuilder::default();
+        let mut target = file("a");
+        target.size = 5;
+        b.add(target);
+        b.add_hard_link(b"b", b"a").unwrap();
+        assert_eq!(b.add_hard_link(b"c", b"missing"), Err(BuildProblem::HardLinkTargetMissing));
+        b.add(Entry::new(b"dir", Kind::Dir));
+        assert_eq!(b.add_hard_link(b"e", b"dir"), Err(BuildProblem::HardLinkToDirectory));
+        let idx = b.finish();
+        assert_eq!(idx.entries[0].link_id, idx.entries[1].link_id);
+        assert_ne!(idx.entries[0].link_id, 0);
+        assert_eq!(idx.entries[1].size, 5);
+    }
+}

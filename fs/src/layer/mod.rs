@@ -1,0 +1,295 @@
+//! One read-only layer: where it comes from ([`LayerSource`]), its index ([`index::LayerIndex`],
+//! built by [`tar_index`] or [`dir_index`], persisted by [`codec`] in the [`cache::Cache`]) and
+//! access to its file bytes ([`FileReader`]). A loaded [`Layer`] is immutable; share it by `Arc`.
+
+pub mod blob;
+pub mod cache;
+pub mod codec;
+pub mod dir_index;
+pub mod index;
+pub mod tar_index;
+pub mod whiteout;
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use blob::{BlobRange, Compression};
+use cache::Cache;
+use index::{Entry, LayerIndex};
+
+use crate::error::{Error, IoContext, Result};
+
+/// Facts about a layer's stored blob, recorded in its index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// sha256 of the blob as stored (maybe compressed), `sha256:<hex>`; empty for directories.
+    pub stored_digest: String,
+    /// sha256 of the uncompressed tar; empty for directories.
+    pub diff_id: String,
+    pub compression: Compression,
+    pub stored_size: u64,
+    pub uncompressed_size: u64,
+}
+
+/// Where a layer's bytes are, and what the image says they must hash to.
+#[derive(Clone, Debug)]
+pub enum LayerSource {
+    /// A tar (plain, gzip or zstd) stored in a byte range of a host file.
+    Blob { range: BlobRange, expected_digest: Option<String>, expected_diff_id: Option<String> },
+    /// A plain host directory.
+    Directory(PathBuf),
+}
+
+impl LayerSource {
+    /// A layer given by path: a directory, or a tar file in any supported compression.
+    pub fn from_path(path: &Path) -> Result<LayerSource> {
+        let meta = fs::metadata(path).at(path)?;
+        if meta.is_dir() {
+            return Ok(LayerSource::Directory(path.to_path_buf()));
+        }
+        let file = File::open(path).at(path)?;
+        Ok(LayerSource::Blob { range: BlobRange::whole(file, path.to_path_buf()).at(path)?, expected_digest: None, expected_diff_id: None })
+    }
+
+    /// How the layer is named in messages and tables.
+    pub fn describe(&self) -> String {
+        match self {
+            LayerSource::Blob { expected_digest: Some(d), .. } => d.clone(),
+            LayerSource::Blob { range, .. } if range.offset == 0 => range.path.display().to_string(),
+            LayerSource::Blob { range, .. } => format!("{}@{}", range.path.display(), range.offset),
+            LayerSource::Directory(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// Where a layer's file bytes are read from.
+#[derive(Debug)]
+enum Data {
+    /// A tar (the original, or its decompressed copy in the cache): files are byte ranges of it.
+    Tar(BlobRange),
+    /// A host directory, opened once and resolved beneath with `openat2`.
+    Directory { path: PathBuf, root: OwnedFd },
+}
+
+/// A loaded, immutable layer.
+#[derive(Debug)]
+pub struct Layer {
+    pub name: String,
+    pub info: LayerInfo,
+    pub index: LayerIndex,
+    data: Data,
+}
+
+/// Reports progress of a long indexing step: total and done bytes.
+pub trait Progress {
+    fn start(&self, what: &str, total: u64);
+    fn set(&self, done: u64);
+    fn finish(&self);
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&self, _: &str, _: u64) {}
+    fn set(&self, _: u64) {}
+    fn finish(&self) {}
+}
+
+impl Layer {
+    /// Loads a layer: its cached index if there is a valid one, else indexes it (decompressing a
+    /// compressed blob into the cache once, and verifying the digests the image names) and
+    /// persists the index for every later mount.
+    pub fn load(source: &LayerSource, cache: &Cache, progress: &dyn Progress) -> Result<Layer> {
+        let name = source.describe();
+        match source {
+            LayerSource::Directory(path) => {
+                let index = dir_index::index_dir(path)?;
+                let root = nix::fcntl::open(path, nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+                    .map_err(|e| Error::io(path, e.into()))?;
+                Ok(Layer { name, info: LayerInfo::default(), index, data: Data::Directory { path: path.clone(), root } })
+            }
+            LayerSource::Blob { range, expected_digest, expected_diff_id } => {
+                let key = match expected_digest {
+                    Some(d) => d.clone(),
+                    None => identity_key(range)?,
+                };
+                let index_path = cache.index_path(&key);
+                if let Some(layer) = Self::load_cached(&name, range, &index_path, cache) {
+                    return Ok(layer);
+                }
+                let layer = Self::build(name, range, expected_digest.as_deref(), expected_diff_id.as_deref(), cache, progress)?;
+                let encoded = codec::encode(&layer.info, &layer.index);
+                cache.write_atomic(&index_path, |f| io::Write::write_all(f, &encoded))?;
+                Ok(layer)
+            }
+        }
+    }
+
+    /// A cached index, if present, valid, and still describing the blob it is served from.
+    fn load_cached(name: &str, range: &BlobRange, index_path: &Path, cache: &Cache) -> Option<Layer> {
+        let bytes = fs::read(index_path).ok()?;
+        let (info, index) = codec::decode(&bytes).ok()?;
+        if info.stored_size != range.len {
+            return None;
+        }
+        let data = if info.compression == Compression::None {
+            range.clone()
+        } else {
+            let path = cache.blob_path(&info.diff_id);
+            let file = File::open(&path).ok()?;
+            let blob = BlobRange::whole(file, path).ok()?;
+            if blob.len != info.uncompressed_size {
+                return None;
+            }
+            blob
+        };
+        Some(Layer { name: name.to_string(), info, index, data: Data::Tar(data) })
+    }
+
+    fn build(
+        name: String,
+        range: &BlobRange,
+        expected_digest: Option<&str>,
+        expected_diff_id: Option<&str>,
+        cache: &Cache,
+        progress: &dyn Progress,
+    ) -> Result<Layer> {
+        let compression = range.compression().at(&range.path)?;
+        let mismatch = |expected: &str, actual: &str| Error::DigestMismatch { path: PathBuf::from(&name), expected: expected.into(), actual: actual.into() };
+        let corrupt = |e: io::Error| Error::CorruptArchive { layer: name.clone(), detail: e.to_string() };
+        let (info, tar) = if compression == Compression::None {
+            let digest = if expected_digest.is_some() || expected_diff_id.is_some() {
+                progress.start(&format!("verifying {name}"), range.len);
+                let d = range.sha256(&|done| progress.set(done)).at(&range.path)?;
+                progress.finish();
+                d
+            } else {
+                String::new()
+            };
+            for expected in [expected_digest, expected_diff_id].into_iter().flatten() {
+                if expected != digest {
+                    return Err(mismatch(expected, &digest));
+                }
+            }
+            let info = LayerInfo { stored_digest: digest.clone(), diff_id: digest, compression, stored_size: range.len, uncompressed_size: range.len };
+            (info, range.clone())
+        } else {
+            progress.start(&format!("decompressing {name}"), range.len);
+            let tmp_dir = cache.root().join("blobs");
+            fs::create_dir_all(&tmp_dir).at(&tmp_dir)?;
+            let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&tmp_dir).at(&tmp_dir)?;
+            let out = blob::decompress(range, compression, tmp.as_file_mut(), &|done| progress.set(done)).map_err(corrupt)?;
+            progress.finish();
+            if let Some(expected) = expected_digest.filter(|e| *e != out.stored_digest) {
+                return Err(mismatch(expected, &out.stored_digest));
+            }
+            if let Some(expected) = expected_diff_id.filter(|e| *e != out.diff_id) {
+                return Err(mismatch(expected, &out.diff_id));
+            }
+            let blob_path = cache.blob_path(&out.diff_id);
+            tmp.as_file().sync_data().at(tmp.path())?;
+            let file = tmp.persist(&blob_path).map_err(|e| Error::io(&blob_path, e.error))?;
+            let info = LayerInfo {
+                stored_digest: out.stored_digest,
+                diff_id: out.diff_id,
+                compression,
+                stored_size: range.len,
+                uncompressed_size: out.uncompressed_size,
+            };
+            (info, BlobRange::whole(file, blob_path.clone()).at(&blob_path)?)
+        };
+        progress.start(&format!("indexing {name}"), tar.len);
+        let index = tar_index::index_tar(tar.reader(), tar.len, &name, &|done| progress.set(done))?;
+        progress.finish();
+        Ok(Layer { name, info, index, data: Data::Tar(tar) })
+    }
+
+    /// Builds a layer directly from an index and a tar blob (tests and benchmarks).
+    pub fn from_tar(name: String, info: LayerInfo, index: LayerIndex, tar: BlobRange) -> Layer {
+        Layer { name, info, index, data: Data::Tar(tar) }
+    }
+
+    /// Opens the bytes of a file entry for reading.
+    pub fn open(&self, entry: &Entry) -> io::Result<FileReader> {
+        match &self.data {
+            Data::Tar(blob) => Ok(FileReader::InArchive { blob: blob.clone(), start: entry.data_offset, len: entry.size }),
+            Data::Directory { root, .. } => open_beneath(root, &entry.path).map(FileReader::Host),
+        }
+    }
+
+    /// The host directory of a directory layer.
+    pub fn host_dir(&self) -> Option<&Path> {
+        match &self.data {
+            Data::Directory { path, .. } => Some(path),
+            Data::Tar(_) => None,
+        }
+    }
+}
+
+/// An open file of a layer.
+#[derive(Debug)]
+pub enum FileReader {
+    InArchive { blob: BlobRange, start: u64, len: u64 },
+    Host(File),
+}
+
+impl FileReader {
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        match self {
+            FileReader::InArchive { blob, start, len } => {
+                if offset >= *len {
+                    return Ok(0);
+                }
+                let want = buf.len().min((*len - offset) as usize);
+                blob.read_at(&mut buf[..want], start + offset)
+            }
+            FileReader::Host(file) => file.read_at(buf, offset),
+        }
+    }
+}
+
+/// Opens `rel` beneath `root` without following any symlink, so a directory layer that changes
+/// under us can never redirect a read outside it.
+fn open_beneath(root: &OwnedFd, rel: &[u8]) -> io::Result<File> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = if rel.is_empty() { Path::new(".") } else { Path::new(std::ffi::OsStr::from_bytes(rel)) };
+    let fd = nix::fcntl::openat2(root.as_fd(), rel, how).map_err(io::Error::from)?;
+    Ok(File::from(fd))
+}
+
+/// Cache key of a blob the image names no digest for: its identity on the host (path, device,
+/// inode, size, times, range). Hashing the whole blob on every mount would cost a full read.
+fn identity_key(range: &BlobRange) -> Result<String> {
+    let path = fs::canonicalize(&range.path).at(&range.path)?;
+    let meta = range.file.metadata().at(&range.path)?;
+    let identity = format!(
+        "{}\0{}\0{}\0{}\0{}.{}\0{}.{}\0{}\0{}",
+        path.display(),
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+        range.offset,
+        range.len
+    );
+    Ok(format!("file-{:x}", Sha256::digest(identity.as_bytes())))
+}
+
+/// Loads every source in order (bottom first), sharing each loaded layer by `Arc`.
+pub fn load_all(sources: &[LayerSource], cache: &Cache, progress: &dyn Progress) -> Result<Vec<Arc<Layer>>> {
+    sources.iter().map(|s| Layer::load(s, cache, progress).map(Arc::new)).collect()
+}
