@@ -31,7 +31,11 @@ pub fn layer_table(layers: &[std::sync::Arc<Layer>]) -> Vec<LayerRow> {
                 None => l.info.compression.media_type().to_string(),
             },
             stored_size: l.info.stored_size,
-            uncompressed_size: if l.info.compression == Compression::None { l.info.stored_size } else { l.info.uncompressed_size },
+            uncompressed_size: if l.info.compression == Compression::None {
+                l.info.stored_size
+            } else {
+                l.info.uncompressed_size
+            },
             entries: l.index.entries.len(),
             whiteouts: l.index.whiteouts.len(),
             opaque_dirs: l.index.opaque_dirs.len(),
@@ -62,13 +66,24 @@ pub struct PathReport {
     pub mentions: Vec<(usize, Mention)>,
 }
 
-pub fn path_report(layers: &[std::sync::Arc<Layer>], tree: &MergedTree, raw: &str) -> Result<PathReport, path::PathProblem> {
-    let p = path::normalize(raw.trim_start_matches('/').as_bytes()).or_else(|e| if raw.trim_matches('/').is_empty() { Ok(Vec::new()) } else { Err(e) })?;
+pub fn path_report(
+    layers: &[std::sync::Arc<Layer>],
+    tree: &MergedTree,
+    raw: &str,
+) -> Result<PathReport, path::PathProblem> {
+    let relative = raw.trim_start_matches('/');
+    let p = if relative.is_empty() {
+        Vec::new()
+    } else {
+        path::normalize(relative.as_bytes())?
+    };
     let node = tree.lookup(&p).map(|id| tree.node(id));
     let mut mentions = Vec::new();
     for (li, layer) in layers.iter().enumerate() {
         let idx = &layer.index;
-        for ancestor in path::ancestors(&p).chain(std::iter::once(&[][..]).filter(|_| !p.is_empty())) {
+        for ancestor in
+            path::ancestors(&p).chain(std::iter::once(&[][..]).filter(|_| !p.is_empty()))
+        {
             if idx.opaque_dirs.iter().any(|d| **d == *ancestor) {
                 mentions.push((li, Mention::OpaqueAncestor(shown(ancestor))));
             }
@@ -86,7 +101,9 @@ pub fn path_report(layers: &[std::sync::Arc<Layer>], tree: &MergedTree, raw: &st
     }
     Ok(PathReport {
         path: format!("/{}", shown(&p)),
-        provided_by: node.filter(|n| n.entry != IMPLICIT).map(|n| n.layer as usize),
+        provided_by: node
+            .filter(|n| n.entry != IMPLICIT)
+            .map(|n| n.layer as usize),
         visible: node.is_some(),
         mentions,
     })

@@ -16,5 +16,6 @@ pub mod inspect;
 pub mod layer;
 pub mod merge;
 pub mod path;
+pub mod view;
 
 pub use error::{Error, Result};

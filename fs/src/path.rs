@@ -24,6 +24,8 @@ impl std::fmt::Display for PathProblem {
     }
 }
 
+impl std::error::Error for PathProblem {}
+
 /// Normalises a tar entry path. `./a//b/` becomes `a/b`; `.` and `./` become the root (empty).
 pub fn normalize(raw: &[u8]) -> Result<Vec<u8>, PathProblem> {
     if raw.is_empty() {

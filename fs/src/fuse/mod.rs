@@ -1,1 +1,337 @@
-//! FUSE adapter.
+//! The FUSE adapter: a thin `fuser::Filesystem` over an [`ImageView`]. Each method resolves the
+//! inode to a merged-tree node, asks the view or the layer for the answer and replies; errors
+//! become errno values in [`errno`] only. The lower layers never change, so every reply carries
+//! long cache lifetimes and files and directories keep their kernel caches.
+
+mod attr;
+pub mod errno;
+pub mod mount;
+
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use fuser::{
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::layer::index::Kind;
+use crate::layer::whiteout::is_internal_xattr;
+use crate::layer::FileReader;
+use crate::merge::{NodeId, ROOT};
+use crate::view::ImageView;
+
+/// Lower layers are immutable: the kernel may cache names, attributes and data for this long.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Largest read the kernel sends once FUSE_MAX_PAGES is negotiated; the per-thread buffer size.
+const MAX_READ: usize = 1 << 20;
+
+thread_local! {
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+/// A read-only mount of an image.
+pub struct ImageFs {
+    view: ImageView,
+    open_files: DashMap<u64, FileReader>,
+    next_handle: AtomicU64,
+}
+
+impl ImageFs {
+    pub fn new(view: ImageView) -> ImageFs {
+        ImageFs {
+            view,
+            open_files: DashMap::new(),
+            next_handle: AtomicU64::new(1),
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<NodeId, Errno> {
+        attr::node_of(ino)
+            .filter(|&id| self.view.tree.get(id).is_some())
+            .ok_or(Errno::ENOENT)
+    }
+
+    fn attr(&self, id: NodeId) -> fuser::FileAttr {
+        let node = self.view.tree.node(id);
+        attr::attr(node, self.view.entry(node))
+    }
+
+    fn is_dir(&self, id: NodeId) -> bool {
+        self.view.entry_of(id).is_none_or(|e| e.kind == Kind::Dir)
+    }
+
+    fn xattrs(&self, ino: INodeNo) -> Result<impl Iterator<Item = &(Box<[u8]>, Box<[u8]>)>, Errno> {
+        let id = self.node(ino)?;
+        let list = self
+            .view
+            .entry_of(id)
+            .map(|e| e.xattrs.as_slice())
+            .unwrap_or_default();
+        Ok(list.iter().filter(|(name, _)| !is_internal_xattr(name)))
+    }
+
+    /// Directory listing entries after `offset`: (next offset, inode, kind, name, node).
+    fn listing(&self, dir: NodeId, offset: u64) -> impl Iterator<Item = (u64, NodeId, &[u8])> {
+        let node = self.view.tree.node(dir);
+        let dots = [(dir, &b"."[..]), (node.parent, &b".."[..])];
+        let kids = node
+            .children
+            .iter()
+            .map(|&k| (k, &*self.view.tree.node(k).name));
+        dots.into_iter()
+            .chain(kids)
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, (id, name))| (i as u64 + 1, id, name))
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for ImageFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ASYNC_READ;
+        // Ask for what the kernel offers; a missing capability only costs speed.
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        let _ = config.set_max_readahead(MAX_READ as u32);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let dir = match self.node(parent) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        if name.len() > 255 {
+            return reply.error(Errno::ENAMETOOLONG);
+        }
+        match self.view.tree.lookup_child(dir, name.as_bytes()) {
+            Some(id) => reply.entry(&TTL, &self.attr(id), Generation(0)),
+            None if self.is_dir(dir) => {
+                // Inode 0 is a negative entry: the kernel caches the absence for TTL.
+                let mut negative = self.attr(ROOT);
+                negative.ino = INodeNo(0);
+                reply.entry(&TTL, &negative, Generation(0))
+            }
+            None => reply.error(Errno::ENOTDIR),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(id) => reply.attr(&TTL, &self.attr(id)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino).map(|id| self.view.entry_of(id)) {
+            Ok(Some(e)) if e.kind == Kind::Symlink => reply.data(&e.link_target),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        let id = match self.node(ino) {
+            Ok(id) => id,
+            Err(e) => return reply.error(e),
+        };
+        let node = self.view.tree.node(id);
+        let Some(entry) = self.view.entry(node).filter(|e| e.kind == Kind::File) else {
+            return reply.error(if self.is_dir(id) {
+                Errno::EISDIR
+            } else {
+                Errno::EINVAL
+            });
+        };
+        match self.view.layers[node.layer as usize].open(entry) {
+            Ok(reader) => {
+                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+                self.open_files.insert(fh, reader);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(reader) = self.open_files.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        READ_BUF.with_borrow_mut(|buf| {
+            let want = (size as usize).min(buf.len());
+            let mut filled = 0;
+            while filled < want {
+                match reader.read_at(&mut buf[filled..want], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return reply.error(errno::from_io(&e)),
+                }
+            }
+            reply.data(&buf[..filled]);
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.open_files.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino) {
+            Ok(id) if self.is_dir(id) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let dir = match self.node(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        for (next, id, name) in self.listing(dir, offset) {
+            let node = self.view.tree.node(id);
+            let kind = self.view.entry(node).map_or(Kind::Dir, |e| e.kind);
+            if reply.add(
+                attr::ino_of(node),
+                next,
+                attr::file_type(kind),
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let dir = match self.node(ino) {
+            Ok(d) => d,
+            Err(e) => return reply.error(e),
+        };
+        for (next, id, name) in self.listing(dir, offset) {
+            if reply.add(
+                attr::ino_of(self.view.tree.node(id)),
+                next,
+                OsStr::from_bytes(name),
+                &TTL,
+                &self.attr(id),
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let bytes: u64 = self
+            .view
+            .layers
+            .iter()
+            .map(|l| l.info.uncompressed_size)
+            .sum();
+        reply.statfs(
+            bytes.div_ceil(4096),
+            0,
+            0,
+            self.view.tree.len() as u64,
+            0,
+            4096,
+            255,
+            4096,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self
+            .xattrs(ino)
+            .map(|mut list| list.find(|(n, _)| **n == *name.as_bytes()))
+        {
+            Ok(Some((_, value))) => reply_xattr(reply, size, value),
+            Ok(None) => reply.error(Errno::ENODATA),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.xattrs(ino) {
+            Ok(list) => {
+                let names: Vec<u8> = list
+                    .flat_map(|(n, _)| n.iter().copied().chain([0]))
+                    .collect();
+                reply_xattr(reply, size, &names)
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.node(ino) {
+            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}

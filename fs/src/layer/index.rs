@@ -132,7 +132,9 @@ pub struct IndexBuilder {
 impl IndexBuilder {
     pub fn add(&mut self, entry: Entry) {
         if let Some(&slot) = self.by_path.get(&entry.path) {
-            let old_is_dir = self.slots[slot].as_ref().is_some_and(|e| e.kind == Kind::Dir);
+            let old_is_dir = self.slots[slot]
+                .as_ref()
+                .is_some_and(|e| e.kind == Kind::Dir);
             if old_is_dir && entry.kind != Kind::Dir {
                 self.drop_children_of(&entry.path);
             }
@@ -145,8 +147,13 @@ impl IndexBuilder {
 
     /// Adds `link` as another name of the earlier entry at `target`.
     pub fn add_hard_link(&mut self, link: &[u8], target: &[u8]) -> Result<(), BuildProblem> {
-        let slot = *self.by_path.get(target).ok_or(BuildProblem::HardLinkTargetMissing)?;
-        let target_entry = self.slots[slot].as_mut().ok_or(BuildProblem::HardLinkTargetMissing)?;
+        let slot = *self
+            .by_path
+            .get(target)
+            .ok_or(BuildProblem::HardLinkTargetMissing)?;
+        let target_entry = self.slots[slot]
+            .as_mut()
+            .ok_or(BuildProblem::HardLinkTargetMissing)?;
         if target_entry.kind == Kind::Dir {
             return Err(BuildProblem::HardLinkToDirectory);
         }
@@ -173,7 +180,10 @@ impl IndexBuilder {
 
     fn drop_children_of(&mut self, dir: &[u8]) {
         for slot in self.slots.iter_mut() {
-            if slot.as_ref().is_some_and(|e| e.path.len() > dir.len() && path::is_within(&e.path, dir)) {
+            if slot
+                .as_ref()
+                .is_some_and(|e| e.path.len() > dir.len() && path::is_within(&e.path, dir))
+            {
                 let removed = slot.take().expect("checked above");
                 self.by_path.remove(&removed.path);
             }
@@ -187,7 +197,11 @@ impl IndexBuilder {
         let mut opaque_dirs = self.opaque_dirs;
         opaque_dirs.sort();
         opaque_dirs.dedup();
-        LayerIndex { entries: self.slots.into_iter().flatten().collect(), whiteouts, opaque_dirs }
+        LayerIndex {
+            entries: self.slots.into_iter().flatten().collect(),
+            whiteouts,
+            opaque_dirs,
+        }
     }
 }
 
@@ -219,9 +233,15 @@ mod tests {
         target.size = 5;
         b.add(target);
         b.add_hard_link(b"b", b"a").unwrap();
-        assert_eq!(b.add_hard_link(b"c", b"missing"), Err(BuildProblem::HardLinkTargetMissing));
+        assert_eq!(
+            b.add_hard_link(b"c", b"missing"),
+            Err(BuildProblem::HardLinkTargetMissing)
+        );
         b.add(Entry::new(b"dir", Kind::Dir));
-        assert_eq!(b.add_hard_link(b"e", b"dir"), Err(BuildProblem::HardLinkToDirectory));
+        assert_eq!(
+            b.add_hard_link(b"e", b"dir"),
+            Err(BuildProblem::HardLinkToDirectory)
+        );
         let idx = b.finish();
         assert_eq!(idx.entries[0].link_id, idx.entries[1].link_id);
         assert_ne!(idx.entries[0].link_id, 0);

@@ -1,0 +1,115 @@
+//! Translation of merged-tree nodes into FUSE attributes: pure.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::layer::index::{Entry, Kind, Timestamp};
+use crate::merge::{Node, NodeId};
+
+/// The inode number of a node: shared by every name of a hard-link set, root = 1.
+pub fn ino_of(node: &Node) -> INodeNo {
+    INodeNo(node.inode_node as u64 + 1)
+}
+
+/// The node an inode number stands for.
+pub fn node_of(ino: INodeNo) -> Option<NodeId> {
+    u64::from(ino)
+        .checked_sub(1)
+        .and_then(|n| NodeId::try_from(n).ok())
+}
+
+pub fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+    }
+}
+
+fn time(t: Timestamp) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec as u64)
+    }
+}
+
+/// Linux's `new_encode_dev`, the rdev encoding the kernel expects from FUSE.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
+}
+
+/// Attributes of a node; `entry` is None for a directory implied by deeper entries.
+pub fn attr(node: &Node, entry: Option<&Entry>) -> FileAttr {
+    let (kind, perm, uid, gid, size, mtime, rdev) = match entry {
+        Some(e) => (
+            e.kind,
+            e.mode,
+            e.uid,
+            e.gid,
+            e.size,
+            e.mtime,
+            encode_dev(e.rdev_major, e.rdev_minor),
+        ),
+        None => (Kind::Dir, 0o755, 0, 0, 0, Timestamp::default(), 0),
+    };
+    let t = time(mtime);
+    FileAttr {
+        ino: ino_of(node),
+        size,
+        blocks: size.div_ceil(512),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(kind),
+        perm: perm as u16,
+        nlink: node.nlink,
+        uid,
+        gid,
+        rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_devices_like_the_kernel() {
+        assert_eq!(encode_dev(1, 3), 0x103);
+        assert_eq!(encode_dev(7, 0), 0x700);
+        assert_eq!(
+            encode_dev(259, 0x12345),
+            (0x45) | (259 << 8) | (0x12300 << 12)
+        );
+    }
+
+    #[test]
+    fn converts_sub_second_and_negative_times() {
+        assert_eq!(
+            time(Timestamp { sec: 1, nsec: 5 }),
+            UNIX_EPOCH + Duration::new(1, 5)
+        );
+        assert_eq!(
+            time(Timestamp {
+                sec: -2,
+                nsec: 500_000_000
+            }),
+            UNIX_EPOCH - Duration::from_millis(1500)
+        );
+    }
+
+    #[test]
+    fn inode_numbers_round_trip() {
+        assert_eq!(node_of(INodeNo(1)), Some(0));
+        assert_eq!(node_of(INodeNo(0)), None);
+    }
+}

@@ -1,0 +1,292 @@
+//! Mount lifecycle: mount an [`ImageFs`] with fuser, serve it on several threads, report
+//! readiness, unmount cleanly on SIGINT/SIGTERM/SIGHUP, and the background (daemon) mode that
+//! returns only once the mount is usable. Every syscall of the mount's life is here.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{fork, setsid, ForkResult};
+
+use super::ImageFs;
+use crate::error::{Error, Result};
+
+/// The filesystem subtype strata asks for (`fuse.strata` where the mount path supports subtypes).
+pub const SUBTYPE: &str = "strata";
+/// Prefix of the mount source strata mounts show in /proc/mounts (`strata:<image>`): fuser's
+/// direct mount as root drops the subtype, so the source is what identifies a strata mount.
+pub const SOURCE_PREFIX: &str = "strata:";
+
+#[derive(Clone, Debug)]
+pub struct MountConfig {
+    /// Shown as the mount's source in /proc/mounts.
+    pub source: String,
+    /// Let users other than the mounter use the mount (root only, or `user_allow_other`).
+    pub allow_other: bool,
+    /// Honour device nodes and setuid bits (a container rootfs needs them; inspection does not).
+    pub dev_suid: bool,
+    /// Threads serving requests.
+    pub threads: usize,
+}
+
+impl MountConfig {
+    fn fuser_config(&self) -> Config {
+        let mut options = vec![
+            MountOption::FSName(format!("{SOURCE_PREFIX}{}", self.source)),
+            MountOption::Subtype(SUBTYPE.into()),
+            MountOption::RO,
+            MountOption::DefaultPermissions,
+            MountOption::NoAtime,
+        ];
+        options.extend(if self.dev_suid {
+            [MountOption::Dev, MountOption::Suid]
+        } else {
+            [MountOption::NoDev, MountOption::NoSuid]
+        });
+        let mut config = Config::default();
+        config.mount_options = options;
+        config.acl = if self.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(self.threads.max(1));
+        config.clone_fd = true;
+        config
+    }
+}
+
+/// Mounts and serves in this process until the mount goes away. `ready` is called once, with
+/// the outcome of mounting, before any request is served.
+pub fn serve(
+    fs: ImageFs,
+    mountpoint: &Path,
+    config: &MountConfig,
+    ready: impl FnOnce(Result<(), &Error>),
+) -> Result<()> {
+    let mount_error = |detail: String| Error::Mount {
+        path: mountpoint.to_path_buf(),
+        detail,
+    };
+    let checked = match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(mount_error("not a directory".into())),
+        Err(e) => Err(mount_error(format!("{e}; create the directory first"))),
+    };
+    if let Err(e) = checked {
+        ready(Err(&e));
+        return Err(e);
+    }
+    // Block the stop signals before fuser starts its threads, so only the waiter below sees them.
+    let stop = stop_signals();
+    stop.thread_block()
+        .map_err(|e| mount_error(format!("blocking signals: {e}")))?;
+    let mut session = match Session::new(fs, mountpoint, &config.fuser_config()) {
+        Ok(s) => s,
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied
+                || e.raw_os_error() == Some(libc::EPERM)
+            {
+                " (is /dev/fuse accessible and fusermount3 installed? run scripts/setup.sh)"
+            } else {
+                ""
+            };
+            let err = mount_error(format!("{e}{hint}"));
+            ready(Err(&err));
+            return Err(err);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("strata-signals".into())
+        .spawn(move || {
+            if stop.wait().is_ok() {
+                let _ = unmounter.unmount();
+            }
+        })
+        .map_err(|e| mount_error(format!("starting the signal thread: {e}")))?;
+    ready(Ok(()));
+    session
+        .run()
+        .map_err(|e| mount_error(format!("serving requests: {e}")))
+}
+
+fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// Forks a daemon that mounts and serves; returns once the mount is usable (or with the
+/// daemon's mount error). Call before starting any thread.
+pub fn serve_in_background(fs: ImageFs, mountpoint: &Path, config: &MountConfig) -> Result<()> {
+    // The daemon leaves the caller's working directory, so a relative mountpoint must be resolved now.
+    let mountpoint = &std::path::absolute(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
+    let mount_error = |detail: String| Error::Mount {
+        path: mountpoint.to_path_buf(),
+        detail,
+    };
+    let (read_end, write_end) =
+        nix::unistd::pipe().map_err(|e| mount_error(format!("pipe: {e}")))?;
+    // SAFETY: strata calls this before it starts threads, so the child has no lock held elsewhere.
+    match unsafe { fork() }.map_err(|e| mount_error(format!("fork: {e}")))? {
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            let mut report = String::new();
+            let _ = File::from(read_end).read_to_string(&mut report);
+            match report.as_str() {
+                "ok" => Ok(()),
+                "" => {
+                    let status = nix::sys::wait::waitpid(child, None);
+                    Err(mount_error(format!(
+                        "the mount daemon exited before the mount was ready: {status:?}"
+                    )))
+                }
+                detail => Err(mount_error(detail.to_string())),
+            }
+        }
+        ForkResult::Child => {
+            drop(read_end);
+            let _ = setsid();
+            let _ = std::env::set_current_dir("/");
+            let pipe = File::from(write_end);
+            // The closure owns the pipe, so it closes as soon as readiness is reported.
+            let outcome = serve(fs, mountpoint, config, move |ready| {
+                report_readiness(pipe, ready)
+            });
+            std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+        }
+    }
+}
+
+/// Tells the waiting parent "ok" or the mount error, then detaches from its terminal.
+fn report_readiness(mut pipe: File, ready: Result<(), &Error>) {
+    match ready {
+        Ok(()) => {
+            let _ = pipe.write_all(b"ok");
+            drop(pipe);
+            detach_stdio();
+        }
+        Err(e) => {
+            let detail = match e {
+                Error::Mount { detail, .. } => detail.clone(),
+                other => other.to_string(),
+            };
+            let _ = pipe.write_all(detail.as_bytes());
+        }
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null, so the daemon holds no terminal.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Unmounts a strata mount: umount2 as root, fusermount3 otherwise. `lazy` detaches a busy mount.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let mountpoint = std::fs::canonicalize(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
+    if !is_strata_mount(&mountpoint) {
+        return Err(Error::Mount {
+            path: mountpoint,
+            detail: "not a strata mount (see /proc/self/mountinfo)".into(),
+        });
+    }
+    let outcome = if nix::unistd::geteuid().is_root() {
+        let flags = if lazy {
+            nix::mount::MntFlags::MNT_DETACH
+        } else {
+            nix::mount::MntFlags::empty()
+        };
+        nix::mount::umount2(&mountpoint, flags).map_err(|e| match e {
+            nix::errno::Errno::EBUSY => {
+                "busy: a process still uses it; close it or pass --lazy".to_string()
+            }
+            other => other.to_string(),
+        })
+    } else {
+        let mut cmd = Command::new("fusermount3");
+        cmd.arg("-u");
+        if lazy {
+            cmd.arg("-z");
+        }
+        match cmd.arg(&mountpoint).output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            Err(e) => Err(format!("running fusermount3: {e}")),
+        }
+    };
+    outcome.map_err(|detail| Error::Mount {
+        path: mountpoint,
+        detail,
+    })
+}
+
+/// True when /proc/self/mountinfo lists a strata FUSE mount at `mountpoint`.
+pub fn is_strata_mount(mountpoint: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-");
+        let fstype = sep.and_then(|i| fields.get(i + 1)).copied().unwrap_or("");
+        let source = sep.and_then(|i| fields.get(i + 2)).copied().unwrap_or("");
+        fields.get(4).map(|p| PathBuf::from(unescape_mountinfo(p)))
+            == Some(mountpoint.to_path_buf())
+            && (fstype == "fuse" || fstype.starts_with("fuse."))
+            && source.starts_with(SOURCE_PREFIX)
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
+fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(d) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}

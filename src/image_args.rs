@@ -1,0 +1,82 @@
+//! The image arguments every image command shares: `IMAGE` or `--layer …`, and `--tag`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use strata_fs::image::{self, Selector};
+use strata_fs::layer::{self, cache::Cache};
+use strata_fs::view::ImageView;
+
+use crate::progress::TerminalProgress;
+
+#[derive(Args)]
+pub struct ImageArgs {
+    /// An OCI layout, a `docker save` archive (directory or .tar), or one layer; then the mountpoint
+    #[arg(value_name = "IMAGE [MOUNTPOINT]", num_args = 0..=2)]
+    pub positional: Vec<PathBuf>,
+    /// A layer (tar, tar.gz, tar.zst or directory), bottom first; repeat for a stack instead of IMAGE
+    #[arg(long = "layer", value_name = "PATH")]
+    pub layers: Vec<PathBuf>,
+    /// Image to pick from a layout or archive: tag (ref name / RepoTag) or manifest digest
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+impl ImageArgs {
+    fn image_path(&self) -> Option<&PathBuf> {
+        if self.layers.is_empty() {
+            self.positional.first()
+        } else {
+            None
+        }
+    }
+
+    /// The mountpoint: the positional after IMAGE (or the only one with `--layer`).
+    pub fn mountpoint(&self) -> Result<PathBuf> {
+        let expected = if self.layers.is_empty() { 2 } else { 1 };
+        if self.positional.len() != expected {
+            bail!(
+                "expected {} and a MOUNTPOINT",
+                if self.layers.is_empty() {
+                    "IMAGE"
+                } else {
+                    "--layer PATH..."
+                }
+            );
+        }
+        Ok(self.positional[expected - 1].clone())
+    }
+
+    pub fn source_name(&self) -> String {
+        match self.image_path() {
+            Some(p) => p.display().to_string(),
+            None => format!("{} layers", self.layers.len()),
+        }
+    }
+
+    pub fn resolve(&self) -> Result<image::Image> {
+        let selector = self.tag.clone().map_or(Selector::Default, Selector::Tag);
+        if !self.layers.is_empty() {
+            if self.tag.is_some() {
+                bail!(
+                    "--tag selects an image in a layout or archive; it cannot be used with --layer"
+                );
+            }
+            return Ok(image::from_layers(&self.layers)?);
+        }
+        let Some(path) = self.image_path() else {
+            bail!("no image given: pass IMAGE or --layer PATH")
+        };
+        image::open(path, &selector).with_context(|| format!("opening image {}", path.display()))
+    }
+
+    /// Resolves, loads (indexing once, then from the cache) and merges the image.
+    pub fn load(&self) -> Result<ImageView> {
+        let image = self.resolve()?;
+        let cache = Cache::from_env();
+        let layers = layer::load_all(&image.layers, &cache, &TerminalProgress::default())
+            .with_context(|| format!("loading layers (cache {})", cache.root().display()))?;
+        Ok(ImageView::new(layers)?)
+    }
+}
