@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what strata needs on a fresh Debian machine, idempotently: fuse3 (fusermount3, /dev/fuse
+# helpers), umoci (the independent reference the integration tests compare against), busybox-static
+# (a static shell for images built from host files) and a Rust toolchain check. With --bench it also
+# installs the peers the macro benchmark measures: fuse-overlayfs, debootstrap, ratarmount (PyPI).
+set -euo pipefail
+
+want_bench=0
+[ "${1:-}" = "--bench" ] && want_bench=1
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_cmd fusermount3 || need+=(fuse3)
+have_cmd umoci || need+=(umoci)
+[ -x /bin/busybox ] || need+=(busybox-static)
+if [ "$want_bench" = 1 ]; then
+  have_cmd fuse-overlayfs || need+=(fuse-overlayfs)
+  have_cmd debootstrap || need+=(debootstrap)
+  have_cmd pip3 || need+=(python3-pip)
+fi
+
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "setup: installing ${need[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ "$want_bench" = 1 ] && ! have_cmd ratarmount; then
+  echo "setup: installing ratarmount from PyPI" >&2
+  pip3 install --quiet ratarmount
+fi
+
+# /dev/fuse must exist (it does on any kernel with FUSE); load the module if it is missing.
+[ -e /dev/fuse ] || { [ "$(id -u)" = 0 ] && modprobe fuse 2>/dev/null || true; }
+[ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this kernel has no FUSE" >&2; exit 1; }
+
+have_cmd cargo || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -1,0 +1,100 @@
+//! Shared helpers for the integration tests: prerequisites that fail loudly under CI, mounts that
+//! clean up after themselves, running the real `strata` binary, and a tree snapshot to compare.
+#![allow(dead_code)] // each test binary uses a different subset of the helpers
+
+pub mod tree;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn strata() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+}
+
+/// Runs strata with a private cache directory; returns the output whatever the exit status.
+pub fn run_strata(cache: &Path, args: &[&str]) -> Output {
+    strata()
+        .env("STRATA_CACHE", cache)
+        .args(args)
+        .output()
+        .expect("running the strata binary")
+}
+
+/// FUSE mounts need /dev/fuse and (here) root. Outside CI a missing prerequisite skips the test
+/// with a note; under CI=true it fails, so CI can never pass without having mounted anything.
+pub fn require_fuse() -> bool {
+    let ok = Path::new("/dev/fuse").exists() && nix::unistd::geteuid().is_root();
+    if !ok {
+        let why = "FUSE tests need /dev/fuse and root (run scripts/setup.sh, as root)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("note: skipping: {why}");
+    }
+    ok
+}
+
+pub fn require_command(name: &str) -> bool {
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let why = format!("{name} is not installed (run scripts/setup.sh)");
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("note: skipping: {why}");
+    }
+    ok
+}
+
+/// True when `path` is a mountpoint in this process' mount namespace.
+pub fn is_mounted(path: &Path) -> bool {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let needle = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(&needle))
+}
+
+/// A strata mount made by the real binary; unmounted (lazily if needed) on drop.
+pub struct Mounted {
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    /// `strata mount ARGS... MOUNTPOINT`; panics with strata's stderr if it fails.
+    pub fn new(cache: &Path, args: &[&str], dir: &Path) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut all: Vec<&str> = vec!["mount"];
+        all.extend_from_slice(args);
+        all.push(dir.to_str().unwrap());
+        let out = run_strata(cache, &all);
+        assert!(
+            out.status.success(),
+            "strata mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            is_mounted(dir),
+            "strata mount returned before {} was mounted",
+            dir.display()
+        );
+        Mounted {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let ok = strata()
+                .args(["umount", self.dir.to_str().unwrap()])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+            }
+        }
+    }
+}
