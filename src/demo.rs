@@ -15,19 +15,12 @@ use strata_fs::view::ImageView;
 use strata_tools::fixture;
 
 pub fn run() -> Result<()> {
-    let work = tempfile::Builder::new()
-        .prefix("strata-demo-")
-        .tempdir()
-        .context("creating a work directory")?;
+    let work = tempfile::Builder::new().prefix("strata-demo-").tempdir().context("creating a work directory")?;
     let layout = work.path().join("image");
     let mountpoint = work.path().join("rootfs");
     std::fs::create_dir(&mountpoint).context("creating the mountpoint")?;
-    fixture::write_oci_layout(&layout, &fixture::demo_image()?)
-        .context("building the demo image")?;
-    println!(
-        "demo image: an OCI layout built from host files at {}\n",
-        layout.display()
-    );
+    fixture::write_oci_layout(&layout, &fixture::demo_image()?).context("building the demo image")?;
+    println!("demo image: an OCI layout built from host files at {}\n", layout.display());
 
     let image = image::open(&layout, &Selector::Default)?;
     let cache = Cache::new(work.path().join("cache"));
@@ -35,26 +28,15 @@ pub fn run() -> Result<()> {
     crate::inspect::print_table(&inspect::layer_table(&view.layers));
     let tree = view.tree.clone();
 
-    let config = MountConfig {
-        source: layout.display().to_string(),
-        allow_other: false,
-        dev_suid: false,
-        threads: 2,
-    };
+    let config = MountConfig { source: layout.display().to_string(), allow_other: false, dev_suid: false, threads: 2 };
     mount::serve_in_background(ImageFs::new(view), &mountpoint, &config)?;
-    println!(
-        "\nmounted at {}; the merged tree, read through the mount:\n",
-        mountpoint.display()
-    );
+    println!("\nmounted at {}; the merged tree, read through the mount:\n", mountpoint.display());
     println!("{:<10} {:>10} {:>6}  PATH", "TYPE", "SIZE", "LAYER");
     let listed = walk(&mountpoint, &mountpoint, &tree);
     let hello = std::fs::read_to_string(mountpoint.join("app/hello.txt"));
     mount::unmount(&mountpoint, false)?;
     listed?;
-    println!(
-        "\n/app/hello.txt (the top layer's version): {}",
-        hello.context("reading through the mount")?.trim()
-    );
+    println!("\n/app/hello.txt (the top layer's version): {}", hello.context("reading through the mount")?.trim());
     println!("unmounted; done");
     Ok(())
 }
@@ -66,9 +48,7 @@ fn walk(root: &Path, dir: &Path, tree: &MergedTree) -> Result<()> {
         let path = child.path();
         let meta = std::fs::symlink_metadata(&path)?;
         let rel = path.strip_prefix(root).expect("walk stays under root");
-        let layer = tree
-            .lookup(rel.as_os_str().as_encoded_bytes())
-            .map(|id| tree.node(id).layer);
+        let layer = tree.lookup(rel.as_os_str().as_encoded_bytes()).map(|id| tree.node(id).layer);
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             "dir"

@@ -36,14 +36,7 @@ impl ImageArgs {
     pub fn mountpoint(&self) -> Result<PathBuf> {
         let expected = if self.layers.is_empty() { 2 } else { 1 };
         if self.positional.len() != expected {
-            bail!(
-                "expected {} and a MOUNTPOINT",
-                if self.layers.is_empty() {
-                    "IMAGE"
-                } else {
-                    "--layer PATH..."
-                }
-            );
+            bail!("expected {} and a MOUNTPOINT", if self.layers.is_empty() { "IMAGE" } else { "--layer PATH..." });
         }
         Ok(self.positional[expected - 1].clone())
     }
@@ -59,15 +52,11 @@ impl ImageArgs {
         let selector = self.tag.clone().map_or(Selector::Default, Selector::Tag);
         if !self.layers.is_empty() {
             if self.tag.is_some() {
-                bail!(
-                    "--tag selects an image in a layout or archive; it cannot be used with --layer"
-                );
+                bail!("--tag selects an image in a layout or archive; it cannot be used with --layer");
             }
             return Ok(image::from_layers(&self.layers)?);
         }
-        let Some(path) = self.image_path() else {
-            bail!("no image given: pass IMAGE or --layer PATH")
-        };
+        let Some(path) = self.image_path() else { bail!("no image given: pass IMAGE or --layer PATH") };
         image::open(path, &selector).with_context(|| format!("opening image {}", path.display()))
     }
 

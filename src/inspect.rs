@@ -13,8 +13,7 @@ pub fn run(args: &ImageArgs, path: Option<&str>, as_json: bool) -> Result<()> {
         None if as_json => println!("{}", serde_json::to_string_pretty(&rows_json(&rows))?),
         None => print_table(&rows),
         Some(p) => {
-            let report = inspect::path_report(&view.layers, &view.tree, p)
-                .with_context(|| format!("path {p:?}"))?;
+            let report = inspect::path_report(&view.layers, &view.tree, p).with_context(|| format!("path {p:?}"))?;
             if as_json {
                 println!("{}", serde_json::to_string_pretty(&report_json(&report))?);
             } else {
@@ -45,11 +44,7 @@ pub fn print_table(rows: &[LayerRow]) {
         "LAYER", "DIGEST", "MEDIA TYPE", "STORED", "UNCOMPRESSED", "ENTRIES", "WHITEOUTS"
     );
     for (i, r) in rows.iter().enumerate() {
-        let digest = if r.digest.is_empty() {
-            "-".to_string()
-        } else {
-            r.digest.chars().take(19).collect()
-        };
+        let digest = if r.digest.is_empty() { "-".to_string() } else { r.digest.chars().take(19).collect() };
         println!(
             "{:<5} {:<19} {:<44} {:>12} {:>12} {:>8} {:>9}",
             i,

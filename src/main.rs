@@ -16,11 +16,7 @@ use strata_fs::fuse::mount::{self, MountConfig};
 use strata_fs::fuse::ImageFs;
 
 #[derive(Parser)]
-#[command(
-    name = "strata",
-    version,
-    about = "Container image layers merged through FUSE, without extracting them"
-)]
+#[command(name = "strata", version, about = "Container image layers merged through FUSE, without extracting them")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,20 +70,11 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Mount {
-            image,
-            foreground,
-            allow_other,
-            threads,
-        } => {
+        Command::Mount { image, foreground, allow_other, threads } => {
             let mountpoint = image.mountpoint()?;
+            mount::check_mountpoint(&mountpoint)?;
             let view = image.load()?;
-            let config = MountConfig {
-                source: image.source_name(),
-                allow_other,
-                dev_suid: false,
-                threads,
-            };
+            let config = MountConfig { source: image.source_name(), allow_other, dev_suid: false, threads };
             let fs = ImageFs::new(view);
             if foreground {
                 mount::serve(fs, &mountpoint, &config, |_| {})?;
@@ -96,8 +83,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Umount { mountpoint, lazy } => mount::unmount(&mountpoint, lazy)
-            .with_context(|| format!("unmounting {}", mountpoint.display())),
+        Command::Umount { mountpoint, lazy } => {
+            mount::unmount(&mountpoint, lazy).with_context(|| format!("unmounting {}", mountpoint.display()))
+        }
         Command::Inspect { image, path, json } => inspect::run(&image, path.as_deref(), json),
         Command::Demo => demo::run(),
     }

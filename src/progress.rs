@@ -14,11 +14,9 @@ impl Progress for TerminalProgress {
     fn start(&self, what: &str, total: u64) {
         let bar = ProgressBar::new(total).with_message(what.to_string());
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
+                .expect("static template")
+                .progress_chars("=> "),
         );
         *self.bar.lock().expect("progress lock") = Some(bar);
     }

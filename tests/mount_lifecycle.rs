@@ -37,10 +37,7 @@ fn inode_numbers_are_unique_and_stable_across_remounts() {
     let mut seen = std::collections::HashMap::new();
     for (path, ino) in &second {
         if let Some(other) = seen.insert(*ino, path) {
-            assert!(
-                nodes[path].nlink > 1,
-                "{path} and {other} share inode {ino} without being hard links"
-            );
+            assert!(nodes[path].nlink > 1, "{path} and {other} share inode {ino} without being hard links");
         }
     }
 }
@@ -58,26 +55,15 @@ fn index_is_cached_and_a_corrupt_index_is_rebuilt() {
         snapshot(&mnt.dir).0
     };
     let index_dir = cache.join("index/v1");
-    let indexes: Vec<_> = std::fs::read_dir(&index_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(
-        indexes.len(),
-        4,
-        "one index per layer in {}",
-        index_dir.display()
-    );
+    let indexes: Vec<_> = std::fs::read_dir(&index_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(indexes.len(), 4, "one index per layer in {}", index_dir.display());
     assert_eq!(
         std::fs::read_dir(cache.join("blobs")).unwrap().count(),
         2,
         "the gzip and zstd layers are decompressed once"
     );
     // Truncate one index, flip a byte in another: both must be rebuilt, never trusted.
-    let sizes: Vec<u64> = indexes
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .collect();
+    let sizes: Vec<u64> = indexes.iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
     std::fs::write(&indexes[0], &std::fs::read(&indexes[0]).unwrap()[..20]).unwrap();
     let mut bytes = std::fs::read(&indexes[1]).unwrap();
     let last = bytes.len() - 1;
@@ -85,10 +71,7 @@ fn index_is_cached_and_a_corrupt_index_is_rebuilt() {
     std::fs::write(&indexes[1], bytes).unwrap();
     let mnt = Mounted::new(&cache, &[&layout], &work.path().join("m2"));
     assert_eq!(snapshot(&mnt.dir).0, expected);
-    let rebuilt: Vec<u64> = indexes
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .collect();
+    let rebuilt: Vec<u64> = indexes.iter().map(|p| std::fs::metadata(p).unwrap().len()).collect();
     assert_eq!(rebuilt, sizes);
 }
 
@@ -99,72 +82,27 @@ fn the_mount_is_read_only_and_shows_layer_metadata() {
     }
     let work = tempfile::tempdir().unwrap();
     let layout = standard_layout(work.path());
-    let mnt = Mounted::new(
-        &work.path().join("cache"),
-        &[&layout],
-        &work.path().join("m"),
-    );
+    let mnt = Mounted::new(&work.path().join("cache"), &[&layout], &work.path().join("m"));
     let d = &mnt.dir;
-    let erofs =
-        |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    let erofs = |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
     erofs(std::fs::write(d.join("etc/passwd"), "x"));
     erofs(std::fs::write(d.join("new-file"), "x"));
     erofs(std::fs::create_dir(d.join("new-dir")));
     erofs(std::fs::remove_file(d.join("etc/passwd")));
-    assert_eq!(
-        std::fs::read_link(d.join("bin/sh")).unwrap(),
-        Path::new("busybox")
-    );
-    assert_eq!(
-        std::fs::metadata(d.join("bin/su")).unwrap().mode() & 0o7777,
-        0o4755
-    );
-    assert_eq!(
-        std::fs::metadata(d.join("home/user/.profile"))
-            .unwrap()
-            .uid(),
-        1000
-    );
+    assert_eq!(std::fs::read_link(d.join("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(std::fs::metadata(d.join("bin/su")).unwrap().mode() & 0o7777, 0o4755);
+    assert_eq!(std::fs::metadata(d.join("home/user/.profile")).unwrap().uid(), 1000);
     let p = CString::new(d.join("data/xattrs.txt").to_str().unwrap()).unwrap();
     let mut buf = [0u8; 64];
-    let n = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            c"user.comment".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let n = unsafe { libc::getxattr(p.as_ptr(), c"user.comment".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert_eq!(&buf[..n as usize], b"hello");
-    let missing = unsafe {
-        libc::getxattr(
-            p.as_ptr(),
-            c"user.none".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    assert_eq!(
-        (missing, std::io::Error::last_os_error().raw_os_error()),
-        (-1, Some(libc::ENODATA))
-    );
+    let missing = unsafe { libc::getxattr(p.as_ptr(), c"user.none".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert_eq!((missing, std::io::Error::last_os_error().raw_os_error()), (-1, Some(libc::ENODATA)));
     let long_name = "x".repeat(256);
-    assert_eq!(
-        std::fs::metadata(d.join(long_name))
-            .unwrap_err()
-            .raw_os_error(),
-        Some(libc::ENAMETOOLONG)
-    );
-    assert_eq!(
-        std::fs::metadata(d.join("etc/passwd/below"))
-            .unwrap_err()
-            .raw_os_error(),
-        Some(libc::ENOTDIR)
-    );
+    assert_eq!(std::fs::metadata(d.join(long_name)).unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    assert_eq!(std::fs::metadata(d.join("etc/passwd/below")).unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
     let stats = nix::sys::statvfs::statvfs(d).unwrap();
-    assert!(stats
-        .flags()
-        .contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    assert!(stats.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
     assert!(stats.blocks() > 0);
 }
 
@@ -184,22 +122,12 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
         .unwrap();
     let start = Instant::now();
     while !is_mounted(&mnt) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the foreground mount never appeared"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "strata mount -f exited early"
-        );
+        assert!(start.elapsed() < Duration::from_secs(20), "the foreground mount never appeared");
+        assert!(child.try_wait().unwrap().is_none(), "strata mount -f exited early");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(mnt.join("etc/passwd").exists());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "strata mount -f after SIGTERM: {status}");
     assert!(!is_mounted(&mnt), "SIGTERM left the mount behind");
@@ -208,10 +136,7 @@ fn foreground_mount_unmounts_cleanly_on_sigterm() {
 #[test]
 fn umount_refuses_what_is_not_a_strata_mount() {
     let work = tempfile::tempdir().unwrap();
-    let out = strata()
-        .args(["umount", work.path().to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = strata().args(["umount", work.path().to_str().unwrap()]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a strata mount"));
 }

@@ -20,34 +20,16 @@ fn standard_image_matches_umoci_unpack() {
     fixture::write_oci_layout(&layout, &fixture::standard_image().with_zstd_as_gzip()).unwrap();
     let reference = work.path().join("reference");
     let out = Command::new("umoci")
-        .args([
-            "raw",
-            "unpack",
-            "--image",
-            &format!("{}:standard", layout.display()),
-            reference.to_str().unwrap(),
-        ])
+        .args(["raw", "unpack", "--image", &format!("{}:standard", layout.display()), reference.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "umoci: {}", String::from_utf8_lossy(&out.stderr));
 
-    let mnt = Mounted::new(
-        &work.path().join("cache"),
-        &[layout.to_str().unwrap()],
-        &work.path().join("mnt"),
-    );
+    let mnt = Mounted::new(&work.path().join("cache"), &[layout.to_str().unwrap()], &work.path().join("mnt"));
     let (expected, expected_inodes) = snapshot(&reference);
     let (actual, actual_inodes) = snapshot(&mnt.dir);
     let diffs = differences(&expected, &actual);
-    assert!(
-        diffs.is_empty(),
-        "strata differs from umoci:\n{}",
-        diffs.join("\n")
-    );
+    assert!(diffs.is_empty(), "strata differs from umoci:\n{}", diffs.join("\n"));
 
     // Hard-link sets: the same grouping of paths by inode in both trees.
     let groups = |inodes: &std::collections::BTreeMap<String, u64>| {
@@ -62,8 +44,5 @@ fn standard_image_matches_umoci_unpack() {
         sets
     };
     assert_eq!(groups(&actual_inodes), groups(&expected_inodes));
-    assert!(
-        !groups(&actual_inodes).is_empty(),
-        "the fixture has a surviving hard-link set"
-    );
+    assert!(!groups(&actual_inodes).is_empty(), "the fixture has a surviving hard-link set");
 }

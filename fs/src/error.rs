@@ -10,49 +10,30 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    // Not `source`: the message already carries the cause, and chained printing would repeat it.
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
 
     #[error("layer {layer}: entry {entry:?} {problem}; refusing the layer")]
-    UnsafeEntryPath {
-        layer: String,
-        entry: String,
-        problem: PathProblem,
-    },
+    UnsafeEntryPath { layer: String, entry: String, problem: PathProblem },
 
     #[error("layer {layer}: hard link {link:?} points at {target:?}, which is not an earlier entry of the same layer")]
-    HardLinkTargetMissing {
-        layer: String,
-        link: String,
-        target: String,
-    },
+    HardLinkTargetMissing { layer: String, link: String, target: String },
 
     #[error("layer {layer}: entry {entry:?} is {what}, which strata does not support")]
-    Unsupported {
-        layer: String,
-        entry: String,
-        what: String,
-    },
+    Unsupported { layer: String, entry: String, what: String },
 
     #[error("layer {layer}: corrupt or truncated archive: {detail}")]
     CorruptArchive { layer: String, detail: String },
 
     #[error("{}: digest mismatch: expected {expected}, computed {actual}; the blob is corrupt or was modified", path.display())]
-    DigestMismatch {
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
+    DigestMismatch { path: PathBuf, expected: String, actual: String },
 
     #[error("{}: {detail}", path.display())]
     BadImage { path: PathBuf, detail: String },
 
     #[error("layer {layer}: entry {entry:?} lies under {parent:?}, which is not a directory")]
-    ParentNotDirectory {
-        layer: String,
-        entry: String,
-        parent: String,
-    },
+    ParentNotDirectory { layer: String, entry: String, parent: String },
 
     #[error("{0:?}: no such path in the image")]
     NoSuchPath(String),
@@ -63,18 +44,12 @@ pub enum Error {
 
 impl Error {
     /// Wraps an I/O error with the path it happened on.
-    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+    pub fn io(path: impl Into<PathBuf>, cause: io::Error) -> Error {
+        Error::Io { path: path.into(), cause }
     }
 
     pub fn bad_image(path: impl Into<PathBuf>, detail: impl Into<String>) -> Error {
-        Error::BadImage {
-            path: path.into(),
-            detail: detail.into(),
-        }
+        Error::BadImage { path: path.into(), detail: detail.into() }
     }
 }
 

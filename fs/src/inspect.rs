@@ -72,18 +72,12 @@ pub fn path_report(
     raw: &str,
 ) -> Result<PathReport, path::PathProblem> {
     let relative = raw.trim_start_matches('/');
-    let p = if relative.is_empty() {
-        Vec::new()
-    } else {
-        path::normalize(relative.as_bytes())?
-    };
+    let p = if relative.is_empty() { Vec::new() } else { path::normalize(relative.as_bytes())? };
     let node = tree.lookup(&p).map(|id| tree.node(id));
     let mut mentions = Vec::new();
     for (li, layer) in layers.iter().enumerate() {
         let idx = &layer.index;
-        for ancestor in
-            path::ancestors(&p).chain(std::iter::once(&[][..]).filter(|_| !p.is_empty()))
-        {
+        for ancestor in path::ancestors(&p).chain(std::iter::once(&[][..]).filter(|_| !p.is_empty())) {
             if idx.opaque_dirs.iter().any(|d| **d == *ancestor) {
                 mentions.push((li, Mention::OpaqueAncestor(shown(ancestor))));
             }
@@ -101,9 +95,7 @@ pub fn path_report(
     }
     Ok(PathReport {
         path: format!("/{}", shown(&p)),
-        provided_by: node
-            .filter(|n| n.entry != IMPLICIT)
-            .map(|n| n.layer as usize),
+        provided_by: node.filter(|n| n.entry != IMPLICIT).map(|n| n.layer as usize),
         visible: node.is_some(),
         mentions,
     })

@@ -78,16 +78,12 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 /// True when `path` is `ancestor` or lies below it.
 pub fn is_within(path: &[u8], ancestor: &[u8]) -> bool {
     ancestor.is_empty()
-        || (path.starts_with(ancestor)
-            && (path.len() == ancestor.len() || path[ancestor.len()] == b'/'))
+        || (path.starts_with(ancestor) && (path.len() == ancestor.len() || path[ancestor.len()] == b'/'))
 }
 
 /// The proper ancestors of a normalised path, nearest last: `a/b/c` gives `a`, `a/b`.
 pub fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'/')
-        .map(move |(i, _)| &path[..i])
+    path.iter().enumerate().filter(|(_, &b)| b == b'/').map(move |(i, _)| &path[..i])
 }
 
 #[cfg(test)]

@@ -20,11 +20,7 @@ impl ImageView {
         let tree = MergedTree::build(&indexes).map_err(|problem| {
             let shown = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
             match problem {
-                MergeProblem::ParentNotDirectory {
-                    layer,
-                    entry,
-                    parent,
-                } => Error::ParentNotDirectory {
+                MergeProblem::ParentNotDirectory { layer, entry, parent } => Error::ParentNotDirectory {
                     layer: layers[layer].name.clone(),
                     entry: shown(&entry),
                     parent: shown(&parent),
@@ -41,8 +37,7 @@ impl ImageView {
 
     /// The layer entry that provides a node, or None for an implicit directory.
     pub fn entry(&self, node: &Node) -> Option<&Entry> {
-        (node.entry != IMPLICIT)
-            .then(|| &self.layers[node.layer as usize].index.entries[node.entry as usize])
+        (node.entry != IMPLICIT).then(|| &self.layers[node.layer as usize].index.entries[node.entry as usize])
     }
 
     pub fn entry_of(&self, id: NodeId) -> Option<&Entry> {

@@ -13,11 +13,7 @@ pub fn strata() -> Command {
 
 /// Runs strata with a private cache directory; returns the output whatever the exit status.
 pub fn run_strata(cache: &Path, args: &[&str]) -> Output {
-    strata()
-        .env("STRATA_CACHE", cache)
-        .args(args)
-        .output()
-        .expect("running the strata binary")
+    strata().env("STRATA_CACHE", cache).args(args).output().expect("running the strata binary")
 }
 
 /// FUSE mounts need /dev/fuse and (here) root. Outside CI a missing prerequisite skips the test
@@ -33,11 +29,7 @@ pub fn require_fuse() -> bool {
 }
 
 pub fn require_command(name: &str) -> bool {
-    let ok = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok = Command::new("sh").arg("-c").arg(format!("command -v {name}")).output().is_ok_and(|o| o.status.success());
     if !ok {
         let why = format!("{name} is not installed (run scripts/setup.sh)");
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
@@ -50,10 +42,7 @@ pub fn require_command(name: &str) -> bool {
 pub fn is_mounted(path: &Path) -> bool {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let needle = path.to_string_lossy().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(&needle))
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().any(|l| l.split(' ').nth(4) == Some(&needle))
 }
 
 /// A strata mount made by the real binary; unmounted (lazily if needed) on drop.
@@ -69,29 +58,16 @@ impl Mounted {
         all.extend_from_slice(args);
         all.push(dir.to_str().unwrap());
         let out = run_strata(cache, &all);
-        assert!(
-            out.status.success(),
-            "strata mount failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            is_mounted(dir),
-            "strata mount returned before {} was mounted",
-            dir.display()
-        );
-        Mounted {
-            dir: dir.to_path_buf(),
-        }
+        assert!(out.status.success(), "strata mount failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(is_mounted(dir), "strata mount returned before {} was mounted", dir.display());
+        Mounted { dir: dir.to_path_buf() }
     }
 }
 
 impl Drop for Mounted {
     fn drop(&mut self) {
         if is_mounted(&self.dir) {
-            let ok = strata()
-                .args(["umount", self.dir.to_str().unwrap()])
-                .status()
-                .is_ok_and(|s| s.success());
+            let ok = strata().args(["umount", self.dir.to_str().unwrap()]).status().is_ok_and(|s| s.success());
             if !ok {
                 let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
             }

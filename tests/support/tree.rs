@@ -32,20 +32,11 @@ pub fn snapshot(root: &Path) -> (BTreeMap<String, Node>, BTreeMap<String, u64>) 
     (nodes, inodes)
 }
 
-fn walk(
-    root: &Path,
-    dir: &Path,
-    nodes: &mut BTreeMap<String, Node>,
-    inodes: &mut BTreeMap<String, u64>,
-) {
+fn walk(root: &Path, dir: &Path, nodes: &mut BTreeMap<String, Node>, inodes: &mut BTreeMap<String, u64>) {
     for child in std::fs::read_dir(dir).unwrap() {
         let path = child.unwrap().path();
         let meta = std::fs::symlink_metadata(&path).unwrap();
-        let rel = path
-            .strip_prefix(root)
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
+        let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             "dir"
@@ -68,15 +59,8 @@ fn walk(
             size: if ft.is_dir() { 0 } else { meta.size() },
             mtime: (meta.mtime(), meta.mtime_nsec()),
             rdev: meta.rdev(),
-            target: ft.is_symlink().then(|| {
-                std::fs::read_link(&path)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned()
-            }),
-            content: ft
-                .is_file()
-                .then(|| format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()))),
+            target: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap().to_string_lossy().into_owned()),
+            content: ft.is_file().then(|| format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()))),
             xattrs: xattrs(&path),
             nlink: if ft.is_dir() { 0 } else { meta.nlink() },
         };
@@ -97,24 +81,14 @@ pub fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     if n <= 0 {
         return out;
     }
-    for name in names[..n as usize]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty())
-    {
+    for name in names[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let shown = String::from_utf8_lossy(name).into_owned();
         if !(shown.starts_with("user.") || shown.starts_with("trusted.")) {
             continue;
         }
         let cn = CString::new(name).unwrap();
         let mut value = vec![0u8; 65536];
-        let len = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cn.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
+        let len = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
         assert!(len >= 0, "lgetxattr {shown} on {}", path.display());
         value.truncate(len as usize);
         out.insert(shown, value);
@@ -123,10 +97,7 @@ pub fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Lists the differences between two snapshots, one line each (empty when equal).
-pub fn differences(
-    expected: &BTreeMap<String, Node>,
-    actual: &BTreeMap<String, Node>,
-) -> Vec<String> {
+pub fn differences(expected: &BTreeMap<String, Node>, actual: &BTreeMap<String, Node>) -> Vec<String> {
     let mut out = Vec::new();
     for (path, e) in expected {
         match actual.get(path) {

@@ -14,9 +14,7 @@ pub fn ino_of(node: &Node) -> INodeNo {
 
 /// The node an inode number stands for.
 pub fn node_of(ino: INodeNo) -> Option<NodeId> {
-    u64::from(ino)
-        .checked_sub(1)
-        .and_then(|n| NodeId::try_from(n).ok())
+    u64::from(ino).checked_sub(1).and_then(|n| NodeId::try_from(n).ok())
 }
 
 pub fn file_type(kind: Kind) -> FileType {
@@ -47,15 +45,7 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
 /// Attributes of a node; `entry` is None for a directory implied by deeper entries.
 pub fn attr(node: &Node, entry: Option<&Entry>) -> FileAttr {
     let (kind, perm, uid, gid, size, mtime, rdev) = match entry {
-        Some(e) => (
-            e.kind,
-            e.mode,
-            e.uid,
-            e.gid,
-            e.size,
-            e.mtime,
-            encode_dev(e.rdev_major, e.rdev_minor),
-        ),
+        Some(e) => (e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, encode_dev(e.rdev_major, e.rdev_minor)),
         None => (Kind::Dir, 0o755, 0, 0, 0, Timestamp::default(), 0),
     };
     let t = time(mtime);
@@ -86,25 +76,13 @@ mod tests {
     fn encodes_devices_like_the_kernel() {
         assert_eq!(encode_dev(1, 3), 0x103);
         assert_eq!(encode_dev(7, 0), 0x700);
-        assert_eq!(
-            encode_dev(259, 0x12345),
-            (0x45) | (259 << 8) | (0x12300 << 12)
-        );
+        assert_eq!(encode_dev(259, 0x12345), (0x45) | (259 << 8) | (0x12300 << 12));
     }
 
     #[test]
     fn converts_sub_second_and_negative_times() {
-        assert_eq!(
-            time(Timestamp { sec: 1, nsec: 5 }),
-            UNIX_EPOCH + Duration::new(1, 5)
-        );
-        assert_eq!(
-            time(Timestamp {
-                sec: -2,
-                nsec: 500_000_000
-            }),
-            UNIX_EPOCH - Duration::from_millis(1500)
-        );
+        assert_eq!(time(Timestamp { sec: 1, nsec: 5 }), UNIX_EPOCH + Duration::new(1, 5));
+        assert_eq!(time(Timestamp { sec: -2, nsec: 500_000_000 }), UNIX_EPOCH - Duration::from_millis(1500));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub fn from_io(err: &io::Error) -> Errno {
 
 pub fn from_error(err: &Error) -> Errno {
     match err {
-        Error::Io { source, .. } => from_io(source),
+        Error::Io { cause, .. } => from_io(cause),
         Error::NoSuchPath(_) => Errno::ENOENT,
         Error::UnsafeEntryPath { .. }
         | Error::HardLinkTargetMissing { .. }
@@ -35,15 +35,9 @@ mod tests {
 
     #[test]
     fn keeps_os_codes_and_falls_back_to_eio() {
-        assert_eq!(
-            from_io(&io::Error::from_raw_os_error(libc::ENOTDIR)),
-            Errno::ENOTDIR
-        );
+        assert_eq!(from_io(&io::Error::from_raw_os_error(libc::ENOTDIR)), Errno::ENOTDIR);
         assert_eq!(from_io(&io::Error::other("no code")), Errno::EIO);
-        assert_eq!(
-            from_error(&Error::io("/x", io::Error::from_raw_os_error(libc::EACCES))),
-            Errno::EACCES
-        );
+        assert_eq!(from_error(&Error::io("/x", io::Error::from_raw_os_error(libc::EACCES))), Errno::EACCES);
         assert_eq!(from_error(&Error::NoSuchPath("a".into())), Errno::ENOENT);
         assert_eq!(from_error(&Error::bad_image("/x", "bad")), Errno::EIO);
     }

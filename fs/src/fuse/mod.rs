@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use fuser::{
-    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::layer::index::Kind;
@@ -45,17 +45,11 @@ pub struct ImageFs {
 
 impl ImageFs {
     pub fn new(view: ImageView) -> ImageFs {
-        ImageFs {
-            view,
-            open_files: DashMap::new(),
-            next_handle: AtomicU64::new(1),
-        }
+        ImageFs { view, open_files: DashMap::new(), next_handle: AtomicU64::new(1) }
     }
 
     fn node(&self, ino: INodeNo) -> Result<NodeId, Errno> {
-        attr::node_of(ino)
-            .filter(|&id| self.view.tree.get(id).is_some())
-            .ok_or(Errno::ENOENT)
+        attr::node_of(ino).filter(|&id| self.view.tree.get(id).is_some()).ok_or(Errno::ENOENT)
     }
 
     fn attr(&self, id: NodeId) -> fuser::FileAttr {
@@ -69,11 +63,7 @@ impl ImageFs {
 
     fn xattrs(&self, ino: INodeNo) -> Result<impl Iterator<Item = &(Box<[u8]>, Box<[u8]>)>, Errno> {
         let id = self.node(ino)?;
-        let list = self
-            .view
-            .entry_of(id)
-            .map(|e| e.xattrs.as_slice())
-            .unwrap_or_default();
+        let list = self.view.entry_of(id).map(|e| e.xattrs.as_slice()).unwrap_or_default();
         Ok(list.iter().filter(|(name, _)| !is_internal_xattr(name)))
     }
 
@@ -81,15 +71,8 @@ impl ImageFs {
     fn listing(&self, dir: NodeId, offset: u64) -> impl Iterator<Item = (u64, NodeId, &[u8])> {
         let node = self.view.tree.node(dir);
         let dots = [(dir, &b"."[..]), (node.parent, &b".."[..])];
-        let kids = node
-            .children
-            .iter()
-            .map(|&k| (k, &*self.view.tree.node(k).name));
-        dots.into_iter()
-            .chain(kids)
-            .enumerate()
-            .skip(offset as usize)
-            .map(|(i, (id, name))| (i as u64 + 1, id, name))
+        let kids = node.children.iter().map(|&k| (k, &*self.view.tree.node(k).name));
+        dots.into_iter().chain(kids).enumerate().skip(offset as usize).map(|(i, (id, name))| (i as u64 + 1, id, name))
     }
 }
 
@@ -161,11 +144,7 @@ impl Filesystem for ImageFs {
         };
         let node = self.view.tree.node(id);
         let Some(entry) = self.view.entry(node).filter(|e| e.kind == Kind::File) else {
-            return reply.error(if self.is_dir(id) {
-                Errno::EISDIR
-            } else {
-                Errno::EINVAL
-            });
+            return reply.error(if self.is_dir(id) { Errno::EISDIR } else { Errno::EINVAL });
         };
         match self.view.layers[node.layer as usize].open(entry) {
             Ok(reader) => {
@@ -222,23 +201,15 @@ impl Filesystem for ImageFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.node(ino) {
-            Ok(id) if self.is_dir(id) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
+            Ok(id) if self.is_dir(id) => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+            }
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(e),
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let dir = match self.node(ino) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
@@ -246,26 +217,14 @@ impl Filesystem for ImageFs {
         for (next, id, name) in self.listing(dir, offset) {
             let node = self.view.tree.node(id);
             let kind = self.view.entry(node).map_or(Kind::Dir, |e| e.kind);
-            if reply.add(
-                attr::ino_of(node),
-                next,
-                attr::file_type(kind),
-                OsStr::from_bytes(name),
-            ) {
+            if reply.add(attr::ino_of(node), next, attr::file_type(kind), OsStr::from_bytes(name)) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let dir = match self.node(ino) {
             Ok(d) => d,
             Err(e) => return reply.error(e),
@@ -286,29 +245,12 @@ impl Filesystem for ImageFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let bytes: u64 = self
-            .view
-            .layers
-            .iter()
-            .map(|l| l.info.uncompressed_size)
-            .sum();
-        reply.statfs(
-            bytes.div_ceil(4096),
-            0,
-            0,
-            self.view.tree.len() as u64,
-            0,
-            4096,
-            255,
-            4096,
-        );
+        let bytes: u64 = self.view.layers.iter().map(|l| l.info.uncompressed_size).sum();
+        reply.statfs(bytes.div_ceil(4096), 0, 0, self.view.tree.len() as u64, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self
-            .xattrs(ino)
-            .map(|mut list| list.find(|(n, _)| **n == *name.as_bytes()))
-        {
+        match self.xattrs(ino).map(|mut list| list.find(|(n, _)| **n == *name.as_bytes())) {
             Ok(Some((_, value))) => reply_xattr(reply, size, value),
             Ok(None) => reply.error(Errno::ENODATA),
             Err(e) => reply.error(e),
@@ -318,9 +260,7 @@ impl Filesystem for ImageFs {
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.xattrs(ino) {
             Ok(list) => {
-                let names: Vec<u8> = list
-                    .flat_map(|(n, _)| n.iter().copied().chain([0]))
-                    .collect();
+                let names: Vec<u8> = list.flat_map(|(n, _)| n.iter().copied().chain([0])).collect();
                 reply_xattr(reply, size, &names)
             }
             Err(e) => reply.error(e),

@@ -49,11 +49,7 @@ impl MountConfig {
         });
         let mut config = Config::default();
         config.mount_options = options;
-        config.acl = if self.allow_other {
-            SessionACL::All
-        } else {
-            SessionACL::Owner
-        };
+        config.acl = if self.allow_other { SessionACL::All } else { SessionACL::Owner };
         config.n_threads = Some(self.threads.max(1));
         config.clone_fd = true;
         config
@@ -68,10 +64,7 @@ pub fn serve(
     config: &MountConfig,
     ready: impl FnOnce(Result<(), &Error>),
 ) -> Result<()> {
-    let mount_error = |detail: String| Error::Mount {
-        path: mountpoint.to_path_buf(),
-        detail,
-    };
+    let mount_error = |detail: String| Error::Mount { path: mountpoint.to_path_buf(), detail };
     let checked = match std::fs::metadata(mountpoint) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(mount_error("not a directory".into())),
@@ -83,14 +76,11 @@ pub fn serve(
     }
     // Block the stop signals before fuser starts its threads, so only the waiter below sees them.
     let stop = stop_signals();
-    stop.thread_block()
-        .map_err(|e| mount_error(format!("blocking signals: {e}")))?;
+    stop.thread_block().map_err(|e| mount_error(format!("blocking signals: {e}")))?;
     let mut session = match Session::new(fs, mountpoint, &config.fuser_config()) {
         Ok(s) => s,
         Err(e) => {
-            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied
-                || e.raw_os_error() == Some(libc::EPERM)
-            {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EPERM) {
                 " (is /dev/fuse accessible and fusermount3 installed? run scripts/setup.sh)"
             } else {
                 ""
@@ -110,9 +100,17 @@ pub fn serve(
         })
         .map_err(|e| mount_error(format!("starting the signal thread: {e}")))?;
     ready(Ok(()));
-    session
-        .run()
-        .map_err(|e| mount_error(format!("serving requests: {e}")))
+    session.run().map_err(|e| mount_error(format!("serving requests: {e}")))
+}
+
+/// Fails unless `mountpoint` is an existing directory: worth checking before indexing an image.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    let detail = match std::fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "not a directory".to_string(),
+        Err(e) => format!("{e}; create the directory first"),
+    };
+    Err(Error::Mount { path: mountpoint.to_path_buf(), detail })
 }
 
 fn stop_signals() -> SigSet {
@@ -128,12 +126,8 @@ fn stop_signals() -> SigSet {
 pub fn serve_in_background(fs: ImageFs, mountpoint: &Path, config: &MountConfig) -> Result<()> {
     // The daemon leaves the caller's working directory, so a relative mountpoint must be resolved now.
     let mountpoint = &std::path::absolute(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
-    let mount_error = |detail: String| Error::Mount {
-        path: mountpoint.to_path_buf(),
-        detail,
-    };
-    let (read_end, write_end) =
-        nix::unistd::pipe().map_err(|e| mount_error(format!("pipe: {e}")))?;
+    let mount_error = |detail: String| Error::Mount { path: mountpoint.to_path_buf(), detail };
+    let (read_end, write_end) = nix::unistd::pipe().map_err(|e| mount_error(format!("pipe: {e}")))?;
     // SAFETY: strata calls this before it starts threads, so the child has no lock held elsewhere.
     match unsafe { fork() }.map_err(|e| mount_error(format!("fork: {e}")))? {
         ForkResult::Parent { child } => {
@@ -144,9 +138,7 @@ pub fn serve_in_background(fs: ImageFs, mountpoint: &Path, config: &MountConfig)
                 "ok" => Ok(()),
                 "" => {
                     let status = nix::sys::wait::waitpid(child, None);
-                    Err(mount_error(format!(
-                        "the mount daemon exited before the mount was ready: {status:?}"
-                    )))
+                    Err(mount_error(format!("the mount daemon exited before the mount was ready: {status:?}")))
                 }
                 detail => Err(mount_error(detail.to_string())),
             }
@@ -157,9 +149,7 @@ pub fn serve_in_background(fs: ImageFs, mountpoint: &Path, config: &MountConfig)
             let _ = std::env::set_current_dir("/");
             let pipe = File::from(write_end);
             // The closure owns the pipe, so it closes as soon as readiness is reported.
-            let outcome = serve(fs, mountpoint, config, move |ready| {
-                report_readiness(pipe, ready)
-            });
+            let outcome = serve(fs, mountpoint, config, move |ready| report_readiness(pipe, ready));
             std::process::exit(if outcome.is_ok() { 0 } else { 1 });
         }
     }
@@ -185,11 +175,7 @@ fn report_readiness(mut pipe: File, ready: Result<(), &Error>) {
 
 /// Points stdin, stdout and stderr at /dev/null, so the daemon holds no terminal.
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors, which this process owns.
             unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -201,21 +187,12 @@ fn detach_stdio() {
 pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
     if !is_strata_mount(&mountpoint) {
-        return Err(Error::Mount {
-            path: mountpoint,
-            detail: "not a strata mount (see /proc/self/mountinfo)".into(),
-        });
+        return Err(Error::Mount { path: mountpoint, detail: "not a strata mount (see /proc/self/mountinfo)".into() });
     }
     let outcome = if nix::unistd::geteuid().is_root() {
-        let flags = if lazy {
-            nix::mount::MntFlags::MNT_DETACH
-        } else {
-            nix::mount::MntFlags::empty()
-        };
+        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
         nix::mount::umount2(&mountpoint, flags).map_err(|e| match e {
-            nix::errno::Errno::EBUSY => {
-                "busy: a process still uses it; close it or pass --lazy".to_string()
-            }
+            nix::errno::Errno::EBUSY => "busy: a process still uses it; close it or pass --lazy".to_string(),
             other => other.to_string(),
         })
     } else {
@@ -230,10 +207,7 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
             Err(e) => Err(format!("running fusermount3: {e}")),
         }
     };
-    outcome.map_err(|detail| Error::Mount {
-        path: mountpoint,
-        detail,
-    })
+    outcome.map_err(|detail| Error::Mount { path: mountpoint, detail })
 }
 
 /// True when /proc/self/mountinfo lists a strata FUSE mount at `mountpoint`.
@@ -246,8 +220,7 @@ pub fn is_strata_mount(mountpoint: &Path) -> bool {
         let sep = fields.iter().position(|f| *f == "-");
         let fstype = sep.and_then(|i| fields.get(i + 1)).copied().unwrap_or("");
         let source = sep.and_then(|i| fields.get(i + 2)).copied().unwrap_or("");
-        fields.get(4).map(|p| PathBuf::from(unescape_mountinfo(p)))
-            == Some(mountpoint.to_path_buf())
+        fields.get(4).map(|p| PathBuf::from(unescape_mountinfo(p))) == Some(mountpoint.to_path_buf())
             && (fstype == "fuse" || fstype.starts_with("fuse."))
             && source.starts_with(SOURCE_PREFIX)
     })
@@ -260,15 +233,11 @@ fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal =
+            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) => {
-                out.push(
-                    d.iter()
-                        .fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')),
-                );
+                out.push(d.iter().fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')));
                 i += 4;
             }
             None => {

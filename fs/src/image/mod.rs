@@ -63,10 +63,7 @@ pub struct Image {
 pub fn open(path: &Path, selector: &Selector) -> Result<Image> {
     let is_dir = std::fs::metadata(path).at(path)?.is_dir();
     // A file that is not a readable tar is not an image archive: it is reported as a layer below.
-    if let Some(store) = (is_dir || is_uncompressed(path))
-        .then(|| Store::open(path))
-        .and_then(|s| s.ok())
-    {
+    if let Some(store) = (is_dir || is_uncompressed(path)).then(|| Store::open(path)).and_then(|s| s.ok()) {
         if store.contains("manifest.json") {
             return docker::load(&store, selector);
         }
@@ -89,22 +86,14 @@ fn single_layer(path: &Path, selector: &Selector) -> Result<Image> {
 
 /// An image made of explicit layer paths, bottom first.
 pub fn from_layers(paths: &[PathBuf]) -> Result<Image> {
-    let layers = paths
-        .iter()
-        .map(|p| LayerSource::from_path(p))
-        .collect::<Result<_>>()?;
-    Ok(Image {
-        layers,
-        config: ImageConfig::default(),
-    })
+    let layers = paths.iter().map(|p| LayerSource::from_path(p)).collect::<Result<_>>()?;
+    Ok(Image { layers, config: ImageConfig::default() })
 }
 
 /// True when the file does not start with a gzip or zstd magic (an archive we can look inside).
 fn is_uncompressed(path: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut magic))
-        .unwrap_or(0);
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).unwrap_or(0);
     crate::layer::blob::Compression::detect(&magic[..n]) == crate::layer::blob::Compression::None
 }

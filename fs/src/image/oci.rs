@@ -63,11 +63,7 @@ fn is_index(media_type: &str) -> bool {
 pub(super) fn blob_name(store: &Store, digest: &str) -> Result<String> {
     let hex = digest
         .strip_prefix("sha256:")
-        .filter(|h| {
-            h.len() == 64
-                && h.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        })
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
         .ok_or_else(|| {
             Error::bad_image(
                 store.path(),
@@ -79,8 +75,7 @@ pub(super) fn blob_name(store: &Store, digest: &str) -> Result<String> {
 
 fn parse<T: for<'de> Deserialize<'de>>(store: &Store, name: &str) -> Result<T> {
     let bytes = store.read(name)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| Error::bad_image(store.path(), format!("{name}: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| Error::bad_image(store.path(), format!("{name}: {e}")))
 }
 
 pub(super) fn parse_config(store: &Store, name: &str) -> Result<ConfigFile> {
@@ -95,10 +90,7 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
         .filter(|d| match selector {
             Selector::Default => true,
             Selector::Tag(t) => {
-                d.annotations
-                    .get(REF_NAME)
-                    .is_some_and(|r| r == t || r.rsplit(':').next() == Some(t))
-                    || d.digest == *t
+                d.annotations.get(REF_NAME).is_some_and(|r| r == t || r.rsplit(':').next() == Some(t)) || d.digest == *t
             }
         })
         .collect();
@@ -107,19 +99,13 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
         [] => {
             return Err(Error::bad_image(
                 store.path(),
-                format!(
-                    "no manifest matches {selector}; available: {}",
-                    available(&index)
-                ),
+                format!("no manifest matches {selector}; available: {}", available(&index)),
             ))
         }
         _ => {
             return Err(Error::bad_image(
                 store.path(),
-                format!(
-                    "several manifests match {selector}; pick one with --tag: {}",
-                    available(&index)
-                ),
+                format!("several manifests match {selector}; pick one with --tag: {}", available(&index)),
             ))
         }
     };
@@ -129,11 +115,7 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
     if !config.rootfs.diff_ids.is_empty() && config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(Error::bad_image(
             store.path(),
-            format!(
-                "the config lists {} diff_ids for {} layers",
-                config.rootfs.diff_ids.len(),
-                manifest.layers.len()
-            ),
+            format!("the config lists {} diff_ids for {} layers", config.rootfs.diff_ids.len(), manifest.layers.len()),
         ));
     }
     let mut layers = Vec::with_capacity(manifest.layers.len());
@@ -141,10 +123,7 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
         if !(desc.media_type.contains("layer") || desc.media_type.contains("rootfs.diff")) {
             return Err(Error::bad_image(
                 store.path(),
-                format!(
-                    "layer {i} has media type {:?}, which is not a filesystem layer",
-                    desc.media_type
-                ),
+                format!("layer {i} has media type {:?}, which is not a filesystem layer", desc.media_type),
             ));
         }
         layers.push(LayerSource::Blob {
@@ -153,10 +132,7 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
             expected_diff_id: config.rootfs.diff_ids.get(i).cloned(),
         });
     }
-    Ok(Image {
-        layers,
-        config: config.config.unwrap_or_default(),
-    })
+    Ok(Image { layers, config: config.config.unwrap_or_default() })
 }
 
 /// Follows nested indexes down to one manifest, picking the host's platform (linux/amd64 here).
@@ -170,26 +146,16 @@ fn resolve_platform(store: &Store, mut desc: Descriptor) -> Result<Descriptor> {
         desc = nested
             .manifests
             .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-            })
+            .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
             .cloned()
             .ok_or_else(|| {
                 Error::bad_image(
                     store.path(),
-                    format!(
-                        "no linux/{arch} manifest in the multi-platform index {}",
-                        desc.digest
-                    ),
+                    format!("no linux/{arch} manifest in the multi-platform index {}", desc.digest),
                 )
             })?;
     }
-    Err(Error::bad_image(
-        store.path(),
-        "image indexes nest more than 8 deep",
-    ))
+    Err(Error::bad_image(store.path(), "image indexes nest more than 8 deep"))
 }
 
 fn host_architecture() -> &'static str {
@@ -204,12 +170,7 @@ fn available(index: &Index) -> String {
     let names: Vec<String> = index
         .manifests
         .iter()
-        .map(|d| {
-            d.annotations
-                .get(REF_NAME)
-                .cloned()
-                .unwrap_or_else(|| d.digest.clone())
-        })
+        .map(|d| d.annotations.get(REF_NAME).cloned().unwrap_or_else(|| d.digest.clone()))
         .collect();
     names.join(", ")
 }

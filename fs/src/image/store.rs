@@ -17,10 +17,7 @@ const MAX_DOCUMENT: u64 = 64 << 20;
 
 pub enum Store {
     Dir(PathBuf),
-    Archive {
-        range: BlobRange,
-        members: HashMap<Vec<u8>, (u64, u64)>,
-    },
+    Archive { range: BlobRange, members: HashMap<Vec<u8>, (u64, u64)> },
 }
 
 impl Store {
@@ -59,9 +56,9 @@ impl Store {
                 BlobRange::whole(file, host.clone()).at(&host)
             }
             Store::Archive { range, members } => {
-                let &(offset, len) = members.get(name.as_bytes()).ok_or_else(|| {
-                    Error::bad_image(&range.path, format!("the archive has no member {name:?}"))
-                })?;
+                let &(offset, len) = members
+                    .get(name.as_bytes())
+                    .ok_or_else(|| Error::bad_image(&range.path, format!("the archive has no member {name:?}")))?;
                 Ok(BlobRange {
                     file: Arc::clone(&range.file),
                     path: range.path.clone(),
@@ -78,10 +75,7 @@ impl Store {
         if blob.len > MAX_DOCUMENT {
             return Err(Error::bad_image(
                 self.path(),
-                format!(
-                    "{name} is {} bytes, too large for an image document",
-                    blob.len
-                ),
+                format!("{name} is {} bytes, too large for an image document", blob.len),
             ));
         }
         let mut out = Vec::with_capacity(blob.len as usize);
@@ -93,19 +87,11 @@ impl Store {
 /// Regular files of the outer archive with their data ranges; symlinks and hard links between
 /// members (older `docker save` links duplicate layers) resolve to their targets.
 fn list_members(range: &BlobRange) -> Result<HashMap<Vec<u8>, (u64, u64)>> {
-    let bad = |detail: String| {
-        Error::bad_image(
-            &range.path,
-            format!("not a readable image archive: {detail}"),
-        )
-    };
+    let bad = |detail: String| Error::bad_image(&range.path, format!("not a readable image archive: {detail}"));
     let mut members = HashMap::new();
     let mut links = Vec::new();
     let mut archive = tar::Archive::new(range.reader());
-    for item in archive
-        .entries_with_seek()
-        .map_err(|e| bad(e.to_string()))?
-    {
+    for item in archive.entries_with_seek().map_err(|e| bad(e.to_string()))? {
         let entry = item.map_err(|e| bad(e.to_string()))?;
         let Ok(name) = path::normalize(&entry.path_bytes()) else {
             continue;
@@ -123,9 +109,7 @@ fn list_members(range: &BlobRange) -> Result<HashMap<Vec<u8>, (u64, u64)>> {
         } else if kind.is_symlink() || kind.is_hard_link() {
             if let Some(target) = entry.link_name_bytes() {
                 let base = if kind.is_symlink() {
-                    path::split_parent(&name)
-                        .map(|(p, _)| p.to_vec())
-                        .unwrap_or_default()
+                    path::split_parent(&name).map(|(p, _)| p.to_vec()).unwrap_or_default()
                 } else {
                     Vec::new()
                 };

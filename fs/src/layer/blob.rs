@@ -65,12 +65,7 @@ impl BlobRange {
     /// The whole of `file`.
     pub fn whole(file: File, path: PathBuf) -> io::Result<BlobRange> {
         let len = file.metadata()?.len();
-        Ok(BlobRange {
-            file: Arc::new(file),
-            path,
-            offset: 0,
-            len,
-        })
+        Ok(BlobRange { file: Arc::new(file), path, offset: 0, len })
     }
 
     /// Reads at `pos` within the range; short only at the range's end.
@@ -83,10 +78,7 @@ impl BlobRange {
     }
 
     pub fn reader(&self) -> RangeReader<'_> {
-        RangeReader {
-            range: self,
-            pos: 0,
-        }
+        RangeReader { range: self, pos: 0 }
     }
 
     /// The first bytes of the range, enough to tell its compression.
@@ -140,12 +132,8 @@ impl Seek for RangeReader<'_> {
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
             SeekFrom::End(d) => self.range.len.checked_add_signed(d),
         };
-        self.pos = target.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "seek before the start of the blob",
-            )
-        })?;
+        self.pos =
+            target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the blob"))?;
         Ok(self.pos)
     }
 }
@@ -158,10 +146,7 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-        }
+        HashingReader { inner, hasher: Sha256::new() }
     }
 
     pub fn digest(self) -> String {
@@ -204,27 +189,18 @@ pub fn decompress(
             Ok(n)
         }
     }
-    let mut stored = HashingReader::new(Progress {
-        inner: range.reader(),
-        done: 0,
-        report: progress,
-    });
+    let mut stored = HashingReader::new(Progress { inner: range.reader(), done: 0, report: progress });
     let mut hasher = Sha256::new();
     let mut writer = io::BufWriter::with_capacity(1 << 20, &mut *out);
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     {
         let mut decoder: Box<dyn Read + '_> = match compression {
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
-                io::BufReader::with_capacity(1 << 20, &mut stored),
-            )),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut stored)?),
-            Compression::None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the blob is not compressed",
-                ))
+            Compression::Gzip => {
+                Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, &mut stored)))
             }
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut stored)?),
+            Compression::None => return Err(io::Error::new(io::ErrorKind::InvalidInput, "the blob is not compressed")),
         };
         loop {
             let n = decoder.read(&mut buf)?;
@@ -255,10 +231,7 @@ mod tests {
     #[test]
     fn detects_compression_by_magic() {
         assert_eq!(Compression::detect(&[0x1f, 0x8b, 8, 0]), Compression::Gzip);
-        assert_eq!(
-            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]),
-            Compression::Zstd
-        );
+        assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
         assert_eq!(Compression::detect(b"ustar"), Compression::None);
         assert_eq!(Compression::detect(&[]), Compression::None);
     }
@@ -267,12 +240,7 @@ mod tests {
     fn range_reader_reads_and_seeks_within_its_range() {
         let mut tmp = tempfile::tempfile().unwrap();
         tmp.write_all(b"0123456789").unwrap();
-        let range = BlobRange {
-            file: Arc::new(tmp),
-            path: "t".into(),
-            offset: 2,
-            len: 5,
-        };
+        let range = BlobRange { file: Arc::new(tmp), path: "t".into(), offset: 2, len: 5 };
         let mut r = range.reader();
         let mut s = String::new();
         r.read_to_string(&mut s).unwrap();

@@ -44,9 +44,7 @@ impl Cache {
 
     /// Where the index of the layer with this key lives.
     pub fn index_path(&self, key: &str) -> PathBuf {
-        self.root
-            .join(format!("index/v{INDEX_FORMAT_VERSION}"))
-            .join(key_file_name(key))
+        self.root.join(format!("index/v{INDEX_FORMAT_VERSION}")).join(key_file_name(key))
     }
 
     /// Where the decompressed tar of a compressed layer lives, named by its diff_id.
@@ -55,17 +53,10 @@ impl Cache {
     }
 
     /// Writes `dest` through a temporary file in its directory and renames it into place.
-    pub fn write_atomic<T>(
-        &self,
-        dest: &Path,
-        write: impl FnOnce(&mut File) -> io::Result<T>,
-    ) -> Result<T> {
+    pub fn write_atomic<T>(&self, dest: &Path, write: impl FnOnce(&mut File) -> io::Result<T>) -> Result<T> {
         let dir = dest.parent().expect("cache paths have a parent");
         fs::create_dir_all(dir).at(dir)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
-            .tempfile_in(dir)
-            .at(dir)?;
+        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).at(dir)?;
         let value = write(tmp.as_file_mut()).at(tmp.path())?;
         tmp.as_file().sync_data().at(tmp.path())?;
         tmp.persist(dest).map_err(|e| e.error).at(dest)?;

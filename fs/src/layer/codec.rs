@@ -26,10 +26,7 @@ impl std::fmt::Display for DecodeProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecodeProblem::NotAnIndex => f.write_str("not a strata index"),
-            DecodeProblem::OtherVersion(v) => write!(
-                f,
-                "index format version {v}, expected {INDEX_FORMAT_VERSION}"
-            ),
+            DecodeProblem::OtherVersion(v) => write!(f, "index format version {v}, expected {INDEX_FORMAT_VERSION}"),
             DecodeProblem::Truncated => f.write_str("truncated"),
             DecodeProblem::ChecksumMismatch => f.write_str("checksum mismatch"),
             DecodeProblem::Malformed(what) => write!(f, "malformed {what}"),
@@ -111,8 +108,7 @@ pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
     let info = LayerInfo {
         stored_digest: r.string()?,
         diff_id: r.string()?,
-        compression: Compression::from_u8(r.u8()?)
-            .ok_or(DecodeProblem::Malformed("compression"))?,
+        compression: Compression::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("compression"))?,
         stored_size: r.u64()?,
         uncompressed_size: r.u64()?,
     };
@@ -125,10 +121,7 @@ pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
         e.mode = r.u32()?;
         e.uid = r.u32()?;
         e.gid = r.u32()?;
-        e.mtime = Timestamp {
-            sec: r.u64()? as i64,
-            nsec: r.u32()?,
-        };
+        e.mtime = Timestamp { sec: r.u64()? as i64, nsec: r.u32()? };
         e.size = r.u64()?;
         e.data_offset = r.u64()?;
         e.rdev_major = r.u32()?;
@@ -146,14 +139,7 @@ pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
     if !r.0.is_empty() {
         return Err(DecodeProblem::Malformed("trailing bytes"));
     }
-    Ok((
-        info,
-        LayerIndex {
-            entries,
-            whiteouts,
-            opaque_dirs,
-        },
-    ))
+    Ok((info, LayerIndex { entries, whiteouts, opaque_dirs }))
 }
 
 struct Writer(Vec<u8>);
@@ -192,14 +178,10 @@ impl Reader<'_> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32, DecodeProblem> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, DecodeProblem> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     /// A element count, bounded by the bytes left so a corrupt count cannot allocate wildly.
     fn count(&mut self) -> Result<usize, DecodeProblem> {
@@ -231,10 +213,7 @@ mod tests {
         e.mode = 0o644;
         e.size = 42;
         e.data_offset = 1536;
-        e.mtime = Timestamp {
-            sec: 1_700_000_000,
-            nsec: 123,
-        };
+        e.mtime = Timestamp { sec: 1_700_000_000, nsec: 123 };
         e.xattrs.push((b"user.k"[..].into(), b"v"[..].into()));
         let info = LayerInfo {
             stored_digest: "sha256:aa".into(),
@@ -263,10 +242,7 @@ mod tests {
     fn rejects_truncation_corruption_and_foreign_files() {
         let (info, index) = sample();
         let data = encode(&info, &index);
-        assert_eq!(
-            decode(&data[..data.len() - 1]),
-            Err(DecodeProblem::Truncated)
-        );
+        assert_eq!(decode(&data[..data.len() - 1]), Err(DecodeProblem::Truncated));
         assert_eq!(decode(&data[..10]), Err(DecodeProblem::Truncated));
         let mut flipped = data.clone();
         *flipped.last_mut().unwrap() ^= 1;

@@ -14,15 +14,16 @@ use super::whiteout::{self, WhiteoutName};
 use crate::error::{IoContext, Result};
 use crate::path;
 
+/// A host directory tree cannot hold what the builder refuses: entries below files, hard links
+/// to directories or to names not yet walked (the first name of a link set is always indexed first).
+const HOST_TREE: &str = "a host directory tree is well formed";
+
 pub fn index_dir(root: &Path) -> Result<LayerIndex> {
     let mut builder = IndexBuilder::default();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let meta = fs::symlink_metadata(root).at(root)?;
-    builder.add(entry_from(root, b"", &meta)?);
-    if xattrs(root)?
-        .iter()
-        .any(|(n, v)| whiteout::OPAQUE_XATTRS.contains(&&**n) && whiteout::is_opaque_value(v))
-    {
+    builder.add(entry_from(root, b"", &meta)?).expect(HOST_TREE);
+    if xattrs(root)?.iter().any(|(n, v)| whiteout::OPAQUE_XATTRS.contains(&&**n) && whiteout::is_opaque_value(v)) {
         builder.add_opaque_dir(b"");
     }
     walk(root, b"", &mut builder, &mut links)?;
@@ -35,10 +36,7 @@ fn walk(
     builder: &mut IndexBuilder,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> Result<()> {
-    let mut children: Vec<_> = fs::read_dir(host_dir)
-        .at(host_dir)?
-        .collect::<std::io::Result<_>>()
-        .at(host_dir)?;
+    let mut children: Vec<_> = fs::read_dir(host_dir).at(host_dir)?.collect::<std::io::Result<_>>().at(host_dir)?;
     children.sort_by_key(|c| c.file_name());
     for child in children {
         let name = child.file_name();
@@ -65,34 +63,28 @@ fn walk(
         let entry = entry_from(&host, &rel, &meta)?;
         if ft.is_file()
             && meta.len() == 0
-            && entry
-                .xattrs
-                .iter()
-                .any(|(n, _)| whiteout::WHITEOUT_XATTRS.contains(&&**n))
+            && entry.xattrs.iter().any(|(n, _)| whiteout::WHITEOUT_XATTRS.contains(&&**n))
         {
             builder.add_whiteout(&rel);
             continue;
         }
         if ft.is_dir() {
-            if entry.xattrs.iter().any(|(n, v)| {
-                whiteout::OPAQUE_XATTRS.contains(&&**n) && whiteout::is_opaque_value(v)
-            }) {
+            if entry.xattrs.iter().any(|(n, v)| whiteout::OPAQUE_XATTRS.contains(&&**n) && whiteout::is_opaque_value(v))
+            {
                 builder.add_opaque_dir(&rel);
             }
-            builder.add(entry);
+            builder.add(entry).expect(HOST_TREE);
             walk(&host, &rel, builder, links)?;
             continue;
         }
         if !ft.is_dir() && meta.nlink() > 1 {
             if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                builder
-                    .add_hard_link(&rel, first)
-                    .expect("the first name of a host hard link is indexed");
+                builder.add_hard_link(&rel, first).expect(HOST_TREE);
                 continue;
             }
             links.insert((meta.dev(), meta.ino()), rel.clone());
         }
-        builder.add(entry);
+        builder.add(entry).expect(HOST_TREE);
     }
     Ok(())
 }
@@ -118,10 +110,7 @@ fn entry_from(host: &Path, rel: &[u8], meta: &fs::Metadata) -> Result<Entry> {
     e.mode = meta.mode() & 0o7777;
     e.uid = meta.uid();
     e.gid = meta.gid();
-    e.mtime = Timestamp {
-        sec: meta.mtime(),
-        nsec: meta.mtime_nsec() as u32,
-    };
+    e.mtime = Timestamp { sec: meta.mtime(), nsec: meta.mtime_nsec() as u32 };
     match kind {
         Kind::File => e.size = meta.len(),
         Kind::Symlink => {
@@ -141,15 +130,12 @@ fn entry_from(host: &Path, rel: &[u8], meta: &fs::Metadata) -> Result<Entry> {
 /// Every extended attribute of `path` itself (not of a symlink's target), sorted by name.
 fn xattrs(path: &Path) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
     let c_path = CString::new(path.as_os_str().as_bytes()).expect("host paths have no NUL");
-    let names = read_sized(path, |buf, len| unsafe {
-        libc::llistxattr(c_path.as_ptr(), buf.cast(), len)
-    })?;
+    let names = read_sized(path, |buf, len| unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) })?;
     let mut out = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let c_name = CString::new(name).expect("xattr names have no NUL");
-        let value = read_sized(path, |buf, len| unsafe {
-            libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len)
-        })?;
+        let value =
+            read_sized(path, |buf, len| unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.cast(), len) })?;
         out.push((name.into(), value.into()));
     }
     out.sort();

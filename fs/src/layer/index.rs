@@ -2,7 +2,7 @@
 //! layer's whiteouts and opaque directories. Pure data and the rules for building it; parsing
 //! (tar, directories) lives in `tar_index`/`dir_index`, persistence in `codec`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::path;
 
@@ -115,6 +115,8 @@ pub struct LayerIndex {
 pub enum BuildProblem {
     HardLinkTargetMissing,
     HardLinkToDirectory,
+    /// An entry lies below this path, which the layer has as a non-directory.
+    ParentNotDirectory(Box<[u8]>),
 }
 
 /// Builds a [`LayerIndex`] from entries in archive order, applying the in-layer rules:
@@ -126,34 +128,58 @@ pub struct IndexBuilder {
     by_path: HashMap<Box<[u8]>, usize>,
     whiteouts: Vec<Box<[u8]>>,
     opaque_dirs: Vec<Box<[u8]>>,
+    /// Every path that has had an entry below it in this layer.
+    parents: HashSet<Box<[u8]>>,
     next_link_id: u32,
 }
 
 impl IndexBuilder {
-    pub fn add(&mut self, entry: Entry) {
-        if let Some(&slot) = self.by_path.get(&entry.path) {
-            let old_is_dir = self.slots[slot]
-                .as_ref()
-                .is_some_and(|e| e.kind == Kind::Dir);
-            if old_is_dir && entry.kind != Kind::Dir {
-                self.drop_children_of(&entry.path);
-            }
-            self.slots[slot] = Some(entry);
-            return;
+    pub fn add(&mut self, entry: Entry) -> Result<(), BuildProblem> {
+        if let Some(parent) = self.file_above(&entry.path) {
+            return Err(BuildProblem::ParentNotDirectory(parent));
         }
-        self.by_path.insert(entry.path.clone(), self.slots.len());
-        self.slots.push(Some(entry));
+        let existing = self.by_path.get(&entry.path).copied();
+        let old_is_dir = existing.is_some_and(|slot| self.slots[slot].as_ref().is_some_and(|e| e.kind == Kind::Dir));
+        if entry.kind != Kind::Dir && self.parents.contains(&entry.path) {
+            // Extracted in order, this non-directory removes what the layer put below the path.
+            self.drop_children_of(&entry.path);
+        }
+        if existing.is_some() && !old_is_dir && entry.kind == Kind::Dir {
+            // Extracted in order, the earlier non-directory already removed whatever the lower
+            // layers had here: this directory must not merge with them.
+            self.whiteouts.push(entry.path.clone());
+        }
+        for ancestor in path::ancestors(&entry.path).collect::<Vec<_>>().into_iter().rev() {
+            if !self.parents.insert(ancestor.into()) {
+                break;
+            }
+        }
+        match existing {
+            Some(slot) => self.slots[slot] = Some(entry),
+            None => {
+                self.by_path.insert(entry.path.clone(), self.slots.len());
+                self.slots.push(Some(entry));
+            }
+        }
+        Ok(())
+    }
+
+    /// The nearest ancestor of `path` that this layer has as a non-directory, if any. Stops at
+    /// the first ancestor the layer has as a directory, so a well-formed tar costs one lookup.
+    fn file_above(&self, path: &[u8]) -> Option<Box<[u8]>> {
+        let mut ancestors: Vec<&[u8]> = path::ancestors(path).collect();
+        while let Some(ancestor) = ancestors.pop() {
+            if let Some(e) = self.by_path.get(ancestor).and_then(|&slot| self.slots[slot].as_ref()) {
+                return (e.kind != Kind::Dir).then(|| ancestor.into());
+            }
+        }
+        None
     }
 
     /// Adds `link` as another name of the earlier entry at `target`.
     pub fn add_hard_link(&mut self, link: &[u8], target: &[u8]) -> Result<(), BuildProblem> {
-        let slot = *self
-            .by_path
-            .get(target)
-            .ok_or(BuildProblem::HardLinkTargetMissing)?;
-        let target_entry = self.slots[slot]
-            .as_mut()
-            .ok_or(BuildProblem::HardLinkTargetMissing)?;
+        let slot = *self.by_path.get(target).ok_or(BuildProblem::HardLinkTargetMissing)?;
+        let target_entry = self.slots[slot].as_mut().ok_or(BuildProblem::HardLinkTargetMissing)?;
         if target_entry.kind == Kind::Dir {
             return Err(BuildProblem::HardLinkToDirectory);
         }
@@ -166,8 +192,7 @@ impl IndexBuilder {
         }
         let mut entry = target_entry.clone();
         entry.path = link.into();
-        self.add(entry);
-        Ok(())
+        self.add(entry)
     }
 
     pub fn add_whiteout(&mut self, path: &[u8]) {
@@ -180,10 +205,7 @@ impl IndexBuilder {
 
     fn drop_children_of(&mut self, dir: &[u8]) {
         for slot in self.slots.iter_mut() {
-            if slot
-                .as_ref()
-                .is_some_and(|e| e.path.len() > dir.len() && path::is_within(&e.path, dir))
-            {
+            if slot.as_ref().is_some_and(|e| e.path.len() > dir.len() && path::is_within(&e.path, dir)) {
                 let removed = slot.take().expect("checked above");
                 self.by_path.remove(&removed.path);
             }
@@ -197,11 +219,7 @@ impl IndexBuilder {
         let mut opaque_dirs = self.opaque_dirs;
         opaque_dirs.sort();
         opaque_dirs.dedup();
-        LayerIndex {
-            entries: self.slots.into_iter().flatten().collect(),
-            whiteouts,
-            opaque_dirs,
-        }
+        LayerIndex { entries: self.slots.into_iter().flatten().collect(), whiteouts, opaque_dirs }
     }
 }
 
@@ -216,10 +234,10 @@ mod tests {
     #[test]
     fn later_entry_replaces_earlier_and_file_over_dir_drops_children() {
         let mut b = IndexBuilder::default();
-        b.add(Entry::new(b"d", Kind::Dir));
-        b.add(file("d/x"));
-        b.add(file("keep"));
-        b.add(file("d"));
+        b.add(Entry::new(b"d", Kind::Dir)).unwrap();
+        b.add(file("d/x")).unwrap();
+        b.add(file("keep")).unwrap();
+        b.add(file("d")).unwrap();
         let idx = b.finish();
         let paths: Vec<&[u8]> = idx.entries.iter().map(|e| &*e.path).collect();
         assert_eq!(paths, vec![&b"d"[..], &b"keep"[..]]);
@@ -231,17 +249,11 @@ mod tests {
         let mut b = IndexBuilder::default();
         let mut target = file("a");
         target.size = 5;
-        b.add(target);
+        b.add(target).unwrap();
         b.add_hard_link(b"b", b"a").unwrap();
-        assert_eq!(
-            b.add_hard_link(b"c", b"missing"),
-            Err(BuildProblem::HardLinkTargetMissing)
-        );
-        b.add(Entry::new(b"dir", Kind::Dir));
-        assert_eq!(
-            b.add_hard_link(b"e", b"dir"),
-            Err(BuildProblem::HardLinkToDirectory)
-        );
+        assert_eq!(b.add_hard_link(b"c", b"missing"), Err(BuildProblem::HardLinkTargetMissing));
+        b.add(Entry::new(b"dir", Kind::Dir)).unwrap();
+        assert_eq!(b.add_hard_link(b"e", b"dir"), Err(BuildProblem::HardLinkToDirectory));
         let idx = b.finish();
         assert_eq!(idx.entries[0].link_id, idx.entries[1].link_id);
         assert_ne!(idx.entries[0].link_id, 0);

@@ -42,11 +42,7 @@ pub struct LayerInfo {
 #[derive(Clone, Debug)]
 pub enum LayerSource {
     /// A tar (plain, gzip or zstd) stored in a byte range of a host file.
-    Blob {
-        range: BlobRange,
-        expected_digest: Option<String>,
-        expected_diff_id: Option<String>,
-    },
+    Blob { range: BlobRange, expected_digest: Option<String>, expected_diff_id: Option<String> },
     /// A plain host directory.
     Directory(PathBuf),
 }
@@ -69,13 +65,8 @@ impl LayerSource {
     /// How the layer is named in messages and tables.
     pub fn describe(&self) -> String {
         match self {
-            LayerSource::Blob {
-                expected_digest: Some(d),
-                ..
-            } => d.clone(),
-            LayerSource::Blob { range, .. } if range.offset == 0 => {
-                range.path.display().to_string()
-            }
+            LayerSource::Blob { expected_digest: Some(d), .. } => d.clone(),
+            LayerSource::Blob { range, .. } if range.offset == 0 => range.path.display().to_string(),
             LayerSource::Blob { range, .. } => format!("{}@{}", range.path.display(), range.offset),
             LayerSource::Directory(p) => p.display().to_string(),
         }
@@ -127,9 +118,7 @@ impl Layer {
                 let index = dir_index::index_dir(path)?;
                 let root = nix::fcntl::open(
                     path,
-                    nix::fcntl::OFlag::O_DIRECTORY
-                        | nix::fcntl::OFlag::O_RDONLY
-                        | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
                     nix::sys::stat::Mode::empty(),
                 )
                 .map_err(|e| Error::io(path, e.into()))?;
@@ -137,17 +126,10 @@ impl Layer {
                     name,
                     info: LayerInfo::default(),
                     index,
-                    data: Data::Directory {
-                        path: path.clone(),
-                        root,
-                    },
+                    data: Data::Directory { path: path.clone(), root },
                 })
             }
-            LayerSource::Blob {
-                range,
-                expected_digest,
-                expected_diff_id,
-            } => {
+            LayerSource::Blob { range, expected_digest, expected_diff_id } => {
                 let key = match expected_digest {
                     Some(d) => d.clone(),
                     None => identity_key(range)?,
@@ -156,14 +138,8 @@ impl Layer {
                 if let Some(layer) = Self::load_cached(&name, range, &index_path, cache) {
                     return Ok(layer);
                 }
-                let layer = Self::build(
-                    name,
-                    range,
-                    expected_digest.as_deref(),
-                    expected_diff_id.as_deref(),
-                    cache,
-                    progress,
-                )?;
+                let layer =
+                    Self::build(name, range, expected_digest.as_deref(), expected_diff_id.as_deref(), cache, progress)?;
                 let encoded = codec::encode(&layer.info, &layer.index);
                 cache.write_atomic(&index_path, |f| io::Write::write_all(f, &encoded))?;
                 Ok(layer)
@@ -172,12 +148,7 @@ impl Layer {
     }
 
     /// A cached index, if present, valid, and still describing the blob it is served from.
-    fn load_cached(
-        name: &str,
-        range: &BlobRange,
-        index_path: &Path,
-        cache: &Cache,
-    ) -> Option<Layer> {
+    fn load_cached(name: &str, range: &BlobRange, index_path: &Path, cache: &Cache) -> Option<Layer> {
         let bytes = fs::read(index_path).ok()?;
         let (info, index) = codec::decode(&bytes).ok()?;
         if info.stored_size != range.len {
@@ -194,12 +165,7 @@ impl Layer {
             }
             blob
         };
-        Some(Layer {
-            name: name.to_string(),
-            info,
-            index,
-            data: Data::Tar(data),
-        })
+        Some(Layer { name: name.to_string(), info, index, data: Data::Tar(data) })
     }
 
     fn build(
@@ -216,10 +182,7 @@ impl Layer {
             expected: expected.into(),
             actual: actual.into(),
         };
-        let corrupt = |e: io::Error| Error::CorruptArchive {
-            layer: name.clone(),
-            detail: e.to_string(),
-        };
+        let corrupt = |e: io::Error| Error::CorruptArchive { layer: name.clone(), detail: e.to_string() };
         let (info, tar) = if compression == Compression::None {
             let digest = if expected_digest.is_some() || expected_diff_id.is_some() {
                 progress.start(&format!("verifying {name}"), range.len);
@@ -246,14 +209,9 @@ impl Layer {
             progress.start(&format!("decompressing {name}"), range.len);
             let tmp_dir = cache.root().join("blobs");
             fs::create_dir_all(&tmp_dir).at(&tmp_dir)?;
-            let mut tmp = tempfile::Builder::new()
-                .prefix(".tmp-")
-                .tempfile_in(&tmp_dir)
-                .at(&tmp_dir)?;
-            let out = blob::decompress(range, compression, tmp.as_file_mut(), &|done| {
-                progress.set(done)
-            })
-            .map_err(corrupt)?;
+            let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&tmp_dir).at(&tmp_dir)?;
+            let out =
+                blob::decompress(range, compression, tmp.as_file_mut(), &|done| progress.set(done)).map_err(corrupt)?;
             progress.finish();
             if let Some(expected) = expected_digest.filter(|e| *e != out.stored_digest) {
                 return Err(mismatch(expected, &out.stored_digest));
@@ -263,9 +221,7 @@ impl Layer {
             }
             let blob_path = cache.blob_path(&out.diff_id);
             tmp.as_file().sync_data().at(tmp.path())?;
-            let file = tmp
-                .persist(&blob_path)
-                .map_err(|e| Error::io(&blob_path, e.error))?;
+            let file = tmp.persist(&blob_path).map_err(|e| Error::io(&blob_path, e.error))?;
             let info = LayerInfo {
                 stored_digest: out.stored_digest,
                 diff_id: out.diff_id,
@@ -273,40 +229,25 @@ impl Layer {
                 stored_size: range.len,
                 uncompressed_size: out.uncompressed_size,
             };
-            (
-                info,
-                BlobRange::whole(file, blob_path.clone()).at(&blob_path)?,
-            )
+            (info, BlobRange::whole(file, blob_path.clone()).at(&blob_path)?)
         };
         progress.start(&format!("indexing {name}"), tar.len);
         let index = tar_index::index_tar(tar.reader(), tar.len, &name, &|done| progress.set(done))?;
         progress.finish();
-        Ok(Layer {
-            name,
-            info,
-            index,
-            data: Data::Tar(tar),
-        })
+        Ok(Layer { name, info, index, data: Data::Tar(tar) })
     }
 
     /// Builds a layer directly from an index and a tar blob (tests and benchmarks).
     pub fn from_tar(name: String, info: LayerInfo, index: LayerIndex, tar: BlobRange) -> Layer {
-        Layer {
-            name,
-            info,
-            index,
-            data: Data::Tar(tar),
-        }
+        Layer { name, info, index, data: Data::Tar(tar) }
     }
 
     /// Opens the bytes of a file entry for reading.
     pub fn open(&self, entry: &Entry) -> io::Result<FileReader> {
         match &self.data {
-            Data::Tar(blob) => Ok(FileReader::InArchive {
-                blob: blob.clone(),
-                start: entry.data_offset,
-                len: entry.size,
-            }),
+            Data::Tar(blob) => {
+                Ok(FileReader::InArchive { blob: blob.clone(), start: entry.data_offset, len: entry.size })
+            }
             Data::Directory { root, .. } => open_beneath(root, &entry.path).map(FileReader::Host),
         }
     }
@@ -323,11 +264,7 @@ impl Layer {
 /// An open file of a layer.
 #[derive(Debug)]
 pub enum FileReader {
-    InArchive {
-        blob: BlobRange,
-        start: u64,
-        len: u64,
-    },
+    InArchive { blob: BlobRange, start: u64, len: u64 },
     Host(File),
 }
 
@@ -352,16 +289,8 @@ fn open_beneath(root: &OwnedFd, rel: &[u8]) -> io::Result<File> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    let rel = if rel.is_empty() {
-        Path::new(".")
-    } else {
-        Path::new(std::ffi::OsStr::from_bytes(rel))
-    };
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = if rel.is_empty() { Path::new(".") } else { Path::new(std::ffi::OsStr::from_bytes(rel)) };
     let fd = nix::fcntl::openat2(root.as_fd(), rel, how).map_err(io::Error::from)?;
     Ok(File::from(fd))
 }
@@ -388,13 +317,6 @@ fn identity_key(range: &BlobRange) -> Result<String> {
 }
 
 /// Loads every source in order (bottom first), sharing each loaded layer by `Arc`.
-pub fn load_all(
-    sources: &[LayerSource],
-    cache: &Cache,
-    progress: &dyn Progress,
-) -> Result<Vec<Arc<Layer>>> {
-    sources
-        .iter()
-        .map(|s| Layer::load(s, cache, progress).map(Arc::new))
-        .collect()
+pub fn load_all(sources: &[LayerSource], cache: &Cache, progress: &dyn Progress) -> Result<Vec<Arc<Layer>>> {
+    sources.iter().map(|s| Layer::load(s, cache, progress).map(Arc::new)).collect()
 }

@@ -21,31 +21,28 @@ const LIBARCHIVE_BASE64: base64::engine::GeneralPurpose = base64::engine::Genera
 
 /// Indexes the tar read from `reader`, whose total length is `len`. `layer` names the layer in
 /// errors; `progress` is told the archive position after each entry.
-pub fn index_tar<R: Read + Seek>(
-    reader: R,
-    len: u64,
-    layer: &str,
-    progress: &dyn Fn(u64),
-) -> Result<LayerIndex> {
-    let corrupt = |detail: String| Error::CorruptArchive {
-        layer: layer.to_string(),
-        detail,
-    };
+pub fn index_tar<R: Read + Seek>(reader: R, len: u64, layer: &str, progress: &dyn Fn(u64)) -> Result<LayerIndex> {
+    let corrupt = |detail: String| Error::CorruptArchive { layer: layer.to_string(), detail };
     let mut archive = tar::Archive::new(reader);
     let mut builder = IndexBuilder::default();
-    for item in archive
-        .entries_with_seek()
-        .map_err(|e| corrupt(e.to_string()))?
-    {
+    for item in archive.entries_with_seek().map_err(|e| corrupt(e.to_string()))? {
         let mut entry = item.map_err(|e| corrupt(e.to_string()))?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let header = entry.header().clone();
         let entry_type = header.entry_type();
-        let unsupported = |what: &str| Error::Unsupported {
-            layer: layer.to_string(),
-            entry: shown.clone(),
-            what: what.to_string(),
+        let unsupported =
+            |what: &str| Error::Unsupported { layer: layer.to_string(), entry: shown.clone(), what: what.to_string() };
+        let refused = |problem: BuildProblem, target: String| match problem {
+            BuildProblem::HardLinkTargetMissing => {
+                Error::HardLinkTargetMissing { layer: layer.to_string(), link: shown.clone(), target }
+            }
+            BuildProblem::HardLinkToDirectory => unsupported("a hard link to a directory"),
+            BuildProblem::ParentNotDirectory(parent) => Error::ParentNotDirectory {
+                layer: layer.to_string(),
+                entry: shown.clone(),
+                parent: String::from_utf8_lossy(&parent).into_owned(),
+            },
         };
         match entry_type.as_byte() {
             b'g' => continue, // PAX global header: no file of its own
@@ -60,33 +57,22 @@ pub fn index_tar<R: Read + Seek>(
             problem,
         })?;
 
-        let bad =
-            |field: &str, e: std::io::Error| corrupt(format!("entry {shown:?}: bad {field}: {e}"));
+        let bad = |field: &str, e: std::io::Error| corrupt(format!("entry {shown:?}: bad {field}: {e}"));
         let mut e = Entry::new(&normalized, Kind::File);
         e.mode = header.mode().map_err(|err| bad("mode", err))? & 0o7777;
         e.uid = header.uid().map_err(|err| bad("uid", err))? as u32;
         e.gid = header.gid().map_err(|err| bad("gid", err))? as u32;
-        e.mtime = Timestamp {
-            sec: header.mtime().map_err(|err| bad("mtime", err))? as i64,
-            nsec: 0,
-        };
+        e.mtime = Timestamp { sec: header.mtime().map_err(|err| bad("mtime", err))? as i64, nsec: 0 };
         let link_name = entry.link_name_bytes().map(|l| l.into_owned());
         let data_offset = entry.raw_file_position();
         let size = entry.size();
-        if let Some(pax) = entry
-            .pax_extensions()
-            .map_err(|err| bad("PAX header", err))?
-        {
+        if let Some(pax) = entry.pax_extensions().map_err(|err| bad("PAX header", err))? {
             for ext in pax {
                 let ext = ext.map_err(|err| bad("PAX record", err))?;
-                apply_pax(&mut e, ext.key_bytes(), ext.value_bytes()).map_err(
-                    |what| match what {
-                        PaxProblem::Sparse => unsupported("a PAX sparse file"),
-                        PaxProblem::Malformed(field) => {
-                            corrupt(format!("entry {shown:?}: malformed PAX {field}"))
-                        }
-                    },
-                )?;
+                apply_pax(&mut e, ext.key_bytes(), ext.value_bytes()).map_err(|what| match what {
+                    PaxProblem::Sparse => unsupported("a PAX sparse file"),
+                    PaxProblem::Malformed(field) => corrupt(format!("entry {shown:?}: malformed PAX {field}")),
+                })?;
             }
         }
         e.xattrs.sort();
@@ -109,27 +95,14 @@ pub fn index_tar<R: Read + Seek>(
 
         match entry_type {
             EntryType::Link => {
-                let target = link_name
-                    .ok_or_else(|| corrupt(format!("hard link {shown:?} has no target")))?;
+                let target = link_name.ok_or_else(|| corrupt(format!("hard link {shown:?} has no target")))?;
                 let target_shown = String::from_utf8_lossy(&target).into_owned();
-                let target =
-                    path::normalize(&target).map_err(|problem| Error::UnsafeEntryPath {
-                        layer: layer.to_string(),
-                        entry: target_shown.clone(),
-                        problem,
-                    })?;
-                builder
-                    .add_hard_link(&normalized, &target)
-                    .map_err(|problem| match problem {
-                        BuildProblem::HardLinkTargetMissing => Error::HardLinkTargetMissing {
-                            layer: layer.to_string(),
-                            link: shown.clone(),
-                            target: target_shown,
-                        },
-                        BuildProblem::HardLinkToDirectory => {
-                            unsupported("a hard link to a directory")
-                        }
-                    })?;
+                let target = path::normalize(&target).map_err(|problem| Error::UnsafeEntryPath {
+                    layer: layer.to_string(),
+                    entry: target_shown.clone(),
+                    problem,
+                })?;
+                builder.add_hard_link(&normalized, &target).map_err(|problem| refused(problem, target_shown))?;
                 continue;
             }
             EntryType::Regular | EntryType::Continuous => {
@@ -144,35 +117,18 @@ pub fn index_tar<R: Read + Seek>(
             EntryType::Directory => e.kind = Kind::Dir,
             EntryType::Symlink => {
                 e.kind = Kind::Symlink;
-                e.link_target = link_name
-                    .ok_or_else(|| corrupt(format!("symlink {shown:?} has no target")))?
-                    .into();
+                e.link_target = link_name.ok_or_else(|| corrupt(format!("symlink {shown:?} has no target")))?.into();
                 e.size = e.link_target.len() as u64;
             }
             EntryType::Char | EntryType::Block => {
-                e.kind = if entry_type == EntryType::Char {
-                    Kind::CharDevice
-                } else {
-                    Kind::BlockDevice
-                };
-                e.rdev_major = header
-                    .device_major()
-                    .map_err(|err| bad("device major", err))?
-                    .unwrap_or(0);
-                e.rdev_minor = header
-                    .device_minor()
-                    .map_err(|err| bad("device minor", err))?
-                    .unwrap_or(0);
+                e.kind = if entry_type == EntryType::Char { Kind::CharDevice } else { Kind::BlockDevice };
+                e.rdev_major = header.device_major().map_err(|err| bad("device major", err))?.unwrap_or(0);
+                e.rdev_minor = header.device_minor().map_err(|err| bad("device minor", err))?.unwrap_or(0);
             }
             EntryType::Fifo => e.kind = Kind::Fifo,
-            other => {
-                return Err(unsupported(&format!(
-                    "of tar type {:?}",
-                    other.as_byte() as char
-                )))
-            }
+            other => return Err(unsupported(&format!("of tar type {:?}", other.as_byte() as char))),
         }
-        builder.add(e);
+        builder.add(e).map_err(|problem| refused(problem, String::new()))?;
     }
     Ok(builder.finish())
 }
@@ -194,9 +150,7 @@ fn apply_pax(e: &mut Entry, key: &[u8], value: &[u8]) -> std::result::Result<(),
         e.xattrs.push((name.into(), value.into()));
     } else if let Some(encoded) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
         let name = percent_decode(encoded).ok_or(PaxProblem::Malformed("xattr name"))?;
-        let value = LIBARCHIVE_BASE64
-            .decode(value)
-            .map_err(|_| PaxProblem::Malformed("xattr value"))?;
+        let value = LIBARCHIVE_BASE64.decode(value).map_err(|_| PaxProblem::Malformed("xattr value"))?;
         e.xattrs.retain(|(n, _)| **n != *name);
         e.xattrs.push((name.into(), value.into()));
     }
@@ -225,10 +179,7 @@ fn parse_pax_time(value: &[u8]) -> Option<Timestamp> {
     } else if nsec == 0 {
         Timestamp { sec: -sec, nsec: 0 }
     } else {
-        Timestamp {
-            sec: -sec - 1,
-            nsec: 1_000_000_000 - nsec,
-        }
+        Timestamp { sec: -sec - 1, nsec: 1_000_000_000 - nsec }
     })
 }
 
@@ -277,27 +228,18 @@ mod tests {
     #[test]
     fn records_files_dirs_links_and_whiteouts() {
         let idx = index(|b| {
-            b.append(&header("./etc/", EntryType::Directory, 0), &[][..])
-                .unwrap();
-            b.append(&header("etc/hosts", EntryType::Regular, 5), &b"hello"[..])
-                .unwrap();
+            b.append(&header("./etc/", EntryType::Directory, 0), &[][..]).unwrap();
+            b.append(&header("etc/hosts", EntryType::Regular, 5), &b"hello"[..]).unwrap();
             let mut h = header("etc/hosts2", EntryType::Link, 0);
             h.set_link_name("etc/hosts").unwrap();
             h.set_cksum();
             b.append(&h, &[][..]).unwrap();
-            b.append(&header("etc/.wh.shadow", EntryType::Regular, 0), &[][..])
-                .unwrap();
-            b.append(&header("var/.wh..wh..opq", EntryType::Regular, 0), &[][..])
-                .unwrap();
-            b.append(&header("var/.wh..wh.plnk", EntryType::Regular, 0), &[][..])
-                .unwrap();
+            b.append(&header("etc/.wh.shadow", EntryType::Regular, 0), &[][..]).unwrap();
+            b.append(&header("var/.wh..wh..opq", EntryType::Regular, 0), &[][..]).unwrap();
+            b.append(&header("var/.wh..wh.plnk", EntryType::Regular, 0), &[][..]).unwrap();
         })
         .unwrap();
-        let paths: Vec<String> = idx
-            .entries
-            .iter()
-            .map(|e| String::from_utf8_lossy(&e.path).into_owned())
-            .collect();
+        let paths: Vec<String> = idx.entries.iter().map(|e| String::from_utf8_lossy(&e.path).into_owned()).collect();
         assert_eq!(paths, vec!["etc", "etc/hosts", "etc/hosts2"]);
         assert_eq!(idx.entries[1].size, 5);
         assert_eq!(idx.entries[1].data_offset, 1024);
@@ -332,8 +274,7 @@ mod tests {
     #[test]
     fn refuses_sizes_past_the_end() {
         let mut b = tar::Builder::new(Vec::new());
-        b.append(&header("big", EntryType::Regular, 4), &b"abcd"[..])
-            .unwrap();
+        b.append(&header("big", EntryType::Regular, 4), &b"abcd"[..]).unwrap();
         let mut data = b.into_inner().unwrap();
         // Claim 8 GiB in the size field, then cut the archive after the header.
         data[124..136].copy_from_slice(b"77777777777\0");
@@ -347,21 +288,9 @@ mod tests {
 
     #[test]
     fn parses_pax_times_and_xattr_names() {
-        assert_eq!(
-            parse_pax_time(b"1700000000.25"),
-            Some(Timestamp {
-                sec: 1_700_000_000,
-                nsec: 250_000_000
-            })
-        );
+        assert_eq!(parse_pax_time(b"1700000000.25"), Some(Timestamp { sec: 1_700_000_000, nsec: 250_000_000 }));
         assert_eq!(parse_pax_time(b"5"), Some(Timestamp { sec: 5, nsec: 0 }));
-        assert_eq!(
-            parse_pax_time(b"-1.5"),
-            Some(Timestamp {
-                sec: -2,
-                nsec: 500_000_000
-            })
-        );
+        assert_eq!(parse_pax_time(b"-1.5"), Some(Timestamp { sec: -2, nsec: 500_000_000 }));
         assert_eq!(parse_pax_time(b"x"), None);
         assert_eq!(percent_decode(b"user.a%3Db").unwrap(), b"user.a=b");
     }

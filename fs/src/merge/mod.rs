@@ -39,11 +39,7 @@ pub struct Node {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MergeProblem {
     /// Layer `layer` has an entry below a path that is not a directory at that point.
-    ParentNotDirectory {
-        layer: usize,
-        entry: Vec<u8>,
-        parent: Vec<u8>,
-    },
+    ParentNotDirectory { layer: usize, entry: Vec<u8>, parent: Vec<u8> },
     /// Layer `layer` names the root as something other than a directory.
     RootNotDirectory { layer: usize },
 }
@@ -61,18 +57,10 @@ struct Slot {
 
 impl MergedTree {
     pub fn build(layers: &[&LayerIndex]) -> Result<MergedTree, MergeProblem> {
-        let is_dir = |s: &Slot| {
-            s.entry == IMPLICIT
-                || layers[s.layer as usize].entries[s.entry as usize].kind == Kind::Dir
-        };
+        let is_dir =
+            |s: &Slot| s.entry == IMPLICIT || layers[s.layer as usize].entries[s.entry as usize].kind == Kind::Dir;
         let mut state: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
-        state.insert(
-            Box::default(),
-            Slot {
-                layer: 0,
-                entry: IMPLICIT,
-            },
-        );
+        state.insert(Box::default(), Slot { layer: 0, entry: IMPLICIT });
         for (li, index) in layers.iter().enumerate() {
             let layer = li as u16;
             for dir in &index.opaque_dirs {
@@ -83,10 +71,7 @@ impl MergedTree {
                 state.remove(gone);
             }
             for (ei, e) in index.entries.iter().enumerate() {
-                let slot = Slot {
-                    layer,
-                    entry: ei as u32,
-                };
+                let slot = Slot { layer, entry: ei as u32 };
                 if e.path.is_empty() {
                     if e.kind != Kind::Dir {
                         return Err(MergeProblem::RootNotDirectory { layer: li });
@@ -97,13 +82,7 @@ impl MergedTree {
                 for ancestor in path::ancestors(&e.path) {
                     match state.get(ancestor) {
                         None => {
-                            state.insert(
-                                ancestor.into(),
-                                Slot {
-                                    layer,
-                                    entry: IMPLICIT,
-                                },
-                            );
+                            state.insert(ancestor.into(), Slot { layer, entry: IMPLICIT });
                         }
                         Some(s) if !is_dir(s) => {
                             return Err(MergeProblem::ParentNotDirectory {
@@ -145,11 +124,7 @@ impl MergedTree {
                 IMPLICIT => 0,
                 e => layers[slot.layer as usize].entries[e as usize].link_id,
             };
-            let inode_node = if link_id == 0 {
-                id
-            } else {
-                *link_sets.entry((slot.layer, link_id)).or_insert(id)
-            };
+            let inode_node = if link_id == 0 { id } else { *link_sets.entry((slot.layer, link_id)).or_insert(id) };
             nodes.push(Node {
                 parent,
                 name: name.into(),
@@ -169,15 +144,14 @@ impl MergedTree {
         }
         for (i, kids) in children.into_iter().enumerate() {
             let node = &nodes[i];
-            let is_dir = node.entry == IMPLICIT
-                || layers[node.layer as usize].entries[node.entry as usize].kind == Kind::Dir;
+            let is_dir =
+                node.entry == IMPLICIT || layers[node.layer as usize].entries[node.entry as usize].kind == Kind::Dir;
             if is_dir {
                 let subdirs = kids
                     .iter()
                     .filter(|&&k| {
                         let n = &nodes[k as usize];
-                        n.entry == IMPLICIT
-                            || layers[n.layer as usize].entries[n.entry as usize].kind == Kind::Dir
+                        n.entry == IMPLICIT || layers[n.layer as usize].entries[n.entry as usize].kind == Kind::Dir
                     })
                     .count() as u32;
                 nodes[i].nlink = 2 + subdirs;
@@ -211,9 +185,7 @@ impl MergedTree {
 
     pub fn lookup_child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         let kids = &self.nodes[dir as usize].children;
-        kids.binary_search_by(|&k| (*self.nodes[k as usize].name).cmp(name))
-            .ok()
-            .map(|i| kids[i])
+        kids.binary_search_by(|&k| (*self.nodes[k as usize].name).cmp(name)).ok().map(|i| kids[i])
     }
 
     /// Resolves a normalised path (no symlinks are followed).
@@ -221,8 +193,7 @@ impl MergedTree {
         if path.is_empty() {
             return Some(ROOT);
         }
-        path.split(|&b| b == b'/')
-            .try_fold(ROOT, |dir, name| self.lookup_child(dir, name))
+        path.split(|&b| b == b'/').try_fold(ROOT, |dir, name| self.lookup_child(dir, name))
     }
 
     /// The full path of a node, for messages and inspection.
@@ -253,10 +224,7 @@ fn remove_below(state: &mut BTreeMap<Box<[u8]>, Slot>, dir: &[u8]) {
     let mut end = dir.to_vec();
     end.push(b'/' + 1);
     let doomed: Vec<Box<[u8]>> = state
-        .range::<[u8], _>((
-            std::ops::Bound::Included(&start[..]),
-            std::ops::Bound::Excluded(&end[..]),
-        ))
+        .range::<[u8], _>((std::ops::Bound::Included(&start[..]), std::ops::Bound::Excluded(&end[..])))
         .map(|(k, _)| k.clone())
         .collect();
     for k in doomed {

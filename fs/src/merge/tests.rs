@@ -8,8 +8,8 @@ fn layer(spec: &[&str]) -> LayerIndex {
     for item in spec {
         let (kind, rest) = item.split_once(':').unwrap();
         match kind {
-            "d" => b.add(Entry::new(rest.as_bytes(), Kind::Dir)),
-            "f" => b.add(Entry::new(rest.as_bytes(), Kind::File)),
+            "d" => b.add(Entry::new(rest.as_bytes(), Kind::Dir)).unwrap(),
+            "f" => b.add(Entry::new(rest.as_bytes(), Kind::File)).unwrap(),
             "l" => {
                 let (link, target) = rest.split_once('>').unwrap();
                 b.add_hard_link(link.as_bytes(), target.as_bytes()).unwrap();
@@ -28,10 +28,7 @@ fn merged(layers: &[LayerIndex]) -> MergedTree {
 
 /// Every visible path with the layer that provides it.
 fn view(tree: &MergedTree) -> Vec<(String, u16)> {
-    tree.iter()
-        .skip(1)
-        .map(|(id, n)| (String::from_utf8(tree.path_of(id)).unwrap(), n.layer))
-        .collect()
+    tree.iter().skip(1).map(|(id, n)| (String::from_utf8(tree.path_of(id)).unwrap(), n.layer)).collect()
 }
 
 fn names(list: &[(&str, u16)]) -> Vec<(String, u16)> {
@@ -40,10 +37,7 @@ fn names(list: &[(&str, u16)]) -> Vec<(String, u16)> {
 
 #[test]
 fn whiteout_hides_lower_file_and_whole_directory() {
-    let t = merged(&[
-        layer(&["d:a", "f:a/x", "f:b", "d:c", "f:c/y"]),
-        layer(&["w:b", "w:c"]),
-    ]);
+    let t = merged(&[layer(&["d:a", "f:a/x", "f:b", "d:c", "f:c/y"]), layer(&["w:b", "w:c"])]);
     assert_eq!(view(&t), names(&[("a", 0), ("a/x", 0)]));
 }
 
@@ -55,23 +49,14 @@ fn whiteout_never_hides_its_own_layer() {
 
 #[test]
 fn opaque_directory_hides_lower_children_wherever_the_marker_appears() {
-    let t = merged(&[
-        layer(&["d:d", "f:d/old", "f:keep"]),
-        layer(&["d:d", "f:d/new", "o:d"]),
-    ]);
+    let t = merged(&[layer(&["d:d", "f:d/old", "f:keep"]), layer(&["d:d", "f:d/new", "o:d"])]);
     assert_eq!(view(&t), names(&[("d", 1), ("d/new", 1), ("keep", 0)]));
 }
 
 #[test]
 fn directory_over_directory_merges_and_file_over_directory_replaces() {
-    let t = merged(&[
-        layer(&["d:a", "f:a/x", "d:b", "f:b/y"]),
-        layer(&["d:a", "f:a/z", "f:b"]),
-    ]);
-    assert_eq!(
-        view(&t),
-        names(&[("a", 1), ("a/x", 0), ("a/z", 1), ("b", 1)])
-    );
+    let t = merged(&[layer(&["d:a", "f:a/x", "d:b", "f:b/y"]), layer(&["d:a", "f:a/z", "f:b"])]);
+    assert_eq!(view(&t), names(&[("a", 1), ("a/x", 0), ("a/z", 1), ("b", 1)]));
     assert_eq!(t.node(t.lookup(b"b").unwrap()).children.len(), 0);
 }
 
@@ -112,12 +97,7 @@ fn children_are_sorted_and_numbering_is_deterministic() {
     let spec = ["f:z", "f:a", "d:m", "f:m-x", "f:m/1"];
     let t1 = merged(&[layer(&spec)]);
     let t2 = merged(&[layer(&spec)]);
-    let root_names: Vec<&[u8]> = t1
-        .node(ROOT)
-        .children
-        .iter()
-        .map(|&c| &*t1.node(c).name)
-        .collect();
+    let root_names: Vec<&[u8]> = t1.node(ROOT).children.iter().map(|&c| &*t1.node(c).name).collect();
     assert_eq!(root_names, vec![&b"a"[..], b"m", b"m-x", b"z"]);
     assert_eq!(view(&t1), view(&t2));
     assert_eq!(t1.lookup(b"m/1"), t2.lookup(b"m/1"));
@@ -126,26 +106,13 @@ fn children_are_sorted_and_numbering_is_deterministic() {
 #[test]
 fn entry_under_a_lower_file_is_refused() {
     let err = MergedTree::build(&[&layer(&["f:a"]), &layer(&["f:a/b"])]).unwrap_err();
-    assert_eq!(
-        err,
-        MergeProblem::ParentNotDirectory {
-            layer: 1,
-            entry: b"a/b".to_vec(),
-            parent: b"a".to_vec()
-        }
-    );
+    assert_eq!(err, MergeProblem::ParentNotDirectory { layer: 1, entry: b"a/b".to_vec(), parent: b"a".to_vec() });
 }
 
 #[test]
 fn deep_stacks_resolve() {
     let layers: Vec<LayerIndex> = (0..150)
-        .map(|i| {
-            layer(&[
-                "d:shared",
-                &format!("f:shared/f{i}"),
-                &format!("w:shared/f{}", i.max(1) - 1),
-            ])
-        })
+        .map(|i| layer(&["d:shared", &format!("f:shared/f{i}"), &format!("w:shared/f{}", i.max(1) - 1)]))
         .collect();
     let t = merged(&layers);
     // Each layer deletes the previous layer's file, so only the last one's survives.

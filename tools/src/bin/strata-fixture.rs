@@ -5,9 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use strata_tools::fixture::{
-    demo_image, standard_image, write_docker_archive, write_oci_layout, Image,
-};
+use strata_tools::fixture::{demo_image, standard_image, write_docker_archive, write_oci_layout, Image};
 
 #[derive(Parser)]
 #[command(about = "Writes strata's test images")]

@@ -1,0 +1,161 @@
+//! Bad input gets a clear error naming the problem, never a panic, never a partial mount.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+
+use strata_tools::fixture;
+use support::{is_mounted, require_fuse, run_strata};
+
+fn header(name: &[u8], kind: u8, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_size(size);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_cksum();
+    h
+}
+
+/// A tar with one entry whose header is written as given (bypassing the tar crate's checks).
+fn tar_with(entries: &[(tar::Header, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (h, data) in entries {
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    out
+}
+
+fn good_tar() -> Vec<u8> {
+    let big = vec![7u8; 5000];
+    tar_with(&[
+        (header(b"etc", b'5', 0), b""),
+        (header(b"etc/big", b'0', big.len() as u64), &big),
+        (header(b"etc/small", b'0', 2), b"ok"),
+    ])
+}
+
+/// Mounting `layer` must fail with every `needles` in the message, and leave nothing mounted.
+fn assert_refused(work: &Path, name: &str, layer: &[u8], needles: &[&str]) {
+    let path = work.join(name);
+    std::fs::write(&path, layer).unwrap();
+    let mnt = work.join(format!("mnt-{name}"));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = run_strata(&work.join("cache"), &["mount", "--layer", path.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{name}: mount succeeded");
+    assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{name}: expected {needle:?} in: {stderr}");
+    }
+    assert!(!is_mounted(&mnt), "{name}: left a mount behind");
+}
+
+#[test]
+fn corrupt_and_hostile_layers_are_refused_clearly() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let good = good_tar();
+
+    assert_refused(w, "cut-in-data.tar", &good[..512 * 4], &["corrupt or truncated", "etc/big", "past the end"]);
+    assert_refused(w, "cut-in-header.tar", &good[..512 * 12 + 100], &["corrupt or truncated"]);
+
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&good).unwrap();
+    let gz = gz.finish().unwrap();
+    assert_refused(w, "cut.tar.gz", &gz[..gz.len() / 2], &["corrupt or truncated"]);
+
+    let zst = zstd::encode_all(&good[..], 3).unwrap();
+    assert_refused(w, "cut.tar.zst", &zst[..zst.len() - 8], &["corrupt or truncated"]);
+
+    assert_refused(w, "climb.tar", &tar_with(&[(header(b"../evil", b'0', 1), b"x")]), &["\"../evil\"", "climbs out"]);
+    assert_refused(w, "nested-climb.tar", &tar_with(&[(header(b"a/../../evil", b'0', 1), b"x")]), &["climbs out"]);
+    assert_refused(
+        w,
+        "absolute.tar",
+        &tar_with(&[(header(b"/etc/evil", b'0', 1), b"x")]),
+        &["\"/etc/evil\"", "absolute"],
+    );
+
+    let mut absurd = header(b"huge", b'0', 0);
+    absurd.as_old_mut().size.copy_from_slice(b"77777777777\0");
+    absurd.set_cksum();
+    assert_refused(w, "absurd-size.tar", &tar_with(&[(absurd, b"tiny")]), &["huge", "past the end"]);
+
+    let mut link = header(b"link", b'1', 0);
+    link.set_link_name("missing/target").unwrap();
+    link.set_cksum();
+    assert_refused(w, "dangling-hardlink.tar", &tar_with(&[(link, b"")]), &["\"link\"", "missing/target"]);
+
+    assert_refused(w, "sparse.tar", &tar_with(&[(header(b"sparse", b'S', 0), b"")]), &["sparse"]);
+
+    let mut bad_sum = header(b"x", b'0', 1);
+    bad_sum.as_old_mut().cksum.copy_from_slice(b"0000000\0");
+    assert_refused(w, "checksum.tar", &tar_with(&[(bad_sum, b"x")]), &["checksum"]);
+}
+
+#[test]
+fn a_modified_blob_fails_its_digest() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    fixture::write_oci_layout(&layout, &fixture::standard_image()).unwrap();
+    // Flip one byte of file data in the bottom (uncompressed) layer: same size, other digest.
+    let blobs = layout.join("blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&biggest, bytes).unwrap();
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = run_strata(&work.path().join("cache"), &["mount", layout.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("digest mismatch") && stderr.contains(biggest.file_name().unwrap().to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn an_entry_below_a_lower_file_is_refused() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::write(w.join("l0.tar"), tar_with(&[(header(b"a", b'0', 1), b"x")])).unwrap();
+    std::fs::write(w.join("l1.tar"), tar_with(&[(header(b"a/b", b'0', 1), b"y")])).unwrap();
+    let out = run_strata(
+        &w.join("cache"),
+        &[
+            "mount",
+            "--layer",
+            w.join("l0.tar").to_str().unwrap(),
+            "--layer",
+            w.join("l1.tar").to_str().unwrap(),
+            w.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("\"a/b\"") && stderr.contains("not a directory"), "{stderr}");
+}
