@@ -97,8 +97,7 @@ fn tag_selects_among_several_images() {
     assert_eq!(std::fs::read_to_string(mnt.dir.join("b")).unwrap(), "second");
     assert!(!mnt.dir.join("a").exists());
 
-    let missing =
-        run_strata(&cache, &["mount", "--tag", "third", layout.to_str().unwrap(), w.to_str().unwrap()]);
+    let missing = run_strata(&cache, &["mount", "--tag", "third", layout.to_str().unwrap(), w.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("no manifest matches tag \"third\""), "{stderr}");
 }

@@ -5,4 +5,5 @@
 //! the `tar` crate. It must not depend on `strata-fs`: fixtures are an independent reference, so
 //! a bug in strata's reader cannot hide itself by also shaping the test data.
 
+pub mod bench;
 pub mod fixture;

@@ -23,7 +23,9 @@ pub const IMPLICIT: u32 = u32::MAX;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub parent: NodeId,
-    pub name: Box<[u8]>,
+    /// The node's name is `names[name_start..name_start + name_len]` of its tree.
+    name_start: u32,
+    name_len: u32,
     /// The layer (0 = bottom) that provides this path's metadata and content.
     pub layer: u16,
     /// Index of the entry in that layer's index, or [`IMPLICIT`].
@@ -47,6 +49,8 @@ pub enum MergeProblem {
 #[derive(Debug, Clone)]
 pub struct MergedTree {
     nodes: Vec<Node>,
+    /// Every node's name, back to back.
+    names: Vec<u8>,
 }
 
 #[derive(Clone, Copy)]
@@ -55,108 +59,142 @@ struct Slot {
     entry: u32,
 }
 
+/// The stack applied so far, keyed by path with `/` written as NUL: NUL sorts below every name
+/// byte, so key order is depth-first order (a directory, then its whole subtree, then its next
+/// sibling) and a subtree is one contiguous key range. Every key's ancestors are keys too.
+struct State<'a> {
+    layers: &'a [&'a LayerIndex],
+    paths: BTreeMap<Vec<u8>, Slot>,
+}
+
+/// True when the key `dir` is a proper ancestor of the key `k`.
+fn is_key_ancestor(dir: &[u8], k: &[u8]) -> bool {
+    k.len() > dir.len() && k.starts_with(dir) && (dir.is_empty() || k[dir.len()] == 0)
+}
+
+fn key(path: &[u8]) -> Vec<u8> {
+    path.iter().map(|&b| if b == b'/' { 0 } else { b }).collect()
+}
+
+impl State<'_> {
+    fn is_dir(&self, s: Slot) -> bool {
+        s.entry == IMPLICIT || self.layers[s.layer as usize].entries[s.entry as usize].kind == Kind::Dir
+    }
+
+    /// Removes every path strictly below `k`: the key range from `k NUL` up to `k \x01`.
+    fn remove_below(&mut self, k: &[u8]) {
+        let mut start = k.to_vec();
+        start.push(0);
+        let below = self.paths.split_off(&start[..]);
+        if !k.is_empty() {
+            *start.last_mut().expect("pushed above") = 1;
+            self.paths.append(&mut { below }.split_off(&start[..]));
+        }
+    }
+
+    /// Ensures `path`'s ancestors exist as directories (implicit ones for this layer if missing).
+    fn make_parents(&mut self, layer: u16, path: &[u8]) -> Result<(), Vec<u8>> {
+        let Some((parent, _)) = path::split_parent(path) else { return Ok(()) };
+        match self.paths.get(&key(parent)[..]).copied() {
+            Some(s) if self.is_dir(s) => Ok(()),
+            Some(_) => Err(parent.to_vec()),
+            None => {
+                self.make_parents(layer, parent)?;
+                self.paths.insert(key(parent), Slot { layer, entry: IMPLICIT });
+                Ok(())
+            }
+        }
+    }
+}
+
 impl MergedTree {
     pub fn build(layers: &[&LayerIndex]) -> Result<MergedTree, MergeProblem> {
-        let is_dir =
-            |s: &Slot| s.entry == IMPLICIT || layers[s.layer as usize].entries[s.entry as usize].kind == Kind::Dir;
-        let mut state: BTreeMap<Box<[u8]>, Slot> = BTreeMap::new();
-        state.insert(Box::default(), Slot { layer: 0, entry: IMPLICIT });
+        let mut state = State { layers, paths: BTreeMap::new() };
+        state.paths.insert(Vec::new(), Slot { layer: 0, entry: IMPLICIT });
         for (li, index) in layers.iter().enumerate() {
             let layer = li as u16;
             for dir in &index.opaque_dirs {
-                remove_below(&mut state, dir);
+                state.remove_below(&key(dir));
             }
             for gone in &index.whiteouts {
-                remove_below(&mut state, gone);
-                state.remove(gone);
+                let k = key(gone);
+                state.remove_below(&k);
+                if !k.is_empty() {
+                    state.paths.remove(&k);
+                }
             }
             for (ei, e) in index.entries.iter().enumerate() {
                 let slot = Slot { layer, entry: ei as u32 };
-                if e.path.is_empty() {
-                    if e.kind != Kind::Dir {
-                        return Err(MergeProblem::RootNotDirectory { layer: li });
-                    }
-                    state.insert(Box::default(), slot);
-                    continue;
+                if e.path.is_empty() && e.kind != Kind::Dir {
+                    return Err(MergeProblem::RootNotDirectory { layer: li });
                 }
-                for ancestor in path::ancestors(&e.path) {
-                    match state.get(ancestor) {
-                        None => {
-                            state.insert(ancestor.into(), Slot { layer, entry: IMPLICIT });
-                        }
-                        Some(s) if !is_dir(s) => {
-                            return Err(MergeProblem::ParentNotDirectory {
-                                layer: li,
-                                entry: e.path.to_vec(),
-                                parent: ancestor.to_vec(),
-                            });
-                        }
-                        Some(_) => {}
+                state.make_parents(layer, &e.path).map_err(|parent| MergeProblem::ParentNotDirectory {
+                    layer: li,
+                    entry: e.path.to_vec(),
+                    parent,
+                })?;
+                let k = key(&e.path);
+                if let Some(existing) = state.paths.get(&k).copied() {
+                    if !(state.is_dir(existing) && e.kind == Kind::Dir) {
+                        state.remove_below(&k);
                     }
                 }
-                if let Some(existing) = state.get(&e.path) {
-                    if !(is_dir(existing) && e.kind == Kind::Dir) {
-                        remove_below(&mut state, &e.path);
-                    }
-                }
-                state.insert(e.path.clone(), slot);
+                state.paths.insert(k, slot);
             }
         }
-        Ok(Self::flatten(layers, state))
+        Ok(Self::flatten(layers, state.paths))
     }
 
-    fn flatten(layers: &[&LayerIndex], state: BTreeMap<Box<[u8]>, Slot>) -> MergedTree {
-        let mut ids: HashMap<&[u8], NodeId> = HashMap::with_capacity(state.len());
-        let mut nodes: Vec<Node> = Vec::with_capacity(state.len());
-        let mut children: Vec<Vec<NodeId>> = Vec::with_capacity(state.len());
+    /// Numbers the paths in depth-first order and links parents and children.
+    fn flatten(layers: &[&LayerIndex], paths: BTreeMap<Vec<u8>, Slot>) -> MergedTree {
+        let is_dir =
+            |s: &Slot| s.entry == IMPLICIT || layers[s.layer as usize].entries[s.entry as usize].kind == Kind::Dir;
+        let mut nodes: Vec<Node> = Vec::with_capacity(paths.len());
+        let mut names: Vec<u8> = Vec::new();
+        let mut children: Vec<Vec<NodeId>> = Vec::with_capacity(paths.len());
         let mut link_sets: HashMap<(u16, u32), NodeId> = HashMap::new();
-        for (p, slot) in &state {
+        // The directories from the root down to the previous path: (key, node).
+        let mut chain: Vec<(&[u8], NodeId)> = Vec::new();
+        for (k, slot) in &paths {
             let id = nodes.len() as NodeId;
-            let (parent, name) = match path::split_parent(p) {
-                Some((parent, name)) => (ids[parent], name),
-                None => (ROOT, &[][..]),
-            };
+            let name_at = k.iter().rposition(|&b| b == 0).map_or(0, |i| i + 1);
+            // Depth-first key order: once the chain holds only ancestors, its last is the parent.
+            while chain.last().is_some_and(|(dir, _)| !is_key_ancestor(dir, k)) {
+                chain.pop();
+            }
+            let parent = chain.last().map_or(ROOT, |&(_, p)| p);
             if id != ROOT {
                 children[parent as usize].push(id);
+                if is_dir(slot) {
+                    nodes[parent as usize].nlink += 1;
+                }
             }
-            ids.insert(p, id);
             let link_id = match slot.entry {
                 IMPLICIT => 0,
                 e => layers[slot.layer as usize].entries[e as usize].link_id,
             };
             let inode_node = if link_id == 0 { id } else { *link_sets.entry((slot.layer, link_id)).or_insert(id) };
+            if inode_node != id {
+                nodes[inode_node as usize].nlink += 1;
+            }
             nodes.push(Node {
                 parent,
-                name: name.into(),
+                name_start: names.len() as u32,
+                name_len: (k.len() - name_at) as u32,
                 layer: slot.layer,
                 entry: slot.entry,
                 inode_node,
-                nlink: 1,
+                nlink: if is_dir(slot) { 2 } else { 1 },
                 children: Box::default(),
             });
+            names.extend_from_slice(&k[name_at..]);
             children.push(Vec::new());
-        }
-        for i in 0..nodes.len() {
-            let canonical = nodes[i].inode_node as usize;
-            if canonical != i {
-                nodes[canonical].nlink += 1;
+            if is_dir(slot) {
+                chain.push((k, id));
             }
         }
-        for (i, kids) in children.into_iter().enumerate() {
-            let node = &nodes[i];
-            let is_dir =
-                node.entry == IMPLICIT || layers[node.layer as usize].entries[node.entry as usize].kind == Kind::Dir;
-            if is_dir {
-                let subdirs = kids
-                    .iter()
-                    .filter(|&&k| {
-                        let n = &nodes[k as usize];
-                        n.entry == IMPLICIT || layers[n.layer as usize].entries[n.entry as usize].kind == Kind::Dir
-                    })
-                    .count() as u32;
-                nodes[i].nlink = 2 + subdirs;
-            }
-            nodes[i].children = kids.into_boxed_slice();
+        for (node, kids) in nodes.iter_mut().zip(children) {
+            node.children = kids.into_boxed_slice();
         }
         for i in 0..nodes.len() {
             let canonical = nodes[i].inode_node as usize;
@@ -164,7 +202,13 @@ impl MergedTree {
                 nodes[i].nlink = nodes[canonical].nlink;
             }
         }
-        MergedTree { nodes }
+        MergedTree { nodes, names }
+    }
+
+    /// A node's name (empty for the root).
+    pub fn name(&self, id: NodeId) -> &[u8] {
+        let n = &self.nodes[id as usize];
+        &self.names[n.name_start as usize..(n.name_start + n.name_len) as usize]
     }
 
     pub fn len(&self) -> usize {
@@ -185,7 +229,7 @@ impl MergedTree {
 
     pub fn lookup_child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
         let kids = &self.nodes[dir as usize].children;
-        kids.binary_search_by(|&k| (*self.nodes[k as usize].name).cmp(name)).ok().map(|i| kids[i])
+        kids.binary_search_by(|&k| self.name(k).cmp(name)).ok().map(|i| kids[i])
     }
 
     /// Resolves a normalised path (no symlinks are followed).
@@ -200,9 +244,8 @@ impl MergedTree {
     pub fn path_of(&self, mut id: NodeId) -> Vec<u8> {
         let mut parts = Vec::new();
         while id != ROOT {
-            let node = &self.nodes[id as usize];
-            parts.push(&*node.name);
-            id = node.parent;
+            parts.push(self.name(id));
+            id = self.nodes[id as usize].parent;
         }
         parts.reverse();
         parts.join(&b'/')
@@ -210,25 +253,6 @@ impl MergedTree {
 
     pub fn iter(&self) -> impl Iterator<Item = (NodeId, &Node)> {
         self.nodes.iter().enumerate().map(|(i, n)| (i as NodeId, n))
-    }
-}
-
-/// Removes every path strictly below `dir`.
-fn remove_below(state: &mut BTreeMap<Box<[u8]>, Slot>, dir: &[u8]) {
-    if dir.is_empty() {
-        state.retain(|k, _| k.is_empty());
-        return;
-    }
-    let mut start = dir.to_vec();
-    start.push(b'/');
-    let mut end = dir.to_vec();
-    end.push(b'/' + 1);
-    let doomed: Vec<Box<[u8]>> = state
-        .range::<[u8], _>((std::ops::Bound::Included(&start[..]), std::ops::Bound::Excluded(&end[..])))
-        .map(|(k, _)| k.clone())
-        .collect();
-    for k in doomed {
-        state.remove(&k);
     }
 }
 

@@ -97,7 +97,7 @@ fn children_are_sorted_and_numbering_is_deterministic() {
     let spec = ["f:z", "f:a", "d:m", "f:m-x", "f:m/1"];
     let t1 = merged(&[layer(&spec)]);
     let t2 = merged(&[layer(&spec)]);
-    let root_names: Vec<&[u8]> = t1.node(ROOT).children.iter().map(|&c| &*t1.node(c).name).collect();
+    let root_names: Vec<&[u8]> = t1.node(ROOT).children.iter().map(|&c| t1.name(c)).collect();
     assert_eq!(root_names, vec![&b"a"[..], b"m", b"m-x", b"z"]);
     assert_eq!(view(&t1), view(&t2));
     assert_eq!(t1.lookup(b"m/1"), t2.lookup(b"m/1"));

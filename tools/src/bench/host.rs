@@ -72,15 +72,12 @@ pub fn have_command(command: &str) -> bool {
 
 /// Runs `cmd` with stdout and stderr appended to `log`; on failure the error carries the log's tail.
 pub fn run_logged(cmd: &mut Command, log: &Path) -> Result<()> {
-    let out = File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    let out =
+        File::options().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
     let err = out.try_clone()?;
     let shown = format!("{cmd:?}");
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .status()
-        .with_context(|| format!("running {shown}"))?;
+    let status =
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).status().with_context(|| format!("running {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status}); last lines of {}:\n{}", log.display(), log_tail(log, 8));
     }
@@ -94,11 +91,12 @@ pub fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// The first line a command prints for `args` (stdout, else stderr), e.g. a version string.
-pub fn first_line(command: &str, args: &[&str]) -> Option<String> {
+/// The first line a command prints for `args` (stdout, else stderr) that contains `needle`,
+/// e.g. a version string.
+pub fn line_matching(command: &str, args: &[&str], needle: &str) -> Option<String> {
     let out = Command::new(command).args(args).stdin(Stdio::null()).output().ok()?;
-    let text = String::from_utf8_lossy(if out.stdout.is_empty() { &out.stderr } else { &out.stdout }).into_owned();
-    text.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("unknown argument")).map(str::to_string)
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    text.lines().map(str::trim).find(|l| !l.is_empty() && l.contains(needle)).map(str::to_string)
 }
 
 /// Mountpoints currently in /proc/self/mountinfo, in mount order.
@@ -165,14 +163,12 @@ pub fn find_daemon(program: &str, mountpoint: &Path) -> Option<u32> {
     let me = std::process::id();
     let mnt = mountpoint.to_string_lossy();
     let entries = fs::read_dir("/proc").ok()?;
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != me)
-        .find(|pid| {
-            let Some(args) = cmdline(*pid) else { return false };
-            let names_program = args.iter().take(2).any(|a| Path::new(a).file_name().is_some_and(|f| f.to_string_lossy() == program));
-            names_program && args.iter().any(|a| *a == mnt) && pid_alive(*pid)
-        })
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).filter(|pid| *pid != me).find(|pid| {
+        let Some(args) = cmdline(*pid) else { return false };
+        let names_program =
+            args.iter().take(2).any(|a| Path::new(a).file_name().is_some_and(|f| f.to_string_lossy() == program));
+        names_program && args.iter().any(|a| *a == mnt) && pid_alive(*pid)
+    })
 }
 
 /// VmRSS of a process, in KiB.
@@ -200,7 +196,12 @@ pub fn describe_host() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let cpu_model = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_default();
     let mem_gib = fs::read_to_string("/proc/meminfo")
         .ok()

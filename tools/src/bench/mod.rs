@@ -1,0 +1,238 @@
+//! The macro benchmark behind `strata-bench`: mounts the same two layers with kernel overlayfs,
+//! strata, fuse-overlayfs and ratarmount, one system at a time, runs the same workloads cold
+//! and warm on each, and reports medians and ratios to the kernel as a markdown table.
+//!
+//! Per run and system: forget on-disk indexes, drop caches, mount (the cold mount time); for
+//! each workload drop caches and run it (cold), then run it again (warm); read the daemon's
+//! RSS after the read-every-file workload; unmount; mount again (the warm mount time); unmount.
+//! Systems are interleaved within a run so slow drift on the host hits all of them alike.
+
+pub mod dataset;
+pub mod host;
+pub mod report;
+pub mod systems;
+pub mod workloads;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use dataset::{DataSet, Kind};
+use report::{Results, Row, Temp};
+use systems::{System, Tools};
+use workloads::Workload;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub datasets: Vec<Kind>,
+    pub runs: usize,
+    pub work: PathBuf,
+    /// The strata binary; None: `strata` next to this executable.
+    pub strata: Option<PathBuf>,
+    /// Shown in the report.
+    pub command_line: String,
+}
+
+/// Runs every data set and writes `WORK/results-<dataset>.md` for each.
+pub fn run(opts: &Options) -> Result<()> {
+    if !host::is_root() {
+        bail!("strata-bench needs root: it drops the page cache and mounts kernel overlayfs");
+    }
+    if opts.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    host::install_interrupt_handler();
+    fs::create_dir_all(&opts.work).with_context(|| format!("creating {}", opts.work.display()))?;
+    let work = fs::canonicalize(&opts.work)?;
+    let shown = work.to_string_lossy();
+    if shown.contains([':', ',', ' ', '\\']) {
+        bail!("the work directory must not contain ':', ',', spaces or backslashes (overlay mount options): {shown}");
+    }
+    let strata = match &opts.strata {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("strata"),
+    };
+    let tools = Tools {
+        strata,
+        strata_cache: work.join("strata-cache"),
+        ratarmount_index: work.join("ratarmount-index"),
+        logs: work.join("logs"),
+    };
+    fs::create_dir_all(&tools.logs)?;
+    let mnt_root = work.join("mnt");
+    systems::unmount_leftovers(&mnt_root);
+
+    let mut skipped = Vec::new();
+    let systems: Vec<System> = System::ALL
+        .into_iter()
+        .filter(|s| match tools.unavailable(*s) {
+            None => true,
+            Some(why) => {
+                eprintln!("strata-bench: skipping {}: {why}", s.label());
+                skipped.push(format!("{} skipped: {why}", s.label()));
+                false
+            }
+        })
+        .collect();
+    if !systems.contains(&System::Strata) {
+        bail!("{}", skipped.join("; "));
+    }
+
+    let mut outcome = Ok(());
+    for kind in &opts.datasets {
+        let ds = match dataset::prepare(*kind, &work) {
+            Ok(ds) => ds,
+            Err(e) if *kind == Kind::Debootstrap => {
+                eprintln!("strata-bench: the debootstrap data set is unavailable, continuing without it: {e:#}");
+                continue;
+            }
+            Err(e) => return Err(e.context(format!("preparing the {} data set", kind.name()))),
+        };
+        eprintln!("strata-bench: {}", ds.describe());
+        let mut results = Results::default();
+        results.notes.extend(skipped.iter().cloned());
+        outcome = measure(&ds, &systems, opts.runs, &tools, &mnt_root, &mut results);
+        let doc = render(opts, &tools, &ds, &results, outcome.as_ref().err());
+        println!("{doc}");
+        // An interrupted run must not replace a complete earlier report.
+        let suffix = if outcome.is_err() { ".partial" } else { "" };
+        let path = work.join(format!("results-{}{suffix}.md", ds.name()));
+        fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("strata-bench: wrote {}", path.display());
+        if outcome.is_err() {
+            break;
+        }
+    }
+    systems::unmount_leftovers(&mnt_root);
+    outcome
+}
+
+/// All runs of all systems on one data set. A system that fails is noted and left out of the
+/// remaining runs; an interrupt stops everything.
+fn measure(
+    ds: &DataSet,
+    systems: &[System],
+    runs: usize,
+    tools: &Tools,
+    mnt_root: &Path,
+    results: &mut Results,
+) -> Result<()> {
+    let mut failed = BTreeSet::new();
+    for run in 1..=runs {
+        for &system in systems {
+            if failed.contains(&system) {
+                continue;
+            }
+            eprintln!("strata-bench: [{} run {run}/{runs}] {}", ds.name(), system.label());
+            let mnt = mnt_root.join(system.key());
+            if let Err(e) = measure_once(system, ds, tools, &mnt, results) {
+                host::check_interrupt()?;
+                eprintln!("strata-bench: {} failed: {e:#}", system.label());
+                results
+                    .notes
+                    .push(format!("{} failed in run {run} and was left out afterwards: {e:#}", system.label()));
+                failed.insert(system);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// One run of one system: cold mount, every workload cold and warm, RSS, warm mount.
+fn measure_once(system: System, ds: &DataSet, tools: &Tools, mnt: &Path, results: &mut Results) -> Result<()> {
+    fs::create_dir_all(mnt)?;
+    let scratch = tools.logs.join(format!("{}-workload.stderr", system.key()));
+    host::check_interrupt()?;
+    tools.forget_indexes(system)?;
+    host::drop_caches()?;
+    let (mounted, took) = tools.mount(system, ds, mnt)?;
+    results.record(Row::MountCold, system, ms(took));
+    eprintln!("  mount cold {:>10.1} ms", ms(took));
+    for workload in Workload::ALL {
+        for temp in [Temp::Cold, Temp::Warm] {
+            host::check_interrupt()?;
+            if temp == Temp::Cold {
+                host::drop_caches()?;
+            }
+            let start = Instant::now();
+            let seen = workload.run(mounted.path(), &scratch).with_context(|| format!("{workload:?} {temp:?}"))?;
+            let took = start.elapsed();
+            results.record(Row::Work(workload, temp), system, ms(took));
+            results.observe(workload, system, seen);
+            eprintln!("  {workload:?} {temp:?} {:>10.1} ms  ({seen} {})", ms(took), workload.observed());
+        }
+        if workload == Workload::ReadAll {
+            if let Some(rss) = mounted.rss_mib() {
+                results.record(Row::Rss, system, rss);
+                eprintln!("  daemon RSS {rss:.1} MiB");
+            }
+        }
+    }
+    mounted.unmount()?;
+    host::check_interrupt()?;
+    let (mounted, took) = tools.mount(system, ds, mnt)?;
+    results.record(Row::MountWarm, system, ms(took));
+    eprintln!("  mount warm {:>10.1} ms", ms(took));
+    mounted.unmount()
+}
+
+/// The report for one data set: context, table, warnings, notes and raw samples.
+fn render(opts: &Options, tools: &Tools, ds: &DataSet, results: &Results, error: Option<&anyhow::Error>) -> String {
+    let mut doc = format!("## strata-bench: `{}` data set\n\n", ds.name());
+    doc += &format!("- command: `{}`\n", opts.command_line);
+    doc += &format!("- host: {}\n", host::describe_host());
+    let strata_version = host::line_matching(tools.strata.to_str().unwrap_or("strata"), &["--version"], "strata");
+    let built = fs::metadata(&tools.strata)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|age| format!(", built {} min ago", age.as_secs() / 60))
+        .unwrap_or_default();
+    doc += &format!(
+        "- versions: {} ({}{built}, default --threads), {}, {}, {}\n",
+        strata_version.unwrap_or_else(|| "strata ?".into()),
+        tools.strata.display(),
+        host::line_matching("fuse-overlayfs", &["--version"], "fuse-overlayfs:").unwrap_or_default(),
+        host::line_matching("ratarmount", &["--version"], "ratarmount").unwrap_or_default(),
+        host::line_matching("tar", &["--version"], "tar").unwrap_or_default(),
+    );
+    doc += &format!("- {}\n", ds.describe());
+    doc += &format!(
+        "- method: median of {} run(s); times in ms. Cold = `sync; echo 3 > /proc/sys/vm/drop_caches` after \
+         mounting and before the command; warm = the same command right after. Cold mount = no strata/ratarmount \
+         index on disk and caches dropped; warm mount = remount right after unmounting. Kernel overlayfs is \
+         mounted `ro` with lowerdir=layer2:layer1, fuse-overlayfs the same, strata and ratarmount mount the two \
+         tars.\n",
+        opts.runs
+    );
+    if let Some(n) = results.agreed(Workload::Find) {
+        doc += &format!("- every system listed {n} entries with `find` (expected {}).\n", ds.stats.entries);
+    }
+    doc += "\n";
+    doc += &results.table();
+    let disagreements = results.disagreements();
+    if !disagreements.is_empty() || !results.notes.is_empty() || error.is_some() {
+        doc += "\n";
+    }
+    for (_, line) in &disagreements {
+        doc += &format!("- ⚠ {line}\n");
+    }
+    for note in &results.notes {
+        doc += &format!("- note: {note}\n");
+    }
+    if let Some(e) = error {
+        doc += &format!("- ⚠ the run stopped early: {e:#}\n");
+    }
+    doc += "\n<details><summary>raw samples (run order)</summary>\n\n";
+    doc += &results.raw();
+    doc += "\n</details>\n";
+    doc
+}

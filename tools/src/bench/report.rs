@@ -1,0 +1,266 @@
+//! Results of one data set's runs and their markdown rendering: medians per (row, system),
+//! ratios to kernel overlayfs, a warning row when systems disagree on what they served, and
+//! the raw samples underneath so a median can always be traced back to its runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use super::systems::System;
+use super::workloads::Workload;
+
+/// Cold: `sync; echo 3 > /proc/sys/vm/drop_caches` right before; warm: repeated right after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Temp {
+    Cold,
+    Warm,
+}
+
+/// One line of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Row {
+    /// Mount with no index cache and dropped caches (strata and ratarmount must index the tars).
+    MountCold,
+    /// Mount again right after unmounting (indexes cached).
+    MountWarm,
+    Work(Workload, Temp),
+    /// The daemon's VmRSS after reading every file.
+    Rss,
+}
+
+impl Row {
+    pub fn label(self) -> String {
+        match self {
+            Row::MountCold => "mount, cold (no index cache, caches dropped)".into(),
+            Row::MountWarm => "mount, warm (index cached)".into(),
+            Row::Work(w, Temp::Cold) => format!("{}, cold", w.label()),
+            Row::Work(w, Temp::Warm) => format!("{}, warm", w.label()),
+            Row::Rss => "daemon RSS after reading every file (MiB)".into(),
+        }
+    }
+
+    fn is_mib(self) -> bool {
+        self == Row::Rss
+    }
+}
+
+/// Everything measured for one data set.
+#[derive(Debug, Default)]
+pub struct Results {
+    samples: BTreeMap<(Row, System), Vec<f64>>,
+    observed: BTreeMap<(Workload, System), BTreeSet<u64>>,
+    /// Failures and skipped systems, printed under the table.
+    pub notes: Vec<String>,
+}
+
+impl Results {
+    pub fn record(&mut self, row: Row, system: System, value: f64) {
+        self.samples.entry((row, system)).or_default().push(value);
+    }
+
+    /// What a workload observed (entries, bytes), for the consistency checks.
+    pub fn observe(&mut self, workload: Workload, system: System, value: u64) {
+        self.observed.entry((workload, system)).or_default().insert(value);
+    }
+
+    pub fn median(&self, row: Row, system: System) -> Option<f64> {
+        self.samples.get(&(row, system)).and_then(|v| median(v))
+    }
+
+    fn rows(&self) -> BTreeSet<Row> {
+        self.samples.keys().map(|(row, _)| *row).collect()
+    }
+
+    /// One line per workload whose observations differ between systems or between runs.
+    pub fn disagreements(&self) -> Vec<(Workload, String)> {
+        let mut out = Vec::new();
+        for w in Workload::ALL {
+            let per_system: Vec<(System, &BTreeSet<u64>)> =
+                System::ALL.iter().filter_map(|s| self.observed.get(&(w, *s)).map(|v| (*s, v))).collect();
+            let all: BTreeSet<u64> = per_system.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+            if all.len() > 1 {
+                let detail = per_system
+                    .iter()
+                    .map(|(s, v)| {
+                        format!("{}={}", s.label(), v.iter().map(u64::to_string).collect::<Vec<_>>().join("/"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                out.push((w, format!("{} differ: {detail}", w.observed())));
+            }
+        }
+        out
+    }
+
+    /// The value every system agreed on for `workload`, if they did.
+    pub fn agreed(&self, workload: Workload) -> Option<u64> {
+        let all: BTreeSet<u64> =
+            self.observed.iter().filter(|((w, _), _)| *w == workload).flat_map(|(_, v)| v.iter().copied()).collect();
+        (all.len() == 1).then(|| *all.iter().next().unwrap())
+    }
+
+    /// The markdown table: medians and ratios to the kernel.
+    pub fn table(&self) -> String {
+        let ratio_of = [System::Strata, System::FuseOverlayfs, System::Ratarmount];
+        let mut out = String::from("| workload |");
+        for s in System::ALL {
+            let _ = write!(out, " {} |", s.label());
+        }
+        for s in ratio_of {
+            let _ = write!(out, " {}/kernel |", s.label());
+        }
+        out.push_str("\n|---|");
+        out.push_str(&"---:|".repeat(System::ALL.len() + ratio_of.len()));
+        out.push('\n');
+        for row in self.rows() {
+            let _ = write!(out, "| {} |", row.label());
+            for s in System::ALL {
+                let cell = match self.median(row, s) {
+                    Some(v) if row.is_mib() => format!("{v:.1}"),
+                    Some(v) => format_ms(v),
+                    None if row.is_mib() && s == System::Kernel => "—".into(),
+                    None => "n/a".into(),
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            for s in ratio_of {
+                let cell = if row.is_mib() {
+                    "—".to_string()
+                } else {
+                    ratio(self.median(row, s), self.median(row, System::Kernel)).map_or("n/a".into(), format_ratio)
+                };
+                let _ = write!(out, " {cell} |");
+            }
+            out.push('\n');
+        }
+        for (w, _) in self.disagreements() {
+            let _ = write!(out, "| ⚠ {} differ |", w.observed());
+            for s in System::ALL {
+                let cell = self
+                    .observed
+                    .get(&(w, s))
+                    .map_or("n/a".into(), |v| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" / "));
+                let _ = write!(out, " {cell} |");
+            }
+            out.push_str(&" |".repeat(ratio_of.len()));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Every sample, in run order, for the appendix.
+    pub fn raw(&self) -> String {
+        let mut out = String::new();
+        for ((row, system), values) in &self.samples {
+            let values: Vec<String> =
+                values.iter().map(|v| if row.is_mib() { format!("{v:.1}") } else { format_ms(*v) }).collect();
+            let _ = writeln!(out, "- {} / {}: {}", row.label(), system.label(), values.join(", "));
+        }
+        out
+    }
+}
+
+/// The median; the mean of the middle two for an even count. None when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
+}
+
+/// `value / base`, when both exist and the base is positive.
+pub fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
+    match (value, base) {
+        (Some(v), Some(b)) if b > 0.0 => Some(v / b),
+        _ => None,
+    }
+}
+
+/// Milliseconds with about three significant digits.
+pub fn format_ms(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.2}")
+    }
+}
+
+pub fn format_ratio(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}x")
+    } else if r >= 10.0 {
+        format!("{r:.1}x")
+    } else {
+        format!("{r:.2}x")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_handles_odd_even_and_empty() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[5.0]), Some(5.0));
+        assert_eq!(median(&[9.0, 1.0, 5.0]), Some(5.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn ratio_needs_a_positive_base() {
+        assert_eq!(ratio(Some(3.0), Some(2.0)), Some(1.5));
+        assert_eq!(ratio(Some(3.0), Some(0.0)), None);
+        assert_eq!(ratio(None, Some(2.0)), None);
+        assert_eq!(ratio(Some(1.0), None), None);
+    }
+
+    #[test]
+    fn formats_keep_three_significant_digits() {
+        assert_eq!(format_ms(1234.4), "1234");
+        assert_eq!(format_ms(12.34), "12.3");
+        assert_eq!(format_ms(1.234), "1.23");
+        assert_eq!(format_ratio(0.5), "0.50x");
+        assert_eq!(format_ratio(12.34), "12.3x");
+        assert_eq!(format_ratio(123.4), "123x");
+    }
+
+    #[test]
+    fn table_has_medians_ratios_and_a_warning_row() {
+        let mut r = Results::default();
+        let find = Row::Work(Workload::Find, Temp::Cold);
+        for v in [10.0, 30.0, 20.0] {
+            r.record(find, System::Kernel, v);
+        }
+        for v in [40.0, 60.0, 50.0] {
+            r.record(find, System::Strata, v);
+        }
+        r.record(Row::Rss, System::Strata, 12.34);
+        r.observe(Workload::Find, System::Kernel, 100);
+        r.observe(Workload::Find, System::Strata, 100);
+        assert_eq!(r.agreed(Workload::Find), Some(100));
+        assert!(r.disagreements().is_empty());
+        let table = r.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| workload | kernel overlayfs | strata | fuse-overlayfs | ratarmount | strata/kernel | \
+             fuse-overlayfs/kernel | ratarmount/kernel |"
+        );
+        assert_eq!(lines[2], "| `find MNT \\| wc -l`, cold | 20.0 | 50.0 | n/a | n/a | 2.50x | n/a | n/a |");
+        assert_eq!(lines[3], "| daemon RSS after reading every file (MiB) | — | 12.3 | n/a | n/a | — | — | — |");
+        assert_eq!(lines.len(), 4);
+
+        r.observe(Workload::Find, System::FuseOverlayfs, 99);
+        assert_eq!(r.agreed(Workload::Find), None);
+        let table = r.table();
+        let warning = table.lines().last().unwrap();
+        assert_eq!(warning, "| ⚠ entries listed by find differ | 100 | 100 | 99 | n/a | | | |");
+        assert!(r.disagreements()[0].1.contains("fuse-overlayfs=99"));
+        assert!(r.raw().contains("strata: 40.0, 60.0, 50.0"));
+    }
+}

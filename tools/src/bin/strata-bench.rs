@@ -1,0 +1,61 @@
+//! `strata-bench`: the macro benchmark. Mounts the same layers with kernel overlayfs, strata,
+//! fuse-overlayfs and ratarmount and prints a markdown table of medians and ratios to the
+//! kernel (see `strata_tools::bench`). Needs root, /dev/fuse and `target/release/strata`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
+use strata_tools::bench::{self, dataset::Kind};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Rootfs {
+    Debootstrap,
+    Synthetic,
+    Both,
+}
+
+#[derive(Parser)]
+#[command(about = "Measures strata against kernel overlayfs, fuse-overlayfs and ratarmount on the same layers")]
+struct Cli {
+    /// Which tree layer 1 holds
+    #[arg(long, value_enum, default_value_t = Rootfs::Both)]
+    rootfs: Rootfs,
+    /// Runs per system (the table shows medians)
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where data sets are built (once) and results written
+    #[arg(long, default_value = "/var/tmp/strata-bench")]
+    work: PathBuf,
+    /// Smoke test: a small synthetic tree, a 16 MiB big file and one run
+    #[arg(long)]
+    quick: bool,
+    /// The strata binary (default: `strata` next to this executable, i.e. target/release/strata)
+    #[arg(long)]
+    strata: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let command_line =
+        std::iter::once("strata-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    let (datasets, runs) = if cli.quick {
+        (vec![Kind::Quick], 1)
+    } else {
+        let datasets = match cli.rootfs {
+            Rootfs::Debootstrap => vec![Kind::Debootstrap],
+            Rootfs::Synthetic => vec![Kind::Synthetic],
+            Rootfs::Both => vec![Kind::Debootstrap, Kind::Synthetic],
+        };
+        (datasets, cli.runs)
+    };
+    let opts = bench::Options { datasets, runs, work: cli.work, strata: cli.strata, command_line };
+    if let Err(err) = run(&opts) {
+        eprintln!("strata-bench: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(opts: &bench::Options) -> Result<()> {
+    bench::run(opts)
+}
