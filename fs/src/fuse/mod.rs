@@ -41,11 +41,33 @@ pub struct ImageFs {
     view: ImageView,
     open_files: DashMap<u64, FileReader>,
     next_handle: AtomicU64,
+    /// Every layer is a tar, so a read needs no open file: answering `open` with ENOSYS makes the
+    /// kernel stop sending open/release (zero-message opens, page cache kept).
+    opens_unneeded: bool,
+    /// The kernel supports zero-message opendir: listings need no handle either.
+    opendirs_unneeded: bool,
 }
+
+/// The file handle of reads made without an open (see `opens_unneeded`).
+const NO_HANDLE: u64 = 0;
 
 impl ImageFs {
     pub fn new(view: ImageView) -> ImageFs {
-        ImageFs { view, open_files: DashMap::new(), next_handle: AtomicU64::new(1) }
+        let opens_unneeded = view.layers.iter().all(|l| l.host_dir().is_none());
+        ImageFs {
+            view,
+            open_files: DashMap::new(),
+            next_handle: AtomicU64::new(NO_HANDLE + 1),
+            opens_unneeded,
+            opendirs_unneeded: false,
+        }
+    }
+
+    /// The bytes of the file at `ino`, for reads made without an open.
+    fn reader_of(&self, ino: INodeNo) -> Result<FileReader, Errno> {
+        let node = self.view.tree.node(self.node(ino)?);
+        let entry = self.view.entry(node).filter(|e| e.kind == Kind::File).ok_or(Errno::EBADF)?;
+        self.view.layers[node.layer as usize].open(entry).map_err(|e| errno::from_io(&e))
     }
 
     fn node(&self, ino: INodeNo) -> Result<NodeId, Errno> {
@@ -76,6 +98,23 @@ impl ImageFs {
     }
 }
 
+/// Fills a reply from `reader` through this thread's buffer: full reads except at end of file.
+fn read_into_reply(reader: &FileReader, offset: u64, size: u32, reply: ReplyData) {
+    READ_BUF.with_borrow_mut(|buf| {
+        let want = (size as usize).min(buf.len());
+        let mut filled = 0;
+        while filled < want {
+            match reader.read_at(&mut buf[filled..want], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return reply.error(errno::from_io(&e)),
+            }
+        }
+        reply.data(&buf[..filled]);
+    });
+}
+
 fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -96,6 +135,8 @@ impl Filesystem for ImageFs {
         // Ask for what the kernel offers; a missing capability only costs speed.
         let _ = config.add_capabilities(wanted & config.capabilities());
         let _ = config.set_max_readahead(MAX_READ as u32);
+        self.opens_unneeded &= config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.opendirs_unneeded = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -138,6 +179,9 @@ impl Filesystem for ImageFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
+        if self.opens_unneeded {
+            return reply.error(Errno::ENOSYS);
+        }
         let id = match self.node(ino) {
             Ok(id) => id,
             Err(e) => return reply.error(e),
@@ -159,7 +203,7 @@ impl Filesystem for ImageFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -167,22 +211,16 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some(reader) = self.open_files.get(&fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        READ_BUF.with_borrow_mut(|buf| {
-            let want = (size as usize).min(buf.len());
-            let mut filled = 0;
-            while filled < want {
-                match reader.read_at(&mut buf[filled..want], offset + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return reply.error(errno::from_io(&e)),
-                }
-            }
-            reply.data(&buf[..filled]);
-        });
+        if let Some(reader) = self.open_files.get(&fh.0) {
+            return read_into_reply(&reader, offset, size, reply);
+        }
+        match fh.0 {
+            NO_HANDLE => match self.reader_of(ino) {
+                Ok(reader) => read_into_reply(&reader, offset, size, reply),
+                Err(e) => reply.error(e),
+            },
+            _ => reply.error(Errno::EBADF),
+        }
     }
 
     fn release(
@@ -200,9 +238,14 @@ impl Filesystem for ImageFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.opendirs_unneeded {
+            // ENOSYS makes the kernel skip opendir/releasedir from now on and keep its cached
+            // listings (the default of a zero-message opendir).
+            return reply.error(Errno::ENOSYS);
+        }
         match self.node(ino) {
             Ok(id) if self.is_dir(id) => {
-                reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
+                reply.opened(FileHandle(NO_HANDLE), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR)
             }
             Ok(_) => reply.error(Errno::ENOTDIR),
             Err(e) => reply.error(e),
