@@ -93,7 +93,7 @@ impl ImageFs {
     fn listing(&self, dir: NodeId, offset: u64) -> impl Iterator<Item = (u64, NodeId, &[u8])> {
         let node = self.view.tree.node(dir);
         let dots = [(dir, &b"."[..]), (node.parent, &b".."[..])];
-        let kids = node.children.iter().map(|&k| (k, self.view.tree.name(k)));
+        let kids = self.view.tree.children(dir).iter().map(|&k| (k, self.view.tree.name(k)));
         dots.into_iter().chain(kids).enumerate().skip(offset as usize).map(|(i, (id, name))| (i as u64 + 1, id, name))
     }
 }

@@ -33,8 +33,9 @@ pub struct Node {
     /// The node whose inode this path shares: itself, or the first name of its hard-link set.
     pub inode_node: NodeId,
     pub nlink: u32,
-    /// Children sorted by name (directories only).
-    pub children: Box<[NodeId]>,
+    /// The node's children are `child_ids[children_start..children_start + children_len]`.
+    children_start: u32,
+    children_len: u32,
 }
 
 /// Why a stack cannot be merged.
@@ -51,6 +52,8 @@ pub struct MergedTree {
     nodes: Vec<Node>,
     /// Every node's name, back to back.
     names: Vec<u8>,
+    /// Every directory's children, sorted by name, directory after directory.
+    child_ids: Vec<NodeId>,
 }
 
 #[derive(Clone, Copy)]
@@ -65,6 +68,49 @@ struct Slot {
 struct State<'a> {
     layers: &'a [&'a LayerIndex],
     paths: BTreeMap<Vec<u8>, Slot>,
+}
+
+/// The state after the bottom layer, built in bulk: its paths sorted once, implicit parents
+/// added, and the map built from sorted input (no per-entry tree descent).
+fn bottom_layer(index: &LayerIndex) -> Result<BTreeMap<Vec<u8>, Slot>, MergeProblem> {
+    let mut items: Vec<(Vec<u8>, Slot)> = Vec::with_capacity(index.entries.len() + 1);
+    items.push((Vec::new(), Slot { layer: 0, entry: IMPLICIT }));
+    for (ei, e) in index.entries.iter().enumerate() {
+        let slot = Slot { layer: 0, entry: ei as u32 };
+        match (e.path.is_empty(), e.kind) {
+            (true, Kind::Dir) => items[0].1 = slot,
+            (true, _) => return Err(MergeProblem::RootNotDirectory { layer: 0 }),
+            (false, _) => items.push((key(&e.path), slot)),
+        }
+    }
+    items.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let is_dir = |s: &Slot| s.entry == IMPLICIT || index.entries[s.entry as usize].kind == Kind::Dir;
+    let shown = |k: &[u8]| k.iter().map(|&b| if b == 0 { b'/' } else { b }).collect();
+    // In depth-first order a path's parent, if present, is the nearest directory on the chain;
+    // missing parents sort right before the path, so they are emitted in order as found.
+    let mut out: Vec<(Vec<u8>, Slot)> = Vec::with_capacity(items.len());
+    let mut chain: Vec<usize> = Vec::new(); // indexes into `out` of the current directory chain
+    for (k, slot) in items {
+        if let Some((prev, prev_slot)) = out.last() {
+            if !is_dir(prev_slot) && is_key_ancestor(prev, &k) {
+                return Err(MergeProblem::ParentNotDirectory { layer: 0, entry: shown(&k), parent: shown(prev) });
+            }
+        }
+        while chain.last().is_some_and(|&i| !is_key_ancestor(&out[i].0, &k)) {
+            chain.pop();
+        }
+        let known = chain.last().map_or(0, |&i| out[i].0.len());
+        for cut in (known + 1..k.len()).filter(|&i| k[i] == 0) {
+            out.push((k[..cut].to_vec(), Slot { layer: 0, entry: IMPLICIT }));
+            chain.push(out.len() - 1);
+        }
+        let dir = is_dir(&slot);
+        out.push((k, slot));
+        if dir {
+            chain.push(out.len() - 1);
+        }
+    }
+    Ok(out.into_iter().collect())
 }
 
 /// True when the key `dir` is a proper ancestor of the key `k`.
@@ -109,9 +155,11 @@ impl State<'_> {
 
 impl MergedTree {
     pub fn build(layers: &[&LayerIndex]) -> Result<MergedTree, MergeProblem> {
-        let mut state = State { layers, paths: BTreeMap::new() };
-        state.paths.insert(Vec::new(), Slot { layer: 0, entry: IMPLICIT });
-        for (li, index) in layers.iter().enumerate() {
+        let Some(bottom) = layers.first() else {
+            return Ok(Self::flatten(layers, BTreeMap::from([(Vec::new(), Slot { layer: 0, entry: IMPLICIT })])));
+        };
+        let mut state = State { layers, paths: bottom_layer(bottom)? };
+        for (li, index) in layers.iter().enumerate().skip(1) {
             let layer = li as u16;
             for dir in &index.opaque_dirs {
                 state.remove_below(&key(dir));
@@ -151,7 +199,6 @@ impl MergedTree {
             |s: &Slot| s.entry == IMPLICIT || layers[s.layer as usize].entries[s.entry as usize].kind == Kind::Dir;
         let mut nodes: Vec<Node> = Vec::with_capacity(paths.len());
         let mut names: Vec<u8> = Vec::new();
-        let mut children: Vec<Vec<NodeId>> = Vec::with_capacity(paths.len());
         let mut link_sets: HashMap<(u16, u32), NodeId> = HashMap::new();
         // The directories from the root down to the previous path: (key, node).
         let mut chain: Vec<(&[u8], NodeId)> = Vec::new();
@@ -164,7 +211,7 @@ impl MergedTree {
             }
             let parent = chain.last().map_or(ROOT, |&(_, p)| p);
             if id != ROOT {
-                children[parent as usize].push(id);
+                nodes[parent as usize].children_len += 1;
                 if is_dir(slot) {
                     nodes[parent as usize].nlink += 1;
                 }
@@ -185,16 +232,26 @@ impl MergedTree {
                 entry: slot.entry,
                 inode_node,
                 nlink: if is_dir(slot) { 2 } else { 1 },
-                children: Box::default(),
+                children_start: 0,
+                children_len: 0,
             });
             names.extend_from_slice(&k[name_at..]);
-            children.push(Vec::new());
             if is_dir(slot) {
                 chain.push((k, id));
             }
         }
-        for (node, kids) in nodes.iter_mut().zip(children) {
-            node.children = kids.into_boxed_slice();
+        // Children in node order are in name order: lay each directory's out contiguously.
+        let mut next = 0u32;
+        for node in nodes.iter_mut() {
+            node.children_start = next;
+            next += node.children_len;
+        }
+        let mut child_ids = vec![0; next as usize];
+        let mut filled = vec![0u32; nodes.len()];
+        for id in 1..nodes.len() {
+            let parent = nodes[id].parent as usize;
+            child_ids[(nodes[parent].children_start + filled[parent]) as usize] = id as NodeId;
+            filled[parent] += 1;
         }
         for i in 0..nodes.len() {
             let canonical = nodes[i].inode_node as usize;
@@ -202,7 +259,13 @@ impl MergedTree {
                 nodes[i].nlink = nodes[canonical].nlink;
             }
         }
-        MergedTree { nodes, names }
+        MergedTree { nodes, names, child_ids }
+    }
+
+    /// A directory's children, sorted by name.
+    pub fn children(&self, id: NodeId) -> &[NodeId] {
+        let n = &self.nodes[id as usize];
+        &self.child_ids[n.children_start as usize..(n.children_start + n.children_len) as usize]
     }
 
     /// A node's name (empty for the root).
@@ -228,7 +291,7 @@ impl MergedTree {
     }
 
     pub fn lookup_child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
-        let kids = &self.nodes[dir as usize].children;
+        let kids = self.children(dir);
         kids.binary_search_by(|&k| self.name(k).cmp(name)).ok().map(|i| kids[i])
     }
 

@@ -57,7 +57,7 @@ fn opaque_directory_hides_lower_children_wherever_the_marker_appears() {
 fn directory_over_directory_merges_and_file_over_directory_replaces() {
     let t = merged(&[layer(&["d:a", "f:a/x", "d:b", "f:b/y"]), layer(&["d:a", "f:a/z", "f:b"])]);
     assert_eq!(view(&t), names(&[("a", 1), ("a/x", 0), ("a/z", 1), ("b", 1)]));
-    assert_eq!(t.node(t.lookup(b"b").unwrap()).children.len(), 0);
+    assert_eq!(t.children(t.lookup(b"b").unwrap()).len(), 0);
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn children_are_sorted_and_numbering_is_deterministic() {
     let spec = ["f:z", "f:a", "d:m", "f:m-x", "f:m/1"];
     let t1 = merged(&[layer(&spec)]);
     let t2 = merged(&[layer(&spec)]);
-    let root_names: Vec<&[u8]> = t1.node(ROOT).children.iter().map(|&c| t1.name(c)).collect();
+    let root_names: Vec<&[u8]> = t1.children(ROOT).iter().map(|&c| t1.name(c)).collect();
     assert_eq!(root_names, vec![&b"a"[..], b"m", b"m-x", b"z"]);
     assert_eq!(view(&t1), view(&t2));
     assert_eq!(t1.lookup(b"m/1"), t2.lookup(b"m/1"));

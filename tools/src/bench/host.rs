@@ -190,6 +190,53 @@ pub fn wait_exit(pid: u32, timeout: Duration) -> bool {
     true
 }
 
+/// (busy, total) CPU ticks summed over all CPUs, from the first line of /proc/stat.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4).unwrap_or(&0);
+    Some((total - idle, total))
+}
+
+/// The busy fraction of all CPUs over `window`; this process sleeps meanwhile, so it is what
+/// other processes (a concurrent build, a lingering daemon) use.
+pub fn busy_fraction(window: Duration) -> Option<f64> {
+    let (b0, t0) = cpu_ticks()?;
+    std::thread::sleep(window);
+    let (b1, t1) = cpu_ticks()?;
+    (t1 > t0).then(|| (b1 - b0) as f64 / (t1 - t0) as f64)
+}
+
+/// Waits until other processes use less than `threshold` of the CPUs over a 1 s window, for at
+/// most `timeout`. Returns the last busy fraction and whether the host got quiet.
+pub fn wait_quiet(threshold: f64, timeout: Duration) -> (f64, bool) {
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        let busy = busy_fraction(Duration::from_secs(1)).unwrap_or(0.0);
+        if busy < threshold {
+            return (busy, true);
+        }
+        if start.elapsed() > timeout || check_interrupt().is_err() {
+            eprintln!(
+                "strata-bench: host still {:.0}% busy after {} s; measuring anyway",
+                busy * 100.0,
+                timeout.as_secs()
+            );
+            return (busy, false);
+        }
+        if !said {
+            eprintln!(
+                "strata-bench: other processes keep the CPUs {:.0}% busy; waiting for a quiet host",
+                busy * 100.0
+            );
+            said = true;
+        }
+    }
+}
+
 /// A one-line description of the machine: kernel, CPUs, memory.
 pub fn describe_host() -> String {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();

@@ -142,6 +142,17 @@ fn measure(
     Ok(())
 }
 
+/// Other processes may use at most this share of all CPUs before a step starts.
+const QUIET: f64 = 0.15;
+/// How long to wait for a quiet host before measuring anyway (and saying so).
+const QUIET_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Waits for a quiet host (another build on a 2-CPU machine would skew everything) and notes
+/// how busy it was.
+fn settle(results: &mut Results) {
+    results.background.push(host::wait_quiet(QUIET, QUIET_TIMEOUT));
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -152,22 +163,35 @@ fn measure_once(system: System, ds: &DataSet, tools: &Tools, mnt: &Path, results
     let scratch = tools.logs.join(format!("{}-workload.stderr", system.key()));
     host::check_interrupt()?;
     tools.forget_indexes(system)?;
+    settle(results);
     host::drop_caches()?;
     let (mounted, took) = tools.mount(system, ds, mnt)?;
     results.record(Row::MountCold, system, ms(took));
     eprintln!("  mount cold {:>10.1} ms", ms(took));
     for workload in Workload::ALL {
+        settle(results);
         for temp in [Temp::Cold, Temp::Warm] {
             host::check_interrupt()?;
             if temp == Temp::Cold {
                 host::drop_caches()?;
             }
             let start = Instant::now();
-            let seen = workload.run(mounted.path(), &scratch).with_context(|| format!("{workload:?} {temp:?}"))?;
+            let outcome = workload.run(mounted.path(), &scratch).with_context(|| format!("{workload:?} {temp:?}"))?;
             let took = start.elapsed();
-            results.record(Row::Work(workload, temp), system, ms(took));
-            results.observe(workload, system, seen);
-            eprintln!("  {workload:?} {temp:?} {:>10.1} ms  ({seen} {})", ms(took), workload.observed());
+            let row = Row::Work(workload, temp);
+            results.record(row, system, ms(took));
+            results.observe(workload, system, outcome.seen);
+            results.errors(row, system, outcome.errors, outcome.first_error.as_deref());
+            let errors = match &outcome.first_error {
+                Some(first) => format!("; {} error(s), first: {first}", outcome.errors),
+                None => String::new(),
+            };
+            eprintln!(
+                "  {workload:?} {temp:?} {:>10.1} ms  ({} {}{errors})",
+                ms(took),
+                outcome.seen,
+                workload.observed()
+            );
         }
         if workload == Workload::ReadAll {
             if let Some(rss) = mounted.rss_mib() {
@@ -178,6 +202,7 @@ fn measure_once(system: System, ds: &DataSet, tools: &Tools, mnt: &Path, results
     }
     mounted.unmount()?;
     host::check_interrupt()?;
+    settle(results);
     let (mounted, took) = tools.mount(system, ds, mnt)?;
     results.record(Row::MountWarm, system, ms(took));
     eprintln!("  mount warm {:>10.1} ms", ms(took));
@@ -213,16 +238,26 @@ fn render(opts: &Options, tools: &Tools, ds: &DataSet, results: &Results, error:
          tars.\n",
         opts.runs
     );
+    if let Some(line) = results.background_summary() {
+        doc += &format!(
+            "- host noise: {line} (each step waits up to {} s for less than {:.0}%).\n",
+            QUIET_TIMEOUT.as_secs(),
+            QUIET * 100.0
+        );
+    }
     if let Some(n) = results.agreed(Workload::Find) {
         doc += &format!("- every system listed {n} entries with `find` (expected {}).\n", ds.stats.entries);
     }
     doc += "\n";
     doc += &results.table();
     let disagreements = results.disagreements();
-    if !disagreements.is_empty() || !results.notes.is_empty() || error.is_some() {
+    if !disagreements.is_empty() || !results.error_notes().is_empty() || !results.notes.is_empty() || error.is_some() {
         doc += "\n";
     }
     for (_, line) in &disagreements {
+        doc += &format!("- ⚠ {line}\n");
+    }
+    for line in results.error_notes() {
         doc += &format!("- ⚠ {line}\n");
     }
     for note in &results.notes {

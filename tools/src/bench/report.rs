@@ -48,8 +48,13 @@ impl Row {
 pub struct Results {
     samples: BTreeMap<(Row, System), Vec<f64>>,
     observed: BTreeMap<(Workload, System), BTreeSet<u64>>,
+    /// Per-entry errors: total count over all runs and the first message.
+    errors: BTreeMap<(Row, System), (u64, String)>,
     /// Failures and skipped systems, printed under the table.
     pub notes: Vec<String>,
+    /// Other processes' share of the CPUs measured right before each step, and whether the
+    /// step had to start without the host becoming quiet.
+    pub background: Vec<(f64, bool)>,
 }
 
 impl Results {
@@ -60,6 +65,40 @@ impl Results {
     /// What a workload observed (entries, bytes), for the consistency checks.
     pub fn observe(&mut self, workload: Workload, system: System, value: u64) {
         self.observed.entry((workload, system)).or_default().insert(value);
+    }
+
+    /// Counts per-entry errors a workload hit; its cells get a ⚠ and a note under the table.
+    pub fn errors(&mut self, row: Row, system: System, count: u64, first: Option<&str>) {
+        if count > 0 {
+            let slot = self.errors.entry((row, system)).or_insert_with(|| (0, first.unwrap_or("").to_string()));
+            slot.0 += count;
+        }
+    }
+
+    /// A sentence on how busy the host was before the steps, for the report.
+    pub fn background_summary(&self) -> Option<String> {
+        let busy: Vec<f64> = self.background.iter().map(|(b, _)| b * 100.0).collect();
+        let noisy = self.background.iter().filter(|(_, quiet)| !quiet).count();
+        let med = median(&busy)?;
+        let max = busy.iter().copied().fold(0.0, f64::max);
+        let mut line = format!(
+            "other processes' CPU use in the 1 s before each of {} steps: median {med:.0}%, max {max:.0}% of all CPUs",
+            busy.len()
+        );
+        if noisy > 0 {
+            line += &format!("; ⚠ {noisy} step(s) started on a busy host after waiting");
+        }
+        Some(line)
+    }
+
+    /// One line per (row, system) that hit per-entry errors.
+    pub fn error_notes(&self) -> Vec<String> {
+        self.errors
+            .iter()
+            .map(|((row, system), (count, first))| {
+                format!("{} hit {count} error(s) over all runs in \"{}\", e.g. {first}", system.label(), row.label())
+            })
+            .collect()
     }
 
     pub fn median(&self, row: Row, system: System) -> Option<f64> {
@@ -116,6 +155,7 @@ impl Results {
             for s in System::ALL {
                 let cell = match self.median(row, s) {
                     Some(v) if row.is_mib() => format!("{v:.1}"),
+                    Some(v) if self.errors.contains_key(&(row, s)) => format!("{} ⚠", format_ms(v)),
                     Some(v) => format_ms(v),
                     None if row.is_mib() && s == System::Kernel => "—".into(),
                     None => "n/a".into(),
@@ -262,5 +302,19 @@ mod tests {
         assert_eq!(warning, "| ⚠ entries listed by find differ | 100 | 100 | 99 | n/a | | | |");
         assert!(r.disagreements()[0].1.contains("fuse-overlayfs=99"));
         assert!(r.raw().contains("strata: 40.0, 60.0, 50.0"));
+
+        r.errors(find, System::Strata, 2, Some("find: x: Input/output error"));
+        r.errors(find, System::Strata, 2, Some("find: y: Input/output error"));
+        r.errors(find, System::Kernel, 0, None);
+        assert!(r.table().lines().nth(2).unwrap().contains("| 20.0 | 50.0 ⚠ |"));
+        assert_eq!(r.error_notes().len(), 1);
+        assert!(r.error_notes()[0].contains("strata hit 4 error(s)"));
+        assert!(r.error_notes()[0].ends_with("e.g. find: x: Input/output error"));
+
+        assert_eq!(r.background_summary(), None);
+        r.background = vec![(0.01, true), (0.05, true), (0.5, false)];
+        let summary = r.background_summary().unwrap();
+        assert!(summary.contains("3 steps: median 5%, max 50%"), "{summary}");
+        assert!(summary.contains("1 step(s) started on a busy host"), "{summary}");
     }
 }

@@ -44,14 +44,9 @@ impl System {
         }
     }
 
-    /// The program name of the userspace daemon serving the mount, if any.
-    fn daemon(self) -> Option<&'static str> {
-        match self {
-            System::Kernel => None,
-            System::Strata => Some("strata"),
-            System::FuseOverlayfs => Some("fuse-overlayfs"),
-            System::Ratarmount => Some("ratarmount"),
-        }
+    /// Whether a userspace daemon serves the mount.
+    fn has_daemon(self) -> bool {
+        self != System::Kernel
     }
 
     /// Whether mounting reads an index that [`Tools::forget_indexes`] removes (cold vs warm).
@@ -88,7 +83,7 @@ impl Tools {
         if !host::have_command(program) {
             return Some(format!("{program} not found ({hint})"));
         }
-        if system.daemon().is_some() && !host::have_command("fusermount3") {
+        if system.has_daemon() && !host::have_command("fusermount3") {
             return Some("fusermount3 not found (run scripts/setup.sh)".into());
         }
         if system == System::Kernel
@@ -98,6 +93,18 @@ impl Tools {
             eprintln!("strata-bench: overlay is not in /proc/filesystems yet; the first mount will tell");
         }
         None
+    }
+
+    /// The file name of the daemon's program (or script, for ratarmount) in its command line.
+    fn daemon_program(&self, system: System) -> Option<String> {
+        match system {
+            System::Kernel => None,
+            System::Strata => {
+                Some(self.strata.file_name().map_or("strata".into(), |f| f.to_string_lossy().into_owned()))
+            }
+            System::FuseOverlayfs => Some("fuse-overlayfs".into()),
+            System::Ratarmount => Some("ratarmount".into()),
+        }
     }
 
     /// Removes the on-disk indexes `system` keeps, so its next mount is cold.
@@ -160,16 +167,16 @@ impl Tools {
         let elapsed = start.elapsed();
         let mut mounted =
             Mounted { system, mnt: mnt.to_path_buf(), pid: None, strata: self.strata.clone(), live: true };
-        if let Some(program) = system.daemon() {
+        if let Some(program) = self.daemon_program(system) {
             let deadline = Instant::now() + Duration::from_secs(5);
             while mounted.pid.is_none() && Instant::now() < deadline {
-                mounted.pid = host::find_daemon(program, mnt);
+                mounted.pid = host::find_daemon(&program, mnt);
                 if mounted.pid.is_none() {
                     std::thread::sleep(Duration::from_millis(10));
                 }
             }
             if mounted.pid.is_none() {
-                eprintln!("strata-bench: warning: no {program} process found serving {}", mnt.display());
+                eprintln!("strata-bench: warning: no {program} process found serving {}: no RSS", mnt.display());
             }
         }
         Ok((mounted, elapsed))
