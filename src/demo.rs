@@ -28,7 +28,13 @@ pub fn run() -> Result<()> {
     crate::inspect::print_table(&inspect::layer_table(&view.layers));
     let tree = view.tree.clone();
 
-    let config = MountConfig { source: layout.display().to_string(), allow_other: false, dev_suid: false, threads: 2 };
+    let config = MountConfig {
+        source: layout.display().to_string(),
+        allow_other: false,
+        dev_suid: false,
+        threads: 2,
+        writable: false,
+    };
     mount::serve_in_background(ImageFs::new(view), &mountpoint, &config)?;
     println!("\nmounted at {}; the merged tree, read through the mount:\n", mountpoint.display());
     println!("{:<10} {:>10} {:>6}  PATH", "TYPE", "SIZE", "LAYER");

@@ -4,6 +4,7 @@
 mod demo;
 mod image_args;
 mod inspect;
+mod overlayfs_cli;
 mod progress;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use image_args::ImageArgs;
 use strata_fs::fuse::mount::{self, MountConfig};
+use strata_fs::fuse::overlay_fs::OverlayFs;
 use strata_fs::fuse::ImageFs;
 
 #[derive(Parser)]
@@ -37,6 +39,19 @@ enum Command {
         /// Threads serving FUSE requests
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// Make the mount writable: changes go to this directory, in kernel overlayfs' format
+        #[arg(long, requires = "work")]
+        upper: Option<PathBuf>,
+        /// Scratch directory for atomic copy-up, on the upper's filesystem (created if missing)
+        #[arg(long, requires = "upper")]
+        work: Option<PathBuf>,
+    },
+    /// fuse-overlayfs' command line: `-o lowerdir=TOP:…:BOTTOM,upperdir=U,workdir=W MOUNTPOINT`
+    /// (also what strata does when called as `strata-overlayfs`)
+    #[command(disable_help_flag = true)]
+    Overlayfs {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Unmount a strata mount
     Umount {
@@ -60,7 +75,49 @@ enum Command {
     Demo,
 }
 
+/// What to mount: the image's layers, read-only or under a writable upper.
+pub struct MountLayers {
+    pub view: strata_fs::view::ImageView,
+    /// (upper, work) directories of a writable mount.
+    pub upper: Option<(PathBuf, PathBuf)>,
+}
+
+impl MountLayers {
+    pub fn mount(self, mountpoint: &std::path::Path, mut config: MountConfig, foreground: bool) -> Result<()> {
+        match self.upper {
+            None => serve(ImageFs::new(self.view), mountpoint, &config, foreground),
+            Some((upper, work)) => {
+                let overlay = strata_fs::overlay::open(self.view, &upper, &work)?;
+                config.writable = true;
+                serve(OverlayFs::new(overlay), mountpoint, &config, foreground)
+            }
+        }
+    }
+}
+
+fn serve(
+    fs: impl fuser::Filesystem + Send + Sync + 'static,
+    mountpoint: &std::path::Path,
+    config: &MountConfig,
+    foreground: bool,
+) -> Result<()> {
+    if foreground {
+        mount::serve(fs, mountpoint, config, |_| {})?;
+    } else {
+        mount::serve_in_background(fs, mountpoint, config)?;
+    }
+    Ok(())
+}
+
 fn main() {
+    if overlayfs_cli::called_as_overlayfs() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if let Err(err) = overlayfs_cli::run(&args) {
+            eprintln!("strata-overlayfs: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
     if let Err(err) = run(cli) {
         eprintln!("strata: {err:#}");
@@ -70,19 +127,16 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Mount { image, foreground, allow_other, threads } => {
+        Command::Mount { image, foreground, allow_other, threads, upper, work } => {
             let mountpoint = image.mountpoint()?;
             mount::check_mountpoint(&mountpoint)?;
             let view = image.load()?;
-            let config = MountConfig { source: image.source_name(), allow_other, dev_suid: false, threads };
-            let fs = ImageFs::new(view);
-            if foreground {
-                mount::serve(fs, &mountpoint, &config, |_| {})?;
-            } else {
-                mount::serve_in_background(fs, &mountpoint, &config)?;
-            }
-            Ok(())
+            let layers = MountLayers { view, upper: upper.zip(work) };
+            let config =
+                MountConfig { source: image.source_name(), allow_other, dev_suid: false, threads, writable: false };
+            layers.mount(&mountpoint, config, foreground)
         }
+        Command::Overlayfs { args } => overlayfs_cli::run(&args),
         Command::Umount { mountpoint, lazy } => {
             mount::unmount(&mountpoint, lazy).with_context(|| format!("unmounting {}", mountpoint.display()))
         }

@@ -15,7 +15,9 @@ pub mod image;
 pub mod inspect;
 pub mod layer;
 pub mod merge;
+pub mod overlay;
 pub mod path;
+pub mod upper;
 pub mod view;
 
 pub use error::{Error, Result};

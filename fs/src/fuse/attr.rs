@@ -68,6 +68,30 @@ pub fn attr(node: &Node, entry: Option<&Entry>) -> FileAttr {
     }
 }
 
+/// Attributes of an upper object from the host's lstat, under the overlay's inode number.
+pub fn from_metadata(meta: &std::fs::Metadata, ino: u64) -> FileAttr {
+    use std::os::unix::fs::MetadataExt;
+    let at = |sec: i64, nsec: i64| time(Timestamp { sec, nsec: nsec as u32 });
+    let kind = crate::overlay::kind_of(meta);
+    FileAttr {
+        ino: INodeNo(ino),
+        size: meta.size(),
+        blocks: meta.blocks(),
+        atime: at(meta.atime(), meta.atime_nsec()),
+        mtime: at(meta.mtime(), meta.mtime_nsec()),
+        ctime: at(meta.ctime(), meta.ctime_nsec()),
+        crtime: at(meta.mtime(), meta.mtime_nsec()),
+        kind: file_type(kind),
+        perm: (meta.mode() & 0o7777) as u16,
+        nlink: meta.nlink() as u32,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        rdev: encode_dev(libc::major(meta.rdev()), libc::minor(meta.rdev())),
+        blksize: meta.blksize() as u32,
+        flags: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,9 +3,10 @@
 //! become errno values in [`errno`] only. The lower layers never change, so every reply carries
 //! long cache lifetimes and files and directories keep their kernel caches.
 
-mod attr;
+pub(crate) mod attr;
 pub mod errno;
 pub mod mount;
+pub mod overlay_fs;
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
@@ -30,7 +31,7 @@ use crate::view::ImageView;
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Largest read the kernel sends once FUSE_MAX_PAGES is negotiated; the per-thread buffer size.
-const MAX_READ: usize = 1 << 20;
+pub(crate) const MAX_READ: usize = 1 << 20;
 
 thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
@@ -98,8 +99,25 @@ impl ImageFs {
     }
 }
 
+/// Positional reads, from a layer or from a host file.
+pub(crate) trait ReadAt {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for FileReader {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        FileReader::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for std::fs::File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
 /// Fills a reply from `reader` through this thread's buffer: full reads except at end of file.
-fn read_into_reply(reader: &FileReader, offset: u64, size: u32, reply: ReplyData) {
+pub(crate) fn read_into_reply(reader: &impl ReadAt, offset: u64, size: u32, reply: ReplyData) {
     READ_BUF.with_borrow_mut(|buf| {
         let want = (size as usize).min(buf.len());
         let mut filled = 0;
@@ -115,7 +133,7 @@ fn read_into_reply(reader: &FileReader, offset: u64, size: u32, reply: ReplyData
     });
 }
 
-fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
     } else if data.len() > size as usize {
@@ -212,7 +230,7 @@ impl Filesystem for ImageFs {
         reply: ReplyData,
     ) {
         if let Some(reader) = self.open_files.get(&fh.0) {
-            return read_into_reply(&reader, offset, size, reply);
+            return read_into_reply(&*reader, offset, size, reply);
         }
         match fh.0 {
             NO_HANDLE => match self.reader_of(ino) {

@@ -1,4 +1,4 @@
-//! Mount lifecycle: mount an [`ImageFs`] with fuser, serve it on several threads, report
+//! Mount lifecycle: mount a strata filesystem (read-only `ImageFs` or writable `OverlayFs`) with fuser, serve it on several threads, report
 //! readiness, unmount cleanly on SIGINT/SIGTERM/SIGHUP, and the background (daemon) mode that
 //! returns only once the mount is usable. Every syscall of the mount's life is here.
 
@@ -8,11 +8,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, Filesystem, MountOption, Session, SessionACL};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, setsid, ForkResult};
 
-use super::ImageFs;
 use crate::error::{Error, Result};
 
 /// The filesystem subtype strata asks for (`fuse.strata` where the mount path supports subtypes).
@@ -31,6 +30,8 @@ pub struct MountConfig {
     pub dev_suid: bool,
     /// Threads serving requests.
     pub threads: usize,
+    /// Mount read-write (a writable overlay) rather than read-only.
+    pub writable: bool,
 }
 
 impl MountConfig {
@@ -38,7 +39,7 @@ impl MountConfig {
         let mut options = vec![
             MountOption::FSName(format!("{SOURCE_PREFIX}{}", self.source)),
             MountOption::Subtype(SUBTYPE.into()),
-            MountOption::RO,
+            if self.writable { MountOption::RW } else { MountOption::RO },
             MountOption::DefaultPermissions,
             MountOption::NoAtime,
         ];
@@ -59,7 +60,7 @@ impl MountConfig {
 /// Mounts and serves in this process until the mount goes away. `ready` is called once, with
 /// the outcome of mounting, before any request is served.
 pub fn serve(
-    fs: ImageFs,
+    fs: impl Filesystem + Send + Sync + 'static,
     mountpoint: &Path,
     config: &MountConfig,
     ready: impl FnOnce(Result<(), &Error>),
@@ -123,7 +124,11 @@ fn stop_signals() -> SigSet {
 
 /// Forks a daemon that mounts and serves; returns once the mount is usable (or with the
 /// daemon's mount error). Call before starting any thread.
-pub fn serve_in_background(fs: ImageFs, mountpoint: &Path, config: &MountConfig) -> Result<()> {
+pub fn serve_in_background(
+    fs: impl Filesystem + Send + Sync + 'static,
+    mountpoint: &Path,
+    config: &MountConfig,
+) -> Result<()> {
     // The daemon leaves the caller's working directory, so a relative mountpoint must be resolved now.
     let mountpoint = &std::path::absolute(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
     let mount_error = |detail: String| Error::Mount { path: mountpoint.to_path_buf(), detail };

@@ -1,0 +1,416 @@
+//! The FUSE adapter of a writable mount: a thin `fuser::Filesystem` over [`Overlay`]. Each
+//! method converts arguments, calls the overlay, and replies; errno mapping is `errno::from_io`.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use fuser::{
+    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::{attr, errno, read_into_reply, reply_xattr, MAX_READ};
+use crate::layer::index::Kind;
+use crate::overlay::{Caller, DirEntry, OpenFile, Overlay};
+
+/// Every change goes through this mount, so the kernel's caches stay right for a long time.
+const TTL: Duration = Duration::from_secs(3600);
+
+pub struct OverlayFs {
+    overlay: Overlay,
+    files: DashMap<u64, OpenFile>,
+    listings: DashMap<u64, Vec<DirEntry>>,
+    next_handle: AtomicU64,
+}
+
+impl OverlayFs {
+    pub fn new(overlay: Overlay) -> OverlayFs {
+        OverlayFs { overlay, files: DashMap::new(), listings: DashMap::new(), next_handle: AtomicU64::new(1) }
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+fn entry(reply: ReplyEntry, result: io::Result<FileAttr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(errno::from_io(&e)),
+    }
+}
+
+fn empty(reply: ReplyEmpty, result: io::Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno::from_io(&e)),
+    }
+}
+
+fn timespec(t: TimeOrNow) -> libc::timespec {
+    match t {
+        TimeOrNow::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        TimeOrNow::SpecificTime(t) => {
+            let (sec, nsec) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let nsec = d.subsec_nanos() as i64;
+                    if nsec == 0 {
+                        (-(d.as_secs() as i64), 0)
+                    } else {
+                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - nsec)
+                    }
+                }
+            };
+            libc::timespec { tv_sec: sec, tv_nsec: nsec }
+        }
+    }
+}
+
+fn kind_of_mode(mode: u32) -> Kind {
+    match mode & libc::S_IFMT {
+        libc::S_IFCHR => Kind::CharDevice,
+        libc::S_IFBLK => Kind::BlockDevice,
+        libc::S_IFIFO => Kind::Fifo,
+        libc::S_IFSOCK => Kind::Socket,
+        libc::S_IFDIR => Kind::Dir,
+        _ => Kind::File,
+    }
+}
+
+impl Filesystem for OverlayFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let wanted = InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_CACHE_SYMLINKS | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        let _ = config.set_max_readahead(MAX_READ as u32);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        entry(reply, self.overlay.lookup(parent.0, name.as_bytes()));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.overlay.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        // An open upper file answers for itself, even once unlinked (st_nlink 0).
+        if let Some(OpenFile::Upper(file)) = fh.and_then(|fh| self.files.get(&fh.0)).as_deref() {
+            return match file.metadata() {
+                Ok(meta) => reply.attr(&TTL, &attr::from_metadata(&meta, ino.0)),
+                Err(e) => reply.error(errno::from_io(&e)),
+            };
+        }
+        match self.overlay.getattr(ino.0) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // ftruncate on an open (possibly unlinked) upper file goes to that file.
+        if let (Some(size), Some(OpenFile::Upper(file))) = (size, fh.and_then(|fh| self.files.get(&fh.0)).as_deref()) {
+            if let Err(e) = file.set_len(size) {
+                return reply.error(errno::from_io(&e));
+            }
+        }
+        let result = self.overlay.setattr(ino.0, mode, uid, gid, size, atime.map(timespec), mtime.map(timespec));
+        match result {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.overlay.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = kind_of_mode(mode);
+        let dev = libc::makedev((rdev >> 8) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & 0xfff00));
+        entry(reply, self.overlay.make(parent.0, name.as_bytes(), kind, mode, dev, b"", caller(req)));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        entry(reply, self.overlay.make(parent.0, name.as_bytes(), Kind::Dir, mode, 0, b"", caller(req)));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.overlay.remove(parent.0, name.as_bytes(), false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.overlay.remove(parent.0, name.as_bytes(), true));
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let target = target.as_os_str().as_bytes();
+        entry(reply, self.overlay.make(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, 0, target, caller(req)));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.overlay.rename(parent.0, name.as_bytes(), newparent.0, newname.as_bytes(), flags.bits()));
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        entry(reply, self.overlay.link(ino.0, newparent.0, newname.as_bytes()));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.overlay.open(ino.0, flags.0) {
+            Ok(file) => {
+                let fh = self.handle();
+                self.files.insert(fh, file);
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let made = self.overlay.make(parent.0, name.as_bytes(), Kind::File, mode, 0, b"", caller(req));
+        let opened = made.and_then(|attr| Ok((attr, self.overlay.open(attr.ino.0, flags & !libc::O_TRUNC)?)));
+        match opened {
+            Ok((attr, file)) => {
+                let fh = self.handle();
+                self.files.insert(fh, file);
+                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.files.get(&fh.0).as_deref() {
+            Some(OpenFile::Lower(reader)) => read_into_reply(reader, offset, size, reply),
+            Some(OpenFile::Upper(file)) => read_into_reply(file, offset, size, reply),
+            None => reply.error(Errno::EBADF),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.files.get(&fh.0).as_deref() {
+            Some(OpenFile::Upper(file)) => match file.write_all_at(data, offset) {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => reply.error(errno::from_io(&e)),
+            },
+            _ => reply.error(Errno::EBADF),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let result = match self.files.get(&fh.0).as_deref() {
+            Some(OpenFile::Upper(file)) if datasync => file.sync_data(),
+            Some(OpenFile::Upper(file)) => file.sync_all(),
+            _ => Ok(()),
+        };
+        empty(reply, result);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = match self.files.get(&fh.0).as_deref() {
+            // SAFETY: an open descriptor and plain integers.
+            Some(OpenFile::Upper(file)) => {
+                match unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) } {
+                    0 => Ok(()),
+                    _ => Err(io::Error::last_os_error()),
+                }
+            }
+            _ => Err(io::Error::from_raw_os_error(libc::EBADF)),
+        };
+        empty(reply, result);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // The listing is taken once per open, so offsets stay valid while the directory changes.
+        match self.overlay.readdir(ino.0) {
+            Ok(listing) => {
+                let fh = self.handle();
+                self.listings.insert(fh, listing);
+                reply.opened(FileHandle(fh), FopenFlags::empty());
+            }
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(listing) = self.listings.get(&fh.0) else { return reply.error(Errno::EBADF) };
+        let dots = [(ino.0, Kind::Dir, &b"."[..]), (ino.0, Kind::Dir, &b".."[..])];
+        let names = listing.iter().map(|e| (e.ino, e.kind, &e.name[..]));
+        for (i, (child, kind, name)) in dots.into_iter().chain(names).enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(child), i as u64 + 1, attr::file_type(kind), OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.listings.remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.overlay.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks(),
+                s.blocks_free(),
+                s.blocks_available(),
+                s.files(),
+                s.files_free(),
+                s.block_size() as u32,
+                s.name_max() as u32,
+                s.fragment_size() as u32,
+            ),
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        empty(reply, self.overlay.change_xattr(ino.0, name.as_bytes(), Some(value), flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.overlay.xattrs(ino.0).map(|list| list.into_iter().find(|(n, _)| n == name.as_bytes())) {
+            Ok(Some((_, value))) => reply_xattr(reply, size, &value),
+            Ok(None) => reply.error(Errno::ENODATA),
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.overlay.xattrs(ino.0) {
+            Ok(list) => {
+                let names: Vec<u8> = list.iter().flat_map(|(n, _)| n.iter().copied().chain([0])).collect();
+                reply_xattr(reply, size, &names)
+            }
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        empty(reply, self.overlay.change_xattr(ino.0, name.as_bytes(), None, 0));
+    }
+}

@@ -1,0 +1,610 @@
+//! The writable union: an inode table over the immutable lower view ([`ImageView`]) and the
+//! private [`Upper`] directory, with kernel overlayfs' semantics. Lookups see the upper first
+//! (whiteouts hide, opaque directories stop the merge), then the lower tree. Every change copies
+//! the object up first (parents first, atomically via the work directory), deletions of lower
+//! objects leave whiteouts, and an inode keeps its number across copy-up for the mount's life.
+//! The FUSE adapter (`fuse::overlay_fs`) only translates requests into these calls.
+
+mod inodes;
+
+use std::collections::HashSet;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::Mutex;
+
+use fuser::FileAttr;
+
+use crate::fuse::attr;
+use crate::layer::index::{Entry, Kind};
+use crate::layer::FileReader;
+use crate::merge::{NodeId, ROOT};
+use crate::upper::{CopySource, Upper, UpperEntry, XattrMode};
+use crate::view::ImageView;
+use inodes::{Inode, Table, ROOT_INO};
+
+pub use inodes::Ino;
+
+fn errno(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code)
+}
+
+/// Inode numbers of objects that exist only in the upper: the host's inode number with the top
+/// bit set, so they never collide with lower node numbers.
+const UPPER_ONLY: u64 = 1 << 63;
+
+/// An open file: read from a lower layer, or the upper copy.
+pub enum OpenFile {
+    Lower(FileReader),
+    Upper(File),
+}
+
+/// A name in a directory listing.
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: Kind,
+}
+
+/// Who creates an object: it is owned by them.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub struct Overlay {
+    view: ImageView,
+    upper: Upper,
+    table: Mutex<Table>,
+}
+
+pub(crate) fn kind_of(meta: &Metadata) -> Kind {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink
+    } else if ft.is_char_device() {
+        Kind::CharDevice
+    } else if ft.is_block_device() {
+        Kind::BlockDevice
+    } else if ft.is_fifo() {
+        Kind::Fifo
+    } else if ft.is_socket() {
+        Kind::Socket
+    } else {
+        Kind::File
+    }
+}
+
+/// Opens a writable overlay of `view` with its upper and work directories (created if missing),
+/// refusing an upper or work directory that overlaps a lower directory or each other: writes
+/// would otherwise land in a lower layer.
+pub fn open(view: ImageView, upper: &Path, work: &Path) -> crate::Result<Overlay> {
+    let refuse = |detail: String| crate::Error::Mount { path: upper.to_path_buf(), detail };
+    for dir in [upper, work] {
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    }
+    let canonical = |p: &Path| std::fs::canonicalize(p).map_err(|e| crate::Error::io(p, e));
+    let (u, w) = (canonical(upper)?, canonical(work)?);
+    if u.starts_with(&w) || w.starts_with(&u) {
+        return Err(refuse(format!(
+            "the upper and work directories ({}, {}) must not contain each other",
+            u.display(),
+            w.display()
+        )));
+    }
+    for lower in view.layers.iter().filter_map(|l| l.host_dir()) {
+        let l = canonical(lower)?;
+        if l.starts_with(&u) || u.starts_with(&l) || l.starts_with(&w) || w.starts_with(&l) {
+            return Err(refuse(format!("the lower directory {} overlaps the upper or work directory", l.display())));
+        }
+    }
+    let mode = if nix::unistd::geteuid().is_root() { XattrMode::Trusted } else { XattrMode::User };
+    let upper = Upper::open(&u, &w, mode).map_err(|e| refuse(e.to_string()))?;
+    Ok(Overlay::new(view, upper))
+}
+
+impl Overlay {
+    pub fn new(view: ImageView, upper: Upper) -> Overlay {
+        let root_lower = (!upper.is_opaque(b"")).then_some(ROOT);
+        Overlay { table: Mutex::new(Table::new(root_lower)), view, upper }
+    }
+
+    fn lower_ino(&self, node: NodeId) -> Ino {
+        self.view.tree.node(node).inode_node as u64 + 1
+    }
+
+    fn lower_entry(&self, node: NodeId) -> Entry {
+        self.view.entry_of(node).cloned().unwrap_or_else(|| {
+            let mut implicit = Entry::new(b"", Kind::Dir);
+            implicit.mode = 0o755;
+            implicit
+        })
+    }
+
+    fn lower_kind(&self, node: NodeId) -> Kind {
+        self.view.entry_of(node).map_or(Kind::Dir, |e| e.kind)
+    }
+
+    /// Resolves `name` in directory `parent`: (inode number, inode) without registering it.
+    fn resolve(&self, table: &Table, parent: Ino, name: &[u8]) -> io::Result<(Ino, Inode)> {
+        if name.len() > 255 {
+            return Err(errno(libc::ENAMETOOLONG));
+        }
+        let dir = table.get(parent)?;
+        if dir.kind != Kind::Dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let dir_path = table.path(parent)?;
+        let path = crate::path::join(&dir_path, name);
+        let lower_child = dir.lower.and_then(|d| self.view.tree.lookup_child(d, name));
+        if dir.upper {
+            match self.upper.entry(&path)? {
+                UpperEntry::Whiteout => return Err(errno(libc::ENOENT)),
+                UpperEntry::Present(meta) => {
+                    let kind = kind_of(&meta);
+                    let merges = kind == Kind::Dir && !self.upper.is_opaque(&path);
+                    let lower = lower_child.filter(|&c| merges && self.lower_kind(c) == Kind::Dir);
+                    // A copy-up keeps the lower object's number: known from this mount's copy-ups,
+                    // or (after a remount) from the lower object at the same path — unless that
+                    // object was deleted or moved away in this mount and this is a new one.
+                    let ino = table.origin(meta.ino()).unwrap_or_else(|| match lower_child {
+                        Some(c) if self.lower_kind(c) == kind && !table.is_displaced(self.lower_ino(c)) => {
+                            self.lower_ino(c)
+                        }
+                        _ => meta.ino() | UPPER_ONLY,
+                    });
+                    return Ok((ino, Inode::new(parent, name, lower, true, kind)));
+                }
+                UpperEntry::Missing => {}
+            }
+        }
+        let child = lower_child.ok_or_else(|| errno(libc::ENOENT))?;
+        Ok((self.lower_ino(child), Inode::new(parent, name, Some(child), false, self.lower_kind(child))))
+    }
+
+    /// Looks up a name and registers it with the kernel (one more lookup reference).
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> io::Result<FileAttr> {
+        let mut table = self.table.lock().expect("inode table");
+        let (ino, inode) = self.resolve(&table, parent, name)?;
+        table.remember(ino, inode);
+        self.attr_locked(&table, ino)
+    }
+
+    pub fn forget(&self, ino: Ino, count: u64) {
+        self.table.lock().expect("inode table").forget(ino, count);
+    }
+
+    pub fn getattr(&self, ino: Ino) -> io::Result<FileAttr> {
+        let table = self.table.lock().expect("inode table");
+        self.attr_locked(&table, ino)
+    }
+
+    fn attr_locked(&self, table: &Table, ino: Ino) -> io::Result<FileAttr> {
+        let inode = table.get(ino)?;
+        if inode.upper {
+            let meta = std::fs::symlink_metadata(self.upper.host(&table.path(ino)?))?;
+            return Ok(attr::from_metadata(&meta, ino));
+        }
+        let node_id = inode.lower.expect("an inode is in the upper, the lower, or both");
+        let node = self.view.tree.node(node_id);
+        let mut a = attr::attr(node, self.view.entry(node));
+        a.nlink = a.nlink.saturating_sub(table.removed_names(node.inode_node));
+        Ok(a)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
+        let table = self.table.lock().expect("inode table");
+        let inode = table.get(ino)?;
+        if inode.upper {
+            let target = std::fs::read_link(self.upper.host(&table.path(ino)?))?;
+            return Ok(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec());
+        }
+        match inode.lower.and_then(|n| self.view.entry_of(n)) {
+            Some(e) if e.kind == Kind::Symlink => Ok(e.link_target.to_vec()),
+            _ => Err(errno(libc::EINVAL)),
+        }
+    }
+
+    /// The merged listing of a directory, without `.` and `..`.
+    pub fn readdir(&self, ino: Ino) -> io::Result<Vec<DirEntry>> {
+        let table = self.table.lock().expect("inode table");
+        let dir = table.get(ino)?;
+        if dir.kind != Kind::Dir {
+            return Err(errno(libc::ENOTDIR));
+        }
+        let mut out = Vec::new();
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        if dir.upper {
+            let (present, hidden) = self.upper.list(&table.path(ino)?)?;
+            seen.extend(hidden);
+            for (name, _) in present {
+                let (child_ino, child) = self.resolve(&table, ino, &name)?;
+                out.push(DirEntry { name: name.clone(), ino: child_ino, kind: child.kind });
+                seen.insert(name);
+            }
+        }
+        if let Some(lower) = dir.lower {
+            for &child in self.view.tree.children(lower) {
+                let name = self.view.tree.name(child);
+                if !seen.contains(name) {
+                    out.push(DirEntry {
+                        name: name.to_vec(),
+                        ino: self.lower_ino(child),
+                        kind: self.lower_kind(child),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Makes sure `ino` exists in the upper, copying it (and its parents) up if needed. A lower
+    /// file with several names is copied up with all of them, linked, so the kernel's single
+    /// inode for the set stays one file (as overlayfs' index=on does).
+    fn copy_up(&self, table: &mut Table, ino: Ino) -> io::Result<()> {
+        let inode = table.get(ino)?.clone();
+        if inode.upper {
+            return Ok(());
+        }
+        self.copy_up(table, inode.parent())?;
+        let path = table.path(ino)?;
+        let node = inode.lower.expect("an inode not in the upper is in the lower");
+        let entry = self.lower_entry(node);
+        let reader = if entry.kind == Kind::File {
+            Some(self.view.layers[self.view.tree.node(node).layer as usize].open(&entry)?)
+        } else {
+            None
+        };
+        let source = reader.as_ref().map(|r| match r {
+            FileReader::InArchive { blob, start, len } => {
+                CopySource { file: &blob.file, offset: blob.offset + start, len: *len }
+            }
+            FileReader::Host(file) => CopySource { file, offset: 0, len: entry.size },
+        });
+        self.upper.copy_up(&path, &entry, source)?;
+        let host_ino = std::fs::symlink_metadata(self.upper.host(&path))?.ino();
+        table.set_origin(host_ino, ino);
+        table.get_mut(ino)?.upper = true;
+        if entry.kind == Kind::File && self.view.tree.node(node).nlink > 1 {
+            self.copy_up_other_names(table, node, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Links every other visible name of the lower hard-link set of `node` to the copy at `path`.
+    fn copy_up_other_names(&self, table: &mut Table, node: NodeId, path: &[u8]) -> io::Result<()> {
+        let set = self.view.tree.node(node).inode_node;
+        let others: Vec<Vec<u8>> = self
+            .view
+            .tree
+            .iter()
+            .filter(|(id, n)| n.inode_node == set && *id != node)
+            .map(|(id, _)| self.view.tree.path_of(id))
+            .collect();
+        for other in others {
+            // Only names still showing the lower file: not deleted, replaced or hidden.
+            if self.resolve_path(table, &other).is_ok_and(|(i, inode)| !inode.upper && i == self.lower_ino(node)) {
+                let (parent, _) = crate::path::split_parent(&other).expect("a file is not the root");
+                let parent_ino = self.ensure_dir_path(table, parent)?;
+                self.copy_up(table, parent_ino)?;
+                self.upper.link(path, &other)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a merged path from the root.
+    fn resolve_path(&self, table: &Table, path: &[u8]) -> io::Result<(Ino, Inode)> {
+        let mut current = (ROOT_INO, table.get(ROOT_INO)?.clone());
+        for name in path.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+            let next = self.resolve(table, current.0, name)?;
+            current = next;
+        }
+        Ok(current)
+    }
+
+    /// Registers every directory of a merged path, returning the last one's inode number.
+    fn ensure_dir_path(&self, table: &mut Table, path: &[u8]) -> io::Result<Ino> {
+        let mut current = ROOT_INO;
+        for name in path.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+            let (ino, inode) = self.resolve(table, current, name)?;
+            table.register(ino, inode);
+            current = ino;
+        }
+        Ok(current)
+    }
+
+    pub fn open(&self, ino: Ino, flags: i32) -> io::Result<OpenFile> {
+        let mut table = self.table.lock().expect("inode table");
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if writes {
+            self.copy_up(&mut table, ino)?;
+        }
+        let inode = table.get(ino)?;
+        if inode.upper {
+            return Ok(OpenFile::Upper(self.upper.open_file(&table.path(ino)?, flags)?));
+        }
+        let node = inode.lower.expect("an inode not in the upper is in the lower");
+        let entry = self.view.entry_of(node).ok_or_else(|| errno(libc::EISDIR))?;
+        Ok(OpenFile::Lower(self.view.layers[self.view.tree.node(node).layer as usize].open(entry)?))
+    }
+
+    /// Creates a non-directory object (or, with `Kind::Dir`, a directory) named `name`.
+    pub fn make(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: Kind,
+        mode: u32,
+        rdev: u64,
+        target: &[u8],
+        who: Caller,
+    ) -> io::Result<FileAttr> {
+        let mut table = self.table.lock().expect("inode table");
+        match self.resolve(&table, parent, name) {
+            Ok(_) => return Err(errno(libc::EEXIST)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        self.copy_up(&mut table, parent)?;
+        let path = crate::path::join(&table.path(parent)?, name);
+        // A deleted lower object leaves a whiteout; a directory made over it must be opaque.
+        let replaces_whiteout = matches!(self.upper.entry(&path)?, UpperEntry::Whiteout);
+        let owner = (who.uid, self.new_gid(&table, parent, who)?);
+        if kind == Kind::Dir {
+            self.upper.mkdir(&path, mode, owner, replaces_whiteout)?;
+        } else {
+            self.upper.create(&path, kind, mode, rdev, target, owner)?;
+        }
+        let (ino, inode) = self.resolve(&table, parent, name)?;
+        table.remember(ino, inode);
+        self.attr_locked(&table, ino)
+    }
+
+    /// New objects take the caller's group, or the directory's when it is setgid.
+    fn new_gid(&self, table: &Table, parent: Ino, who: Caller) -> io::Result<u32> {
+        let dir = self.attr_locked(table, parent)?;
+        Ok(if dir.perm as u32 & libc::S_ISGID != 0 { dir.gid } else { who.gid })
+    }
+
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> io::Result<FileAttr> {
+        let mut table = self.table.lock().expect("inode table");
+        if self.resolve(&table, new_parent, new_name).is_ok() {
+            return Err(errno(libc::EEXIST));
+        }
+        if table.get(ino)?.kind == Kind::Dir {
+            return Err(errno(libc::EPERM));
+        }
+        self.copy_up(&mut table, ino)?;
+        self.copy_up(&mut table, new_parent)?;
+        let from = table.path(ino)?;
+        let to = crate::path::join(&table.path(new_parent)?, new_name);
+        if matches!(self.upper.entry(&to)?, UpperEntry::Whiteout) {
+            self.upper.remove(&to)?;
+        }
+        self.upper.link(&from, &to)?;
+        table.add_name(ino, new_parent, new_name);
+        self.attr_locked(&table, ino)
+    }
+
+    /// Removes a name: a file (`dir == false`) or an empty directory.
+    pub fn remove(&self, parent: Ino, name: &[u8], dir: bool) -> io::Result<()> {
+        let mut table = self.table.lock().expect("inode table");
+        let (ino, inode) = self.resolve(&table, parent, name)?;
+        match (dir, inode.kind == Kind::Dir) {
+            (true, false) => return Err(errno(libc::ENOTDIR)),
+            (false, true) => return Err(errno(libc::EISDIR)),
+            _ => {}
+        }
+        if dir {
+            table.register(ino, inode.clone());
+            if !self.readdir_locked_is_empty(&table, ino)? {
+                return Err(errno(libc::ENOTEMPTY));
+            }
+        }
+        self.copy_up(&mut table, parent)?;
+        let path = crate::path::join(&table.path(parent)?, name);
+        self.forget_host_object(&mut table, &path);
+        if self.view.tree.lookup(&path).is_some() {
+            self.upper.whiteout(&path)?;
+        } else {
+            self.upper.remove(&path)?;
+        }
+        if !inode.upper {
+            if let Some(node) = inode.lower {
+                table.note_removed_name(self.view.tree.node(node).inode_node);
+            }
+        }
+        table.remove_name(ino, parent, name);
+        table.displace(ino);
+        Ok(())
+    }
+
+    /// The upper object at `path` is about to go: its host inode number may be reused by the
+    /// host for a new object, which must not inherit this one's overlay number.
+    fn forget_host_object(&self, table: &mut Table, path: &[u8]) {
+        if let Ok(UpperEntry::Present(meta)) = self.upper.entry(path) {
+            table.forget_origin(meta.ino());
+        }
+    }
+
+    fn readdir_locked_is_empty(&self, table: &Table, ino: Ino) -> io::Result<bool> {
+        let dir = table.get(ino)?;
+        if dir.upper && !self.upper.list(&table.path(ino)?)?.0.is_empty() {
+            return Ok(false);
+        }
+        let Some(lower) = dir.lower else { return Ok(true) };
+        if !dir.upper {
+            return Ok(self.view.tree.children(lower).is_empty());
+        }
+        let (_, hidden) = self.upper.list(&table.path(ino)?)?;
+        let hidden: HashSet<&[u8]> = hidden.iter().map(|h| &h[..]).collect();
+        Ok(self.view.tree.children(lower).iter().all(|&c| hidden.contains(self.view.tree.name(c))))
+    }
+
+    /// Renames with renameat2 semantics. A directory that has lower content cannot move
+    /// (EXDEV, as overlayfs without redirect_dir): `mv` then copies and deletes.
+    pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> io::Result<()> {
+        let mut table = self.table.lock().expect("inode table");
+        let (ino, source) = self.resolve(&table, parent, name)?;
+        let target = match self.resolve(&table, new_parent, new_name) {
+            Ok(t) => Some(t),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if (flags & libc::RENAME_NOREPLACE != 0) && target.is_some() {
+            return Err(errno(libc::EEXIST));
+        }
+        if exchange && target.is_none() {
+            return Err(errno(libc::ENOENT));
+        }
+        if source.kind == Kind::Dir && source.lower.is_some() {
+            return Err(errno(libc::EXDEV));
+        }
+        if let Some((target_ino, t)) = &target {
+            if *target_ino == ino {
+                return Ok(());
+            }
+            if exchange && t.kind == Kind::Dir && t.lower.is_some() {
+                return Err(errno(libc::EXDEV));
+            }
+            if !exchange {
+                match (source.kind == Kind::Dir, t.kind == Kind::Dir) {
+                    (true, false) => return Err(errno(libc::ENOTDIR)),
+                    (false, true) => return Err(errno(libc::EISDIR)),
+                    (true, true) => {
+                        table.register(*target_ino, t.clone());
+                        if !self.readdir_locked_is_empty(&table, *target_ino)? {
+                            return Err(errno(libc::ENOTEMPTY));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        table.register(ino, source.clone());
+        self.copy_up(&mut table, ino)?;
+        if let Some((target_ino, t)) = &target {
+            table.register(*target_ino, t.clone());
+            if exchange {
+                self.copy_up(&mut table, *target_ino)?;
+            }
+        }
+        self.copy_up(&mut table, new_parent)?;
+        let from = table.path(ino)?;
+        let to = crate::path::join(&table.path(new_parent)?, new_name);
+        if let Some((target_ino, t)) = &target {
+            if !exchange && t.kind == Kind::Dir && matches!(self.upper.entry(&to)?, UpperEntry::Present(_)) {
+                // An empty merged directory may still hold whiteouts: clear it so the rename can land.
+                self.upper.remove(&to)?;
+                if self.view.tree.lookup(&to).is_some() {
+                    self.upper.whiteout(&to)?;
+                }
+            }
+            let _ = target_ino;
+        }
+        if !exchange {
+            self.forget_host_object(&mut table, &to);
+        }
+        let mut host_flags = flags & libc::RENAME_EXCHANGE;
+        if !exchange && self.view.tree.lookup(&from).is_some() {
+            host_flags |= libc::RENAME_WHITEOUT;
+        }
+        self.upper.rename(&from, &to, host_flags)?;
+        if let Some((target_ino, _)) = &target {
+            if exchange {
+                table.rename_name(*target_ino, (new_parent, new_name), (parent, name));
+            } else {
+                table.remove_name(*target_ino, new_parent, new_name);
+            }
+        }
+        table.rename_name(ino, (parent, name), (new_parent, new_name));
+        table.displace(ino);
+        Ok(())
+    }
+
+    /// Changes metadata (copying up first); `file` is the open upper file for ftruncate.
+    #[allow(clippy::too_many_arguments)]
+    pub fn setattr(
+        &self,
+        ino: Ino,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<libc::timespec>,
+        mtime: Option<libc::timespec>,
+    ) -> io::Result<FileAttr> {
+        let mut table = self.table.lock().expect("inode table");
+        self.copy_up(&mut table, ino)?;
+        let path = table.path(ino)?;
+        if uid.is_some() || gid.is_some() {
+            self.upper.chown(&path, uid, gid)?;
+        }
+        if let Some(mode) = mode {
+            self.upper.chmod(&path, mode)?;
+        }
+        if let Some(size) = size {
+            self.upper.truncate(&path, size)?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            self.upper.set_times(&path, atime, mtime)?;
+        }
+        self.attr_locked(&table, ino)
+    }
+
+    pub fn xattrs(&self, ino: Ino) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let table = self.table.lock().expect("inode table");
+        let inode = table.get(ino)?;
+        if inode.upper {
+            return self.upper.xattrs(&table.path(ino)?);
+        }
+        let list = inode.lower.and_then(|n| self.view.entry_of(n)).map(|e| e.xattrs.clone()).unwrap_or_default();
+        Ok(list
+            .into_iter()
+            .filter(|(n, _)| !crate::layer::whiteout::is_internal_xattr(n))
+            .map(|(n, v)| (n.into_vec(), v.into_vec()))
+            .collect())
+    }
+
+    /// Sets (`Some`) or removes (`None`) an xattr; overlay bookkeeping names are refused.
+    pub fn change_xattr(&self, ino: Ino, name: &[u8], value: Option<&[u8]>, flags: i32) -> io::Result<()> {
+        if crate::layer::whiteout::is_internal_xattr(name) {
+            return Err(errno(libc::EPERM));
+        }
+        if name.starts_with(b"system.") {
+            // POSIX ACLs would change the mode behind the kernel's cached attributes (mount
+            // option noacl); tools then fall back to chmod.
+            return Err(errno(libc::EOPNOTSUPP));
+        }
+        let mut table = self.table.lock().expect("inode table");
+        if value.is_none() && !self.xattrs_locked_has(&table, ino, name)? {
+            return Err(errno(libc::ENODATA));
+        }
+        self.copy_up(&mut table, ino)?;
+        let path = table.path(ino)?;
+        match value {
+            Some(v) => self.upper.set_xattr(&path, name, v, flags),
+            None => self.upper.remove_xattr(&path, name),
+        }
+    }
+
+    fn xattrs_locked_has(&self, table: &Table, ino: Ino, name: &[u8]) -> io::Result<bool> {
+        let inode = table.get(ino)?;
+        Ok(if inode.upper {
+            self.upper.xattrs(&table.path(ino)?)?.iter().any(|(n, _)| n == name)
+        } else {
+            inode.lower.and_then(|n| self.view.entry_of(n)).is_some_and(|e| e.xattrs.iter().any(|(n, _)| **n == *name))
+        })
+    }
+
+    pub fn statfs(&self) -> io::Result<nix::sys::statvfs::Statvfs> {
+        self.upper.statvfs()
+    }
+}

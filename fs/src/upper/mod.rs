@@ -1,0 +1,423 @@
+//! The writable upper directory in kernel overlayfs' own format, and every host syscall made on
+//! it: whiteouts (0/0 character devices), opaque directories (`trusted.overlay.opaque=y`, or
+//! `user.overlay.opaque` in userxattr mode), and atomic copy-up through the work directory. This
+//! is the one place that writes the upper format; a future `diff`/`commit` reads it back with
+//! `layer::dir_index`, which understands the same encodings. Never touches a lower layer.
+//!
+//! Paths are relative to the upper root and name directories strata created itself, so only the
+//! last component can be a symlink; every call on it uses the no-follow variant.
+
+mod copy;
+
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::sys::stat::{Mode, SFlag};
+
+pub use copy::CopySource;
+
+use crate::layer::index::{Entry, Kind};
+use crate::layer::whiteout;
+
+/// Which xattr namespace marks opaque directories: `trusted.` needs CAP_SYS_ADMIN, so unprivileged
+/// mounts use `user.` (overlayfs' userxattr mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XattrMode {
+    Trusted,
+    User,
+}
+
+#[derive(Debug)]
+pub struct Upper {
+    root: PathBuf,
+    work: PathBuf,
+    mode: XattrMode,
+    next_temp: AtomicU64,
+}
+
+/// What a path of the upper directory holds, as far as the union is concerned.
+#[derive(Debug)]
+pub enum UpperEntry {
+    Missing,
+    Whiteout,
+    Present(fs::Metadata),
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("paths have no NUL")
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl Upper {
+    /// Opens an upper and its work directory, creating them if missing. The work directory must
+    /// be on the upper's filesystem, since copy-up renames from one into the other.
+    pub fn open(root: &Path, work: &Path, mode: XattrMode) -> io::Result<Upper> {
+        fs::create_dir_all(root)?;
+        fs::create_dir_all(work)?;
+        let (r, w) = (fs::metadata(root)?, fs::metadata(work)?);
+        if r.dev() != w.dev() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the work directory {} is not on the upper's filesystem ({}): copy-up renames from one to the other",
+                    work.display(),
+                    root.display()
+                ),
+            ));
+        }
+        let upper =
+            Upper { root: fs::canonicalize(root)?, work: fs::canonicalize(work)?, mode, next_temp: AtomicU64::new(0) };
+        upper.clean_work()?;
+        Ok(upper)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Removes what an interrupted copy-up left in the work directory: never visible in the
+    /// upper, since it only ever reaches the upper by an atomic rename.
+    fn clean_work(&self) -> io::Result<()> {
+        for entry in fs::read_dir(&self.work)? {
+            let path = entry?.path();
+            if fs::symlink_metadata(&path)?.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn host(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn temp(&self) -> PathBuf {
+        self.work.join(format!("#{}-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    pub fn opaque_xattr(&self) -> &'static [u8] {
+        match self.mode {
+            XattrMode::Trusted => whiteout::OPAQUE_XATTRS[0],
+            XattrMode::User => whiteout::OPAQUE_XATTRS[1],
+        }
+    }
+
+    /// What the upper has at `rel`.
+    pub fn entry(&self, rel: &[u8]) -> io::Result<UpperEntry> {
+        let host = self.host(rel);
+        match fs::symlink_metadata(&host) {
+            Ok(m) if is_whiteout(&host, &m) => Ok(UpperEntry::Whiteout),
+            Ok(m) => Ok(UpperEntry::Present(m)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(UpperEntry::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when the upper directory at `rel` hides the lower directories below it.
+    pub fn is_opaque(&self, rel: &[u8]) -> bool {
+        let host = self.host(rel);
+        whiteout::OPAQUE_XATTRS.iter().any(|name| get_xattr(&host, name).is_ok_and(|v| whiteout::is_opaque_value(&v)))
+            || fs::symlink_metadata(host.join(OsStr::from_bytes(whiteout::OPAQUE_MARKER))).is_ok()
+    }
+
+    /// The names of the upper directory at `rel`: (visible entries, whited-out names).
+    pub fn list(&self, rel: &[u8]) -> io::Result<(Vec<(Vec<u8>, fs::Metadata)>, Vec<Vec<u8>>)> {
+        let host = self.host(rel);
+        let mut present = Vec::new();
+        let mut hidden = Vec::new();
+        for child in fs::read_dir(&host)? {
+            let child = child?;
+            let name = child.file_name().as_bytes().to_vec();
+            match whiteout::classify(&name) {
+                whiteout::WhiteoutName::Hides(n) => hidden.push(n.to_vec()),
+                whiteout::WhiteoutName::Opaque | whiteout::WhiteoutName::Metadata => {}
+                whiteout::WhiteoutName::Plain => {
+                    let meta = fs::symlink_metadata(child.path())?;
+                    if is_whiteout(&child.path(), &meta) {
+                        hidden.push(name);
+                    } else {
+                        present.push((name, meta));
+                    }
+                }
+            }
+        }
+        Ok((present, hidden))
+    }
+
+    /// Builds an object in the work directory with `make`, then renames it onto `rel`,
+    /// atomically replacing a whiteout (or anything) there. Where rename cannot replace the old
+    /// object (a directory over a whiteout), the two are exchanged and the old one removed.
+    fn place(&self, rel: &[u8], make: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
+        let temp = self.temp();
+        let host = self.host(rel);
+        let placed = make(&temp).and_then(|()| match fs::rename(&temp, &host) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::EISDIR)) => {
+                rename2(&temp, &host, libc::RENAME_EXCHANGE)
+            }
+            other => other,
+        });
+        // After an exchange the old object is at `temp`; after a failure, the unfinished new one.
+        if fs::symlink_metadata(&temp).is_ok() {
+            let _ = fs::remove_dir_all(&temp).or_else(|_| fs::remove_file(&temp));
+        }
+        placed
+    }
+
+    /// Deletes whatever the upper has at `rel` and leaves a whiteout in its place, atomically.
+    pub fn whiteout(&self, rel: &[u8]) -> io::Result<()> {
+        let host = self.host(rel);
+        if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
+            // A directory cannot be renamed over: clear it out of the way first (it is empty in
+            // the merged view, so only whiteouts are inside).
+            fs::remove_dir_all(&host)?;
+        }
+        self.place(rel, |temp| mknod(temp, SFlag::S_IFCHR, 0, 0))
+    }
+
+    /// Removes an upper object that no lower layer shadows (no whiteout needed).
+    pub fn remove(&self, rel: &[u8]) -> io::Result<()> {
+        let host = self.host(rel);
+        if fs::symlink_metadata(&host)?.is_dir() {
+            fs::remove_dir_all(host)
+        } else {
+            fs::remove_file(host)
+        }
+    }
+
+    /// Creates a directory; `opaque` when it replaces a deleted lower one, whose old children
+    /// must not show through.
+    pub fn mkdir(&self, rel: &[u8], mode: u32, owner: (u32, u32), opaque: bool) -> io::Result<()> {
+        self.place(rel, |temp| {
+            fs::create_dir(temp)?;
+            fs::set_permissions(temp, fs::Permissions::from_mode(mode & 0o7777))?;
+            lchown(temp, owner.0, owner.1)?;
+            if opaque {
+                set_xattr(temp, self.opaque_xattr(), b"y")?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Creates a non-directory object (file, symlink, device, FIFO, socket) at `rel`.
+    pub fn create(
+        &self,
+        rel: &[u8],
+        kind: Kind,
+        mode: u32,
+        rdev: u64,
+        target: &[u8],
+        owner: (u32, u32),
+    ) -> io::Result<()> {
+        self.place(rel, |temp| {
+            make_node(temp, kind, mode, rdev, target)?;
+            if kind != Kind::Symlink {
+                fs::set_permissions(temp, fs::Permissions::from_mode(mode & 0o7777))?;
+            }
+            lchown(temp, owner.0, owner.1)
+        })
+    }
+
+    /// Copies a lower object up to `rel`: content, mode, owner, xattrs and times, prepared in
+    /// the work directory and renamed into place, so the upper never holds a partial copy.
+    /// The parent must already be in the upper.
+    pub fn copy_up(&self, rel: &[u8], entry: &Entry, source: Option<CopySource>) -> io::Result<()> {
+        self.place(rel, |temp| {
+            match (entry.kind, source) {
+                (Kind::Dir, _) => fs::create_dir(temp)?,
+                (Kind::File, Some(source)) => copy::copy_file(&source, temp)?,
+                (kind, _) => {
+                    let rdev = libc::makedev(entry.rdev_major, entry.rdev_minor);
+                    make_node(temp, kind, entry.mode, rdev, &entry.link_target)?
+                }
+            }
+            apply_metadata(temp, entry)
+        })
+    }
+
+    /// Renames within the upper; `flags` are renameat2's (RENAME_NOREPLACE, RENAME_EXCHANGE,
+    /// RENAME_WHITEOUT to leave a whiteout at the source atomically).
+    pub fn rename(&self, from: &[u8], to: &[u8], flags: u32) -> io::Result<()> {
+        rename2(&self.host(from), &self.host(to), flags)
+    }
+
+    pub fn link(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        fs::hard_link(self.host(from), self.host(to))
+    }
+
+    pub fn set_xattr(&self, rel: &[u8], name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
+        let (p, n) =
+            (cstr(&self.host(rel)), CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?);
+        // SAFETY: valid C strings and a value slice.
+        check(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
+    }
+
+    pub fn remove_xattr(&self, rel: &[u8], name: &[u8]) -> io::Result<()> {
+        let (p, n) =
+            (cstr(&self.host(rel)), CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?);
+        // SAFETY: valid C strings.
+        check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+    }
+
+    /// The user-visible xattrs of an upper object (overlay bookkeeping filtered out).
+    pub fn xattrs(&self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let host = self.host(rel);
+        let names = list_xattrs(&host)?;
+        let mut out = Vec::new();
+        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty() && !whiteout::is_internal_xattr(n)) {
+            match get_xattr(&host, name) {
+                Ok(v) => out.push((name.to_vec(), v)),
+                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn open_file(&self, rel: &[u8], flags: i32) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let access = flags & libc::O_ACCMODE;
+        fs::OpenOptions::new()
+            .read(access != libc::O_WRONLY)
+            .write(access != libc::O_RDONLY)
+            .custom_flags(
+                (flags & (libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME))
+                    | libc::O_NOFOLLOW,
+            )
+            .open(self.host(rel))
+    }
+
+    pub fn chmod(&self, rel: &[u8], mode: u32) -> io::Result<()> {
+        fs::set_permissions(self.host(rel), fs::Permissions::from_mode(mode & 0o7777))
+    }
+
+    pub fn chown(&self, rel: &[u8], uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+        std::os::unix::fs::lchown(self.host(rel), uid, gid)
+    }
+
+    pub fn truncate(&self, rel: &[u8], size: u64) -> io::Result<()> {
+        fs::OpenOptions::new().write(true).open(self.host(rel))?.set_len(size)
+    }
+
+    /// Sets times without following a final symlink; None leaves a time as it is.
+    pub fn set_times(
+        &self,
+        rel: &[u8],
+        atime: Option<libc::timespec>,
+        mtime: Option<libc::timespec>,
+    ) -> io::Result<()> {
+        let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+        let times = [atime.unwrap_or(omit), mtime.unwrap_or(omit)];
+        let p = cstr(&self.host(rel));
+        // SAFETY: valid path and a two-element timespec array.
+        check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+    }
+
+    pub fn statvfs(&self) -> io::Result<nix::sys::statvfs::Statvfs> {
+        nix::sys::statvfs::statvfs(&self.root).map_err(io::Error::from)
+    }
+}
+
+fn rename2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
+    let (f, t) = (cstr(from), cstr(to));
+    // SAFETY: valid NUL-terminated paths; AT_FDCWD with absolute paths.
+    check(unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags) as libc::c_int
+    })
+}
+
+/// A 0/0 character device, or a zero-size file carrying an overlay whiteout xattr.
+fn is_whiteout(host: &Path, meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    (meta.file_type().is_char_device() && meta.rdev() == 0)
+        || (meta.is_file() && meta.len() == 0 && whiteout::WHITEOUT_XATTRS.iter().any(|n| get_xattr(host, n).is_ok()))
+}
+
+/// Makes a non-directory object of `kind` at `path`.
+fn make_node(path: &Path, kind: Kind, mode: u32, rdev: u64, target: &[u8]) -> io::Result<()> {
+    match kind {
+        Kind::Symlink => std::os::unix::fs::symlink(OsStr::from_bytes(target), path),
+        Kind::File => fs::OpenOptions::new().write(true).create_new(true).open(path).map(drop),
+        Kind::CharDevice => mknod(path, SFlag::S_IFCHR, mode, rdev),
+        Kind::BlockDevice => mknod(path, SFlag::S_IFBLK, mode, rdev),
+        Kind::Fifo => mknod(path, SFlag::S_IFIFO, mode, 0),
+        Kind::Socket => mknod(path, SFlag::S_IFSOCK, mode, 0),
+        Kind::Dir => Err(io::Error::from_raw_os_error(libc::EISDIR)),
+    }
+}
+
+fn mknod(path: &Path, kind: SFlag, mode: u32, rdev: u64) -> io::Result<()> {
+    nix::sys::stat::mknod(path, kind, Mode::from_bits_truncate(mode & 0o7777), rdev).map_err(io::Error::from)
+}
+
+fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Owner, mode, xattrs and times of a lower entry onto a freshly made upper object, in the order
+/// overlayfs uses (xattrs after data, times last so nothing bumps them again).
+fn apply_metadata(path: &Path, entry: &Entry) -> io::Result<()> {
+    lchown(path, entry.uid, entry.gid)?;
+    if entry.kind != Kind::Symlink {
+        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & 0o7777))?;
+    }
+    for (name, value) in entry.xattrs.iter().filter(|(n, _)| !whiteout::is_internal_xattr(n)) {
+        set_xattr(path, name, value)?;
+    }
+    let t = libc::timespec { tv_sec: entry.mtime.sec, tv_nsec: entry.mtime.nsec as i64 };
+    let p = cstr(path);
+    // SAFETY: valid path and a two-element timespec array.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+}
+
+fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let (p, n) = (cstr(path), CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?);
+    // SAFETY: valid C strings and a value slice.
+    check(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+}
+
+fn get_xattr(path: &Path, name: &[u8]) -> io::Result<Vec<u8>> {
+    let (p, n) = (cstr(path), CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?);
+    sized(|buf, len| unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.cast(), len) })
+}
+
+fn list_xattrs(path: &Path) -> io::Result<Vec<u8>> {
+    let p = cstr(path);
+    sized(|buf, len| unsafe { libc::llistxattr(p.as_ptr(), buf.cast(), len) })
+}
+
+/// Calls a size-then-fill xattr syscall, retrying if the value grew in between.
+fn sized(call: impl Fn(*mut u8, usize) -> libc::ssize_t) -> io::Result<Vec<u8>> {
+    loop {
+        let size = call(std::ptr::null_mut(), 0);
+        if size < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; size as usize];
+        let got = call(buf.as_mut_ptr(), buf.len());
+        if got >= 0 {
+            buf.truncate(got as usize);
+            return Ok(buf);
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+            return Err(io::Error::last_os_error());
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! fuse-overlayfs' command line, so strata is a drop-in `mount_program` for containers-storage
+//! (podman, buildah) and a `mount -t fuse.strata-overlayfs` helper:
+//! `strata-overlayfs [-f] [-d] -o lowerdir=TOP:…:BOTTOM[,upperdir=U,workdir=W][,opts] MOUNTPOINT`,
+//! or as called by mount.fuse3: `strata-overlayfs SOURCE MOUNTPOINT -o opts`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use strata_fs::fuse::mount::MountConfig;
+use strata_fs::image;
+
+/// Options fuse-overlayfs users pass that strata accepts without acting on, and why.
+const ACCEPTED_AS_IS: &[(&str, &str)] = &[
+    ("fsync", "strata passes fsync through to the upper file; fsync=0 is accepted"),
+    ("noacl", "strata stores ACLs as ordinary xattrs and enforces none itself"),
+    ("static_nlink", "strata reports real link counts"),
+    ("xattr_permissions", "xattr permission emulation is not implemented; xattrs are stored as given"),
+    ("volatile", "strata does not sync the upper unless asked"),
+    ("timeout", "strata uses its own cache lifetimes"),
+    ("threaded", "strata always serves on several threads"),
+    ("writeback", "no writeback cache"),
+    ("xino", "inode numbers are always unique within the mount"),
+    ("default_permissions", "always on"),
+    ("noatime", "always on"),
+    ("rw", "a mount with upperdir is read-write"),
+    ("context", "SELinux contexts are passed to nothing"),
+    ("fscontext", "SELinux contexts are passed to nothing"),
+    ("defcontext", "SELinux contexts are passed to nothing"),
+    ("rootcontext", "SELinux contexts are passed to nothing"),
+];
+
+/// Options that change ownership as seen through the mount; not implemented yet, so refused
+/// rather than silently giving a different view.
+const REFUSED: &[&str] = &["uidmapping", "gidmapping", "squash_to_root", "squash_to_uid", "squash_to_gid"];
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OverlayArgs {
+    /// Lower directories, top first (as overlayfs lists them).
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub allow_other: bool,
+    pub dev_suid: bool,
+}
+
+pub fn called_as_overlayfs() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|n| n == "strata-overlayfs")
+}
+
+/// Splits `lowerdir=` on `:`, honouring `\:` as a literal colon.
+fn split_lowers(value: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => current.extend(chars.next()),
+            ':' => out.push(PathBuf::from(std::mem::take(&mut current))),
+            c => current.push(c),
+        }
+    }
+    out.push(PathBuf::from(current));
+    out.into_iter().filter(|p| !p.as_os_str().is_empty()).collect()
+}
+
+pub fn parse(args: &[String]) -> Result<OverlayArgs> {
+    let mut parsed = OverlayArgs::default();
+    let mut positional = Vec::new();
+    let mut options = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-f" => parsed.foreground = true,
+            "-d" | "--debug" => parsed.foreground = true,
+            "-o" => options.push(it.next().context("-o needs a value")?.clone()),
+            o if o.starts_with("-o") => options.push(o[2..].to_string()),
+            o if o.starts_with('-') => bail!("unknown flag {o}"),
+            p => positional.push(PathBuf::from(p)),
+        }
+    }
+    parsed.mountpoint = match positional.as_slice() {
+        [mnt] | [_, mnt] => mnt.clone(),
+        _ => bail!("expected MOUNTPOINT (or SOURCE MOUNTPOINT as mount.fuse3 passes them)"),
+    };
+    for option in options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        match key {
+            "lowerdir" => parsed.lowers = split_lowers(value),
+            "upperdir" => parsed.upper = Some(PathBuf::from(value)),
+            "workdir" => parsed.work = Some(PathBuf::from(value)),
+            "allow_other" | "allow_root" => parsed.allow_other = true,
+            "suid" | "dev" => parsed.dev_suid = true,
+            "nosuid" | "nodev" | "exec" | "noexec" | "ro" => {}
+            k if REFUSED.contains(&k) => {
+                bail!("option {k} (uid/gid remapping) is not supported by strata yet; map ids with a user namespace instead")
+            }
+            k if ACCEPTED_AS_IS.iter().any(|(name, _)| *name == k) => {}
+            k => bail!("unknown option {k}"),
+        }
+    }
+    if parsed.lowers.is_empty() {
+        bail!("no lowerdir= given");
+    }
+    if parsed.upper.is_some() != parsed.work.is_some() {
+        bail!("upperdir= and workdir= go together");
+    }
+    Ok(parsed)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let parsed = parse(args)?;
+    strata_fs::fuse::mount::check_mountpoint(&parsed.mountpoint)?;
+    // overlayfs lists the top layer first; strata stacks bottom first.
+    let bottom_first: Vec<PathBuf> = parsed.lowers.iter().rev().cloned().collect();
+    let image = image::from_layers(&bottom_first)?;
+    let cache = strata_fs::layer::cache::Cache::from_env();
+    let layers = strata_fs::layer::load_all(&image.layers, &cache, &strata_fs::layer::Quiet)?;
+    let view = strata_fs::view::ImageView::new(layers)?;
+    let source = parsed.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
+    let config =
+        MountConfig { source, allow_other: parsed.allow_other, dev_suid: parsed.dev_suid, threads: 4, writable: false };
+    crate::MountLayers { view, upper: parsed.upper.zip(parsed.work) }.mount(
+        &parsed.mountpoint,
+        config,
+        parsed.foreground,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split(' ').map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_the_containers_storage_form() {
+        let p = parse(&args("-o lowerdir=/l/top:/l/b\\:c,upperdir=/u,workdir=/w,fsync=0,noacl /mnt")).unwrap();
+        assert_eq!(p.lowers, vec![PathBuf::from("/l/top"), PathBuf::from("/l/b:c")]);
+        assert_eq!(p.upper, Some(PathBuf::from("/u")));
+        assert_eq!(p.mountpoint, PathBuf::from("/mnt"));
+        assert!(!p.foreground);
+    }
+
+    #[test]
+    fn parses_the_mount_helper_form() {
+        let p = parse(&args("none /mnt -o rw,lowerdir=/l,upperdir=/u,workdir=/w,allow_other,dev,suid")).unwrap();
+        assert_eq!(p.mountpoint, PathBuf::from("/mnt"));
+        assert!(p.allow_other && p.dev_suid);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_honour() {
+        assert!(parse(&args("-o lowerdir=/l,uidmapping=0:1000:1 /mnt"))
+            .unwrap_err()
+            .to_string()
+            .contains("uidmapping"));
+        assert!(parse(&args("-o lowerdir=/l,bogus /mnt")).unwrap_err().to_string().contains("bogus"));
+        assert!(parse(&args("-o upperdir=/u,workdir=/w /mnt")).is_err());
+        assert!(parse(&args("-o lowerdir=/l,upperdir=/u /mnt")).is_err());
+    }
+}
