@@ -1,0 +1,301 @@
+//! The writable mount on its own terms: the kernel overlayfs upper format it writes, atomicity of
+//! copy-up under kill -9, a full upper, concurrency, the set-up errors it refuses, and the
+//! fuse-overlayfs command line (direct and through mount.fuse3).
+
+mod support;
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{is_mounted, require_fuse, run_strata, strata, Mounted};
+
+/// A lower directory: `a/f1`, `a/b/`, `c/f3`, `d`, and a 64 MiB `big` file.
+fn make_lower(dir: &Path, big: bool) -> PathBuf {
+    let lower = dir.join("lower");
+    std::fs::create_dir_all(lower.join("a/b")).unwrap();
+    std::fs::create_dir_all(lower.join("c")).unwrap();
+    std::fs::write(lower.join("a/f1"), "one").unwrap();
+    std::fs::write(lower.join("c/f3"), "three").unwrap();
+    std::fs::write(lower.join("d"), "dee").unwrap();
+    if big {
+        let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let mut data = Vec::with_capacity(64 << 20);
+        for _ in 0..64 {
+            data.extend_from_slice(&chunk);
+        }
+        std::fs::write(lower.join("big"), data).unwrap();
+    }
+    lower
+}
+
+/// A writable mount of `lower` with its upper and work directories under `base`.
+fn writable_in(cache_dir: &Path, base: &Path, lower: &Path, mnt: &Path) -> Mounted {
+    let (upper, work) = (base.join("upper"), base.join("work"));
+    let args =
+        ["--upper", upper.to_str().unwrap(), "--work", work.to_str().unwrap(), "--layer", lower.to_str().unwrap()];
+    Mounted::new(&cache_dir.join("cache"), &args, mnt)
+}
+
+fn writable(work: &Path, lower: &Path) -> Mounted {
+    writable_in(work, work, lower, &work.join("mnt"))
+}
+
+fn lower_snapshot(lower: &Path) -> std::collections::BTreeMap<String, support::tree::Node> {
+    support::tree::snapshot(lower).0
+}
+
+#[test]
+fn writes_land_in_the_upper_in_kernel_overlayfs_format() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let before = lower_snapshot(&lower);
+    let mnt = writable(w, &lower);
+    let m = &mnt.dir;
+    std::fs::write(m.join("a/f1"), "changed").unwrap();
+    std::fs::remove_file(m.join("d")).unwrap();
+    std::fs::remove_dir_all(m.join("c")).unwrap();
+    std::fs::create_dir(m.join("c")).unwrap();
+    std::fs::write(m.join("c/new"), "new").unwrap();
+    std::fs::set_permissions(m.join("a/b"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert_eq!(std::fs::read_to_string(m.join("a/f1")).unwrap(), "changed");
+    assert!(!m.join("d").exists());
+    assert_eq!(std::fs::read_dir(m.join("c")).unwrap().count(), 1, "the new c shows none of the old c");
+    drop(mnt);
+
+    let upper = w.join("upper");
+    let whiteout = std::fs::symlink_metadata(upper.join("d")).unwrap();
+    assert!(whiteout.file_type().is_char_device() && whiteout.rdev() == 0, "a deleted lower file is a 0/0 char device");
+    let opaque = support::tree::xattrs(&upper.join("c"));
+    assert_eq!(opaque.get("trusted.overlay.opaque").map(Vec::as_slice), Some(&b"y"[..]));
+    assert_eq!(std::fs::read_to_string(upper.join("a/f1")).unwrap(), "changed");
+    assert_eq!(std::fs::read_dir(w.join("work")).unwrap().count(), 0, "nothing is left in the work directory");
+    assert_eq!(lower_snapshot(&lower), before, "the lower layer is never written");
+}
+
+#[test]
+fn copy_up_is_atomic_under_kill_9() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, true);
+    let original = std::fs::read(lower.join("big")).unwrap();
+    for attempt in 0..3 {
+        let mnt = w.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut daemon = strata()
+            .env("STRATA_CACHE", w.join("cache"))
+            .args([
+                "mount",
+                "-f",
+                "--upper",
+                w.join("upper").to_str().unwrap(),
+                "--work",
+                w.join("work").to_str().unwrap(),
+            ])
+            .args(["--layer", lower.to_str().unwrap(), mnt.to_str().unwrap()])
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !is_mounted(&mnt) {
+            assert!(start.elapsed() < Duration::from_secs(20));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Start a copy-up of the 64 MiB file (an append) and kill the daemon while it runs.
+        let target = mnt.join("big");
+        let writer = std::thread::spawn(move || {
+            let _ = std::fs::OpenOptions::new()
+                .append(true)
+                .open(target)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"!"));
+        });
+        std::thread::sleep(Duration::from_millis(5 + attempt * 20));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+        let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+        writer.join().unwrap();
+        // The upper holds the whole old file, the whole new one, or nothing; never a part.
+        if let Ok(copy) = std::fs::read(w.join("upper/big")) {
+            assert!(copy == original || copy.len() == original.len() + 1, "partial copy-up of {} bytes", copy.len());
+        }
+        for entry in std::fs::read_dir(w.join("upper")).unwrap() {
+            let name = entry.unwrap().file_name();
+            assert!(!name.to_string_lossy().starts_with('#'), "a temporary file leaked into the upper: {name:?}");
+        }
+    }
+    // A remount cleans the work directory and shows a whole file.
+    let mnt = writable(w, &lower);
+    let seen = std::fs::read(mnt.dir.join("big")).unwrap();
+    assert!(seen == original || (seen.len() == original.len() + 1 && seen.ends_with(b"!")));
+    assert_eq!(std::fs::read_dir(w.join("work")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_full_upper_gives_enospc_and_stays_consistent() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let small = w.join("small");
+    std::fs::create_dir(&small).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.to_str().unwrap()])
+        .status()
+        .unwrap()
+        .success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(small.clone());
+    let mnt = writable_in(w, &small, &lower, &w.join("mnt"));
+    let err = std::fs::write(mnt.dir.join("huge"), vec![1u8; 4 << 20]).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+    // The rest of the tree still works, and small writes succeed once space is freed.
+    std::fs::remove_file(mnt.dir.join("huge")).unwrap();
+    std::fs::write(mnt.dir.join("a/f1"), "fits").unwrap();
+    assert_eq!(std::fs::read_to_string(mnt.dir.join("a/f1")).unwrap(), "fits");
+    assert_eq!(std::fs::read_to_string(mnt.dir.join("d")).unwrap(), "dee");
+}
+
+#[test]
+fn bad_set_ups_are_refused() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    std::fs::create_dir(w.join("mnt")).unwrap();
+    let mount = |upper: &Path, workdir: &Path| {
+        run_strata(
+            &w.join("cache"),
+            &[
+                "mount",
+                "--upper",
+                upper.to_str().unwrap(),
+                "--work",
+                workdir.to_str().unwrap(),
+                "--layer",
+                lower.to_str().unwrap(),
+                w.join("mnt").to_str().unwrap(),
+            ],
+        )
+    };
+    let inside = mount(&lower.join("a/up"), &lower.join("a/wk"));
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("overlaps"),
+        "{}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    let shm = Path::new("/dev/shm").join(format!("strata-work-{}", std::process::id()));
+    let split = mount(&w.join("upper"), &shm);
+    let _ = std::fs::remove_dir_all(&shm);
+    assert!(
+        String::from_utf8_lossy(&split.stderr).contains("not on the upper's filesystem"),
+        "{}",
+        String::from_utf8_lossy(&split.stderr)
+    );
+    assert!(!is_mounted(&w.join("mnt")));
+}
+
+#[test]
+fn concurrent_creates_renames_and_deletes_lose_nothing() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let mnt = writable(w, &lower);
+    let dir = mnt.dir.join("a");
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                for i in 0..200 {
+                    let (x, y) = (dir.join(format!("t{t}-{i}")), dir.join(format!("t{t}-{i}-renamed")));
+                    std::fs::write(&x, format!("{t} {i}")).unwrap();
+                    std::fs::rename(&x, &y).unwrap();
+                    if i % 2 == 0 {
+                        std::fs::remove_file(&y).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let names: std::collections::BTreeSet<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    for t in 0..4 {
+        for i in 0..200 {
+            let renamed = format!("t{t}-{i}-renamed");
+            assert_eq!(names.contains(&renamed), i % 2 == 1, "{renamed}");
+            assert!(!names.contains(&format!("t{t}-{i}")));
+        }
+    }
+    assert!(names.contains("f1") && names.contains("b"));
+}
+
+#[test]
+fn fuse_overlayfs_command_line_and_mount_helper() {
+    if !require_fuse() || !support::require_command("mount.fuse3") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let top = w.join("top");
+    std::fs::create_dir(&top).unwrap();
+    std::fs::write(top.join("d"), "top dee").unwrap();
+    let bin = w.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_strata"), bin.join("strata-overlayfs")).unwrap();
+    let (upper, workdir, mnt) = (w.join("upper"), w.join("work"), w.join("mnt"));
+    for d in [&upper, &workdir, &mnt] {
+        std::fs::create_dir(d).unwrap();
+    }
+    // The form containers-storage uses: leftmost lower is the top.
+    let options = format!(
+        "lowerdir={}:{},upperdir={},workdir={},fsync=0",
+        top.display(),
+        lower.display(),
+        upper.display(),
+        workdir.display()
+    );
+    let out = Command::new(bin.join("strata-overlayfs"))
+        .env("STRATA_CACHE", w.join("cache"))
+        .args(["-o", &options, mnt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(mnt.join("d")).unwrap(), "top dee");
+    std::fs::write(mnt.join("written"), "x").unwrap();
+    assert!(upper.join("written").exists());
+    assert!(strata().args(["umount", mnt.to_str().unwrap()]).status().unwrap().success());
+
+    // As a mount helper: mount(8) runs mount.fuse3, which calls `strata-overlayfs none MNT -o …`.
+    // mount(8) gives helpers a fixed PATH, so the program is named by its full path (`PROG#SOURCE`).
+    let helper = format!("{}#none", bin.join("strata-overlayfs").display());
+    let out = Command::new("mount")
+        .env("STRATA_CACHE", w.join("cache"))
+        .args(["-t", "fuse", &helper, mnt.to_str().unwrap(), "-o", &options])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mount -t fuse {helper}: {}", String::from_utf8_lossy(&out.stderr));
+    let _guard = Mounted { dir: mnt.clone() };
+    assert_eq!(std::fs::read_to_string(mnt.join("written")).unwrap(), "x");
+}
