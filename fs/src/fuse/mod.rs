@@ -99,6 +99,15 @@ impl ImageFs {
     }
 }
 
+/// Takes the wanted capabilities the kernel offers (a missing one only costs speed) and as much
+/// readahead as it allows, up to 1 MiB.
+pub(crate) fn negotiate(config: &mut KernelConfig, wanted: InitFlags) {
+    let _ = config.add_capabilities(wanted & config.capabilities());
+    if let Err(max) = config.set_max_readahead(MAX_READ as u32) {
+        let _ = config.set_max_readahead(max);
+    }
+}
+
 /// Positional reads, from a layer or from a host file.
 pub(crate) trait ReadAt {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
@@ -150,9 +159,7 @@ impl Filesystem for ImageFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_READ;
-        // Ask for what the kernel offers; a missing capability only costs speed.
-        let _ = config.add_capabilities(wanted & config.capabilities());
-        let _ = config.set_max_readahead(MAX_READ as u32);
+        negotiate(config, wanted);
         self.opens_unneeded &= config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         self.opendirs_unneeded = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())

@@ -17,7 +17,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::{attr, errno, read_into_reply, reply_xattr, MAX_READ};
+use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::layer::index::Kind;
 use crate::overlay::{Caller, DirEntry, OpenFile, Overlay};
 
@@ -94,8 +94,7 @@ fn kind_of_mode(mode: u32) -> Kind {
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let wanted = InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_CACHE_SYMLINKS | InitFlags::FUSE_ATOMIC_O_TRUNC;
-        let _ = config.add_capabilities(wanted & config.capabilities());
-        let _ = config.set_max_readahead(MAX_READ as u32);
+        super::negotiate(config, wanted);
         Ok(())
     }
 

@@ -360,7 +360,7 @@ mod tests {
         let mut rng = Rng::new(7);
         let sizes: Vec<u64> = (0..20_000).map(|_| skewed_size(rng.unit())).collect();
         assert!(sizes.iter().all(|s| *s <= MAX_FILE));
-        assert!(sizes.iter().any(|s| *s == 0));
+        assert!(sizes.contains(&0));
         assert!(sizes.iter().any(|s| *s > 60 * 1024));
         let mut sorted = sizes.clone();
         sorted.sort_unstable();
