@@ -72,7 +72,7 @@ pub fn attr(node: &Node, entry: Option<&Entry>) -> FileAttr {
 pub fn from_metadata(meta: &std::fs::Metadata, ino: u64) -> FileAttr {
     use std::os::unix::fs::MetadataExt;
     let at = |sec: i64, nsec: i64| time(Timestamp { sec, nsec: nsec as u32 });
-    let kind = crate::overlay::kind_of(meta);
+    let kind = Kind::of_host(meta.file_type());
     FileAttr {
         ino: INodeNo(ino),
         size: meta.size(),

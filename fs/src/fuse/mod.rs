@@ -5,21 +5,21 @@
 
 pub(crate) mod attr;
 pub mod errno;
+mod handles;
 pub mod mount;
 pub mod overlay_fs;
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyXattr, Request,
 };
+use handles::{Handles, NO_HANDLE};
 
 use crate::layer::index::Kind;
 use crate::layer::whiteout::is_internal_xattr;
@@ -40,8 +40,7 @@ thread_local! {
 /// A read-only mount of an image.
 pub struct ImageFs {
     view: ImageView,
-    open_files: DashMap<u64, FileReader>,
-    next_handle: AtomicU64,
+    open_files: Handles<FileReader>,
     /// Every layer is a tar, so a read needs no open file: answering `open` with ENOSYS makes the
     /// kernel stop sending open/release (zero-message opens, page cache kept).
     opens_unneeded: bool,
@@ -49,19 +48,10 @@ pub struct ImageFs {
     opendirs_unneeded: bool,
 }
 
-/// The file handle of reads made without an open (see `opens_unneeded`).
-const NO_HANDLE: u64 = 0;
-
 impl ImageFs {
     pub fn new(view: ImageView) -> ImageFs {
         let opens_unneeded = view.layers.iter().all(|l| l.host_dir().is_none());
-        ImageFs {
-            view,
-            open_files: DashMap::new(),
-            next_handle: AtomicU64::new(NO_HANDLE + 1),
-            opens_unneeded,
-            opendirs_unneeded: false,
-        }
+        ImageFs { view, open_files: Handles::default(), opens_unneeded, opendirs_unneeded: false }
     }
 
     /// The bytes of the file at `ino`, for reads made without an open.
@@ -217,8 +207,7 @@ impl Filesystem for ImageFs {
         };
         match self.view.layers[node.layer as usize].open(entry) {
             Ok(reader) => {
-                let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
-                self.open_files.insert(fh, reader);
+                let fh = self.open_files.insert(reader);
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(errno::from_io(&e)),
@@ -236,7 +225,7 @@ impl Filesystem for ImageFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        if let Some(reader) = self.open_files.get(&fh.0) {
+        if let Some(reader) = self.open_files.get(fh.0) {
             return read_into_reply(&*reader, offset, size, reply);
         }
         match fh.0 {
@@ -258,7 +247,7 @@ impl Filesystem for ImageFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.open_files.remove(&fh.0);
+        self.open_files.remove(fh.0);
         reply.ok();
     }
 

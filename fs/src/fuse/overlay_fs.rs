@@ -7,16 +7,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dashmap::DashMap;
 use fuser::{
     Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use super::handles::Handles;
 use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::layer::index::Kind;
 use crate::overlay::{Caller, DirEntry, OpenFile, Overlay};
@@ -26,18 +25,13 @@ const TTL: Duration = Duration::from_secs(3600);
 
 pub struct OverlayFs {
     overlay: Overlay,
-    files: DashMap<u64, OpenFile>,
-    listings: DashMap<u64, Vec<DirEntry>>,
-    next_handle: AtomicU64,
+    files: Handles<OpenFile>,
+    listings: Handles<Vec<DirEntry>>,
 }
 
 impl OverlayFs {
     pub fn new(overlay: Overlay) -> OverlayFs {
-        OverlayFs { overlay, files: DashMap::new(), listings: DashMap::new(), next_handle: AtomicU64::new(1) }
-    }
-
-    fn handle(&self) -> u64 {
-        self.next_handle.fetch_add(1, Ordering::Relaxed)
+        OverlayFs { overlay, files: Handles::default(), listings: Handles::default() }
     }
 }
 
@@ -108,7 +102,7 @@ impl Filesystem for OverlayFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // An open upper file answers for itself, even once unlinked (st_nlink 0).
-        if let Some(OpenFile::Upper(file)) = fh.and_then(|fh| self.files.get(&fh.0)).as_deref() {
+        if let Some(OpenFile::Upper(file)) = fh.and_then(|fh| self.files.get(fh.0)).as_deref() {
             return match file.metadata() {
                 Ok(meta) => reply.attr(&TTL, &attr::from_metadata(&meta, ino.0)),
                 Err(e) => reply.error(errno::from_io(&e)),
@@ -139,7 +133,7 @@ impl Filesystem for OverlayFs {
         reply: ReplyAttr,
     ) {
         // ftruncate on an open (possibly unlinked) upper file goes to that file.
-        if let (Some(size), Some(OpenFile::Upper(file))) = (size, fh.and_then(|fh| self.files.get(&fh.0)).as_deref()) {
+        if let (Some(size), Some(OpenFile::Upper(file))) = (size, fh.and_then(|fh| self.files.get(fh.0)).as_deref()) {
             if let Err(e) = file.set_len(size) {
                 return reply.error(errno::from_io(&e));
             }
@@ -210,8 +204,7 @@ impl Filesystem for OverlayFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.overlay.open(ino.0, flags.0) {
             Ok(file) => {
-                let fh = self.handle();
-                self.files.insert(fh, file);
+                let fh = self.files.insert(file);
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(errno::from_io(&e)),
@@ -232,8 +225,7 @@ impl Filesystem for OverlayFs {
         let opened = made.and_then(|attr| Ok((attr, self.overlay.open(attr.ino.0, flags & !libc::O_TRUNC)?)));
         match opened {
             Ok((attr, file)) => {
-                let fh = self.handle();
-                self.files.insert(fh, file);
+                let fh = self.files.insert(file);
                 reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(errno::from_io(&e)),
@@ -251,7 +243,7 @@ impl Filesystem for OverlayFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.files.get(&fh.0).as_deref() {
+        match self.files.get(fh.0).as_deref() {
             Some(OpenFile::Lower(reader)) => read_into_reply(reader, offset, size, reply),
             Some(OpenFile::Upper(file)) => read_into_reply(file, offset, size, reply),
             None => reply.error(Errno::EBADF),
@@ -270,7 +262,7 @@ impl Filesystem for OverlayFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.files.get(&fh.0).as_deref() {
+        match self.files.get(fh.0).as_deref() {
             Some(OpenFile::Upper(file)) => match file.write_all_at(data, offset) {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(e) => reply.error(errno::from_io(&e)),
@@ -293,12 +285,12 @@ impl Filesystem for OverlayFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.files.remove(&fh.0);
+        self.files.remove(fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let result = match self.files.get(&fh.0).as_deref() {
+        let result = match self.files.get(fh.0).as_deref() {
             Some(OpenFile::Upper(file)) if datasync => file.sync_data(),
             Some(OpenFile::Upper(file)) => file.sync_all(),
             _ => Ok(()),
@@ -316,7 +308,7 @@ impl Filesystem for OverlayFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let result = match self.files.get(&fh.0).as_deref() {
+        let result = match self.files.get(fh.0).as_deref() {
             // SAFETY: an open descriptor and plain integers.
             Some(OpenFile::Upper(file)) => {
                 match unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, length as i64) } {
@@ -333,8 +325,7 @@ impl Filesystem for OverlayFs {
         // The listing is taken once per open, so offsets stay valid while the directory changes.
         match self.overlay.readdir(ino.0) {
             Ok(listing) => {
-                let fh = self.handle();
-                self.listings.insert(fh, listing);
+                let fh = self.listings.insert(listing);
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
             Err(e) => reply.error(errno::from_io(&e)),
@@ -342,7 +333,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(listing) = self.listings.get(&fh.0) else { return reply.error(Errno::EBADF) };
+        let Some(listing) = self.listings.get(fh.0) else { return reply.error(Errno::EBADF) };
         let dots = [(ino.0, Kind::Dir, &b"."[..]), (ino.0, Kind::Dir, &b".."[..])];
         let names = listing.iter().map(|e| (e.ino, e.kind, &e.name[..]));
         for (i, (child, kind, name)) in dots.into_iter().chain(names).enumerate().skip(offset as usize) {
@@ -354,7 +345,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.listings.remove(&fh.0);
+        self.listings.remove(fh.0);
         reply.ok();
     }
 

@@ -91,21 +91,7 @@ fn walk(
 
 fn entry_from(host: &Path, rel: &[u8], meta: &fs::Metadata) -> Result<Entry> {
     let ft = meta.file_type();
-    let kind = if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_char_device() {
-        Kind::CharDevice
-    } else if ft.is_block_device() {
-        Kind::BlockDevice
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_socket() {
-        Kind::Socket
-    } else {
-        Kind::File
-    };
+    let kind = Kind::of_host(ft);
     let mut e = Entry::new(rel, kind);
     e.mode = meta.mode() & 0o7777;
     e.uid = meta.uid();

@@ -33,6 +33,26 @@ impl Kind {
         })
     }
 
+    /// The kind of a host file, as lstat shows it.
+    pub fn of_host(ft: std::fs::FileType) -> Kind {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_char_device() {
+            Kind::CharDevice
+        } else if ft.is_block_device() {
+            Kind::BlockDevice
+        } else if ft.is_fifo() {
+            Kind::Fifo
+        } else if ft.is_socket() {
+            Kind::Socket
+        } else {
+            Kind::File
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kind::File => "file",

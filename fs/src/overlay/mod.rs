@@ -8,9 +8,9 @@
 mod inodes;
 
 use std::collections::HashSet;
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -58,25 +58,6 @@ pub struct Overlay {
     view: ImageView,
     upper: Upper,
     table: Mutex<Table>,
-}
-
-pub(crate) fn kind_of(meta: &Metadata) -> Kind {
-    let ft = meta.file_type();
-    if ft.is_dir() {
-        Kind::Dir
-    } else if ft.is_symlink() {
-        Kind::Symlink
-    } else if ft.is_char_device() {
-        Kind::CharDevice
-    } else if ft.is_block_device() {
-        Kind::BlockDevice
-    } else if ft.is_fifo() {
-        Kind::Fifo
-    } else if ft.is_socket() {
-        Kind::Socket
-    } else {
-        Kind::File
-    }
 }
 
 /// Opens a writable overlay of `view` with its upper and work directories (created if missing),
@@ -145,7 +126,7 @@ impl Overlay {
             match self.upper.entry(&path)? {
                 UpperEntry::Whiteout => return Err(errno(libc::ENOENT)),
                 UpperEntry::Present(meta) => {
-                    let kind = kind_of(&meta);
+                    let kind = Kind::of_host(meta.file_type());
                     let merges = kind == Kind::Dir && !self.upper.is_opaque(&path);
                     let lower = lower_child.filter(|&c| merges && self.lower_kind(c) == Kind::Dir);
                     // A copy-up keeps the lower object's number: known from this mount's copy-ups,
