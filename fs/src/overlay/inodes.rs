@@ -42,6 +42,8 @@ pub struct Table {
     origins: HashMap<u64, Ino>,
     /// Names of a lower hard-link set (by its inode node) deleted without copy-up.
     removed: HashMap<NodeId, u32>,
+    /// The next number for an object that exists only in the upper.
+    next_ino: Ino,
     /// Inode numbers whose object left its original path (deleted or renamed): a new object
     /// there must not take the number again.
     displaced: HashSet<Ino>,
@@ -52,7 +54,8 @@ fn stale() -> io::Error {
 }
 
 impl Table {
-    pub fn new(root_lower: Option<NodeId>) -> Table {
+    /// `first_free` is above every lower inode number.
+    pub fn new(root_lower: Option<NodeId>, first_free: Ino) -> Table {
         let mut root = Inode::new(ROOT_INO, b"", root_lower, true, Kind::Dir);
         root.names.clear();
         root.lookups = 1;
@@ -61,6 +64,7 @@ impl Table {
             origins: HashMap::new(),
             removed: HashMap::new(),
             displaced: HashSet::new(),
+            next_ino: first_free,
         }
     }
 
@@ -98,6 +102,10 @@ impl Table {
     pub fn register(&mut self, ino: Ino, inode: Inode) {
         match self.inodes.get_mut(&ino) {
             Some(existing) => {
+                // What a fresh resolve found is the truth about the object now.
+                existing.lower = inode.lower;
+                existing.upper = inode.upper;
+                existing.kind = inode.kind;
                 let name = inode.names.into_iter().next().expect("a resolved inode has a name");
                 if !existing.names.contains(&name) {
                     existing.names.push(name);
@@ -118,6 +126,13 @@ impl Table {
                 self.inodes.remove(&ino);
             }
         }
+    }
+
+    /// A number never used in this mount, for a new upper object. Host inode numbers are not
+    /// used: the host recycles them, and the kernel may still hold the old object's number.
+    pub fn new_ino(&mut self) -> Ino {
+        self.next_ino += 1;
+        self.next_ino
     }
 
     pub fn origin(&self, host_ino: u64) -> Option<Ino> {
@@ -177,7 +192,7 @@ mod tests {
 
     #[test]
     fn paths_follow_names_and_renames() {
-        let mut t = Table::new(Some(0));
+        let mut t = Table::new(Some(0), 100);
         t.remember(10, Inode::new(ROOT_INO, b"a", None, true, Kind::Dir));
         t.remember(11, Inode::new(10, b"f", None, true, Kind::File));
         assert_eq!(t.path(11).unwrap(), b"a/f");
@@ -190,7 +205,7 @@ mod tests {
 
     #[test]
     fn forgotten_files_leave_but_directories_stay() {
-        let mut t = Table::new(None);
+        let mut t = Table::new(None, 100);
         t.remember(10, Inode::new(ROOT_INO, b"d", None, true, Kind::Dir));
         t.remember(11, Inode::new(10, b"f", None, true, Kind::File));
         t.remember(11, Inode::new(10, b"f", None, true, Kind::File));

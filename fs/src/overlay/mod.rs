@@ -30,10 +30,6 @@ fn errno(code: i32) -> io::Error {
     io::Error::from_raw_os_error(code)
 }
 
-/// Inode numbers of objects that exist only in the upper: the host's inode number with the top
-/// bit set, so they never collide with lower node numbers.
-const UPPER_ONLY: u64 = 1 << 63;
-
 /// An open file: read from a lower layer, or the upper copy.
 pub enum OpenFile {
     Lower(FileReader),
@@ -91,7 +87,8 @@ pub fn open(view: ImageView, upper: &Path, work: &Path) -> crate::Result<Overlay
 impl Overlay {
     pub fn new(view: ImageView, upper: Upper) -> Overlay {
         let root_lower = (!upper.is_opaque(b"")).then_some(ROOT);
-        Overlay { table: Mutex::new(Table::new(root_lower)), view, upper }
+        let first_free = view.tree.len() as Ino + 1;
+        Overlay { table: Mutex::new(Table::new(root_lower, first_free)), view, upper }
     }
 
     fn lower_ino(&self, node: NodeId) -> Ino {
@@ -111,7 +108,7 @@ impl Overlay {
     }
 
     /// Resolves `name` in directory `parent`: (inode number, inode) without registering it.
-    fn resolve(&self, table: &Table, parent: Ino, name: &[u8]) -> io::Result<(Ino, Inode)> {
+    fn resolve(&self, table: &mut Table, parent: Ino, name: &[u8]) -> io::Result<(Ino, Inode)> {
         if name.len() > 255 {
             return Err(errno(libc::ENAMETOOLONG));
         }
@@ -132,12 +129,19 @@ impl Overlay {
                     // A copy-up keeps the lower object's number: known from this mount's copy-ups,
                     // or (after a remount) from the lower object at the same path — unless that
                     // object was deleted or moved away in this mount and this is a new one.
-                    let ino = table.origin(meta.ino()).unwrap_or_else(|| match lower_child {
-                        Some(c) if self.lower_kind(c) == kind && !table.is_displaced(self.lower_ino(c)) => {
-                            self.lower_ino(c)
+                    let ino = match table.origin(meta.ino()) {
+                        Some(ino) => ino,
+                        None => {
+                            let ino = match lower_child {
+                                Some(c) if self.lower_kind(c) == kind && !table.is_displaced(self.lower_ino(c)) => {
+                                    self.lower_ino(c)
+                                }
+                                _ => table.new_ino(),
+                            };
+                            table.set_origin(meta.ino(), ino);
+                            ino
                         }
-                        _ => meta.ino() | UPPER_ONLY,
-                    });
+                    };
                     return Ok((ino, Inode::new(parent, name, lower, true, kind)));
                 }
                 UpperEntry::Missing => {}
@@ -150,7 +154,7 @@ impl Overlay {
     /// Looks up a name and registers it with the kernel (one more lookup reference).
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> io::Result<FileAttr> {
         let mut table = self.table.lock().expect("inode table");
-        let (ino, inode) = self.resolve(&table, parent, name)?;
+        let (ino, inode) = self.resolve(&mut table, parent, name)?;
         table.remember(ino, inode);
         self.attr_locked(&table, ino)
     }
@@ -192,8 +196,8 @@ impl Overlay {
 
     /// The merged listing of a directory, without `.` and `..`.
     pub fn readdir(&self, ino: Ino) -> io::Result<Vec<DirEntry>> {
-        let table = self.table.lock().expect("inode table");
-        let dir = table.get(ino)?;
+        let mut table = self.table.lock().expect("inode table");
+        let dir = table.get(ino)?.clone();
         if dir.kind != Kind::Dir {
             return Err(errno(libc::ENOTDIR));
         }
@@ -203,7 +207,7 @@ impl Overlay {
             let (present, hidden) = self.upper.list(&table.path(ino)?)?;
             seen.extend(hidden);
             for (name, _) in present {
-                let (child_ino, child) = self.resolve(&table, ino, &name)?;
+                let (child_ino, child) = self.resolve(&mut table, ino, &name)?;
                 out.push(DirEntry { name: name.clone(), ino: child_ino, kind: child.kind });
                 seen.insert(name);
             }
@@ -264,8 +268,9 @@ impl Overlay {
             .view
             .tree
             .iter()
-            .filter(|(id, n)| n.inode_node == set && *id != node)
+            .filter(|(_, n)| n.inode_node == set)
             .map(|(id, _)| self.view.tree.path_of(id))
+            .filter(|other| other != path)
             .collect();
         for other in others {
             // Only names still showing the lower file: not deleted, replaced or hidden.
@@ -280,7 +285,7 @@ impl Overlay {
     }
 
     /// Resolves a merged path from the root.
-    fn resolve_path(&self, table: &Table, path: &[u8]) -> io::Result<(Ino, Inode)> {
+    fn resolve_path(&self, table: &mut Table, path: &[u8]) -> io::Result<(Ino, Inode)> {
         let mut current = (ROOT_INO, table.get(ROOT_INO)?.clone());
         for name in path.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
             let next = self.resolve(table, current.0, name)?;
@@ -327,7 +332,7 @@ impl Overlay {
         who: Caller,
     ) -> io::Result<FileAttr> {
         let mut table = self.table.lock().expect("inode table");
-        match self.resolve(&table, parent, name) {
+        match self.resolve(&mut table, parent, name) {
             Ok(_) => return Err(errno(libc::EEXIST)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
@@ -342,7 +347,7 @@ impl Overlay {
         } else {
             self.upper.create(&path, kind, mode, rdev, target, owner)?;
         }
-        let (ino, inode) = self.resolve(&table, parent, name)?;
+        let (ino, inode) = self.resolve(&mut table, parent, name)?;
         table.remember(ino, inode);
         self.attr_locked(&table, ino)
     }
@@ -355,7 +360,7 @@ impl Overlay {
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> io::Result<FileAttr> {
         let mut table = self.table.lock().expect("inode table");
-        if self.resolve(&table, new_parent, new_name).is_ok() {
+        if self.resolve(&mut table, new_parent, new_name).is_ok() {
             return Err(errno(libc::EEXIST));
         }
         if table.get(ino)?.kind == Kind::Dir {
@@ -376,14 +381,14 @@ impl Overlay {
     /// Removes a name: a file (`dir == false`) or an empty directory.
     pub fn remove(&self, parent: Ino, name: &[u8], dir: bool) -> io::Result<()> {
         let mut table = self.table.lock().expect("inode table");
-        let (ino, inode) = self.resolve(&table, parent, name)?;
+        let (ino, inode) = self.resolve(&mut table, parent, name)?;
         match (dir, inode.kind == Kind::Dir) {
             (true, false) => return Err(errno(libc::ENOTDIR)),
             (false, true) => return Err(errno(libc::EISDIR)),
             _ => {}
         }
+        table.register(ino, inode);
         if dir {
-            table.register(ino, inode.clone());
             if !self.readdir_locked_is_empty(&table, ino)? {
                 return Err(errno(libc::ENOTEMPTY));
             }
@@ -396,10 +401,15 @@ impl Overlay {
         } else {
             self.upper.remove(&path)?;
         }
-        if !inode.upper {
-            if let Some(node) = inode.lower {
-                table.note_removed_name(self.view.tree.node(node).inode_node);
-            }
+        self.name_gone(&mut table, ino, parent, name)
+    }
+
+    /// A name of `ino` has gone (unlinked, or replaced by a rename). A lower file of a hard-link
+    /// set that was never copied up has one name fewer: its other names report it.
+    fn name_gone(&self, table: &mut Table, ino: Ino, parent: Ino, name: &[u8]) -> io::Result<()> {
+        let inode = table.get(ino)?;
+        if let (false, Some(node)) = (inode.upper, inode.lower) {
+            table.note_removed_name(self.view.tree.node(node).inode_node);
         }
         table.remove_name(ino, parent, name);
         table.displace(ino);
@@ -432,8 +442,8 @@ impl Overlay {
     /// (EXDEV, as overlayfs without redirect_dir): `mv` then copies and deletes.
     pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> io::Result<()> {
         let mut table = self.table.lock().expect("inode table");
-        let (ino, source) = self.resolve(&table, parent, name)?;
-        let target = match self.resolve(&table, new_parent, new_name) {
+        let (ino, source) = self.resolve(&mut table, parent, name)?;
+        let target = match self.resolve(&mut table, new_parent, new_name) {
             Ok(t) => Some(t),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
             Err(e) => return Err(e),
@@ -478,17 +488,24 @@ impl Overlay {
             }
         }
         self.copy_up(&mut table, new_parent)?;
-        let from = table.path(ino)?;
+        // The source by its own name: a hard-linked inode has others, and `path(ino)` may be one.
+        let from = crate::path::join(&table.path(parent)?, name);
         let to = crate::path::join(&table.path(new_parent)?, new_name);
-        if let Some((target_ino, t)) = &target {
-            if !exchange && t.kind == Kind::Dir && matches!(self.upper.entry(&to)?, UpperEntry::Present(_)) {
-                // An empty merged directory may still hold whiteouts: clear it so the rename can land.
+        if !exchange && source.kind == Kind::Dir {
+            // A directory cannot replace a whiteout or a directory holding whiteouts: clear the
+            // target out of the way, and make the moved directory opaque where a lower one was,
+            // so none of the lower one's names show through it.
+            if !matches!(self.upper.entry(&to)?, UpperEntry::Missing) {
+                self.forget_host_object(&mut table, &to);
                 self.upper.remove(&to)?;
-                if self.view.tree.lookup(&to).is_some() {
-                    self.upper.whiteout(&to)?;
-                }
             }
-            let _ = target_ino;
+            if self.view.tree.lookup(&to).is_some() {
+                self.upper.set_xattr(&from, self.upper.opaque_xattr(), b"y", 0)?;
+            }
+        } else if let Some((_, t)) = &target {
+            if !exchange && t.kind == Kind::Dir {
+                return Err(errno(libc::EISDIR));
+            }
         }
         if !exchange {
             self.forget_host_object(&mut table, &to);
@@ -502,7 +519,7 @@ impl Overlay {
             if exchange {
                 table.rename_name(*target_ino, (new_parent, new_name), (parent, name));
             } else {
-                table.remove_name(*target_ino, new_parent, new_name);
+                self.name_gone(&mut table, *target_ino, new_parent, new_name)?;
             }
         }
         table.rename_name(ino, (parent, name), (new_parent, new_name));
