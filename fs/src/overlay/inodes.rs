@@ -92,6 +92,10 @@ impl Table {
     /// Records a lookup the kernel will hold a reference for.
     pub fn remember(&mut self, ino: Ino, inode: Inode) {
         self.register(ino, inode);
+        self.add_lookup(ino);
+    }
+
+    pub fn add_lookup(&mut self, ino: Ino) {
         if let Some(i) = self.inodes.get_mut(&ino) {
             i.lookups += 1;
         }

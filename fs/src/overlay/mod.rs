@@ -374,7 +374,9 @@ impl Overlay {
             self.upper.remove(&to)?;
         }
         self.upper.link(&from, &to)?;
+        // The kernel takes a lookup reference on the inode it gets back, as for a lookup.
         table.add_name(ino, new_parent, new_name);
+        table.add_lookup(ino);
         self.attr_locked(&table, ino)
     }
 
@@ -419,8 +421,10 @@ impl Overlay {
     /// The upper object at `path` is about to go: its host inode number may be reused by the
     /// host for a new object, which must not inherit this one's overlay number.
     fn forget_host_object(&self, table: &mut Table, path: &[u8]) {
-        if let Ok(UpperEntry::Present(meta)) = self.upper.entry(path) {
-            table.forget_origin(meta.ino());
+        match self.upper.entry(path) {
+            // A hard-linked object lives on under its other names, and keeps its number.
+            Ok(UpperEntry::Present(meta)) if meta.is_dir() || meta.nlink() <= 1 => table.forget_origin(meta.ino()),
+            _ => {}
         }
     }
 
