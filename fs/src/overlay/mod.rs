@@ -341,7 +341,8 @@ impl Overlay {
         let path = crate::path::join(&table.path(parent)?, name);
         // A deleted lower object leaves a whiteout; a directory made over it must be opaque.
         let replaces_whiteout = matches!(self.upper.entry(&path)?, UpperEntry::Whiteout);
-        let owner = (who.uid, self.new_gid(&table, parent, who)?);
+        let (gid, mode) = self.inherit_setgid(&table, parent, who, kind, mode)?;
+        let owner = (who.uid, gid);
         if kind == Kind::Dir {
             self.upper.mkdir(&path, mode, owner, replaces_whiteout)?;
         } else {
@@ -352,10 +353,15 @@ impl Overlay {
         self.attr_locked(&table, ino)
     }
 
-    /// New objects take the caller's group, or the directory's when it is setgid.
-    fn new_gid(&self, table: &Table, parent: Ino, who: Caller) -> io::Result<u32> {
+    /// The group and mode of a new object: in a setgid directory it takes the directory's group,
+    /// and a new directory there is setgid too (as the kernel does on a real filesystem).
+    fn inherit_setgid(&self, table: &Table, parent: Ino, who: Caller, kind: Kind, mode: u32) -> io::Result<(u32, u32)> {
         let dir = self.attr_locked(table, parent)?;
-        Ok(if dir.perm as u32 & libc::S_ISGID != 0 { dir.gid } else { who.gid })
+        Ok(match (dir.perm as u32 & libc::S_ISGID != 0, kind) {
+            (false, _) => (who.gid, mode),
+            (true, Kind::Dir) => (dir.gid, mode | libc::S_ISGID),
+            (true, _) => (dir.gid, mode),
+        })
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> io::Result<FileAttr> {
