@@ -2,7 +2,7 @@
 //! its lower node, whether it is in the upper), lookup counts, and the bookkeeping that keeps
 //! inode numbers stable across copy-up and honest link counts. Pure data; no syscalls.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 
 use crate::layer::index::Kind;
@@ -44,9 +44,6 @@ pub struct Table {
     removed: HashMap<NodeId, u32>,
     /// The next number for an object that exists only in the upper.
     next_ino: Ino,
-    /// Inode numbers whose object left its original path (deleted or renamed): a new object
-    /// there must not take the number again.
-    displaced: HashSet<Ino>,
 }
 
 fn stale() -> io::Error {
@@ -63,7 +60,6 @@ impl Table {
             inodes: HashMap::from([(ROOT_INO, root)]),
             origins: HashMap::new(),
             removed: HashMap::new(),
-            displaced: HashSet::new(),
             next_ino: first_free,
         }
     }
@@ -171,14 +167,6 @@ impl Table {
                 }
             }
         }
-    }
-
-    pub fn displace(&mut self, ino: Ino) {
-        self.displaced.insert(ino);
-    }
-
-    pub fn is_displaced(&self, ino: Ino) -> bool {
-        self.displaced.contains(&ino)
     }
 
     pub fn note_removed_name(&mut self, set: NodeId) {

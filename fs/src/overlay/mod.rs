@@ -126,18 +126,12 @@ impl Overlay {
                     let kind = Kind::of_host(meta.file_type());
                     let merges = kind == Kind::Dir && !self.upper.is_opaque(&path);
                     let lower = lower_child.filter(|&c| merges && self.lower_kind(c) == Kind::Dir);
-                    // A copy-up keeps the lower object's number: known from this mount's copy-ups,
-                    // or (after a remount) from the lower object at the same path — unless that
-                    // object was deleted or moved away in this mount and this is a new one.
+                    // A copy-up keeps the number it had in the lower (recorded when this mount
+                    // copied it up); any other upper object gets a number of its own.
                     let ino = match table.origin(meta.ino()) {
                         Some(ino) => ino,
                         None => {
-                            let ino = match lower_child {
-                                Some(c) if self.lower_kind(c) == kind && !table.is_displaced(self.lower_ino(c)) => {
-                                    self.lower_ino(c)
-                                }
-                                _ => table.new_ino(),
-                            };
+                            let ino = table.new_ino();
                             table.set_origin(meta.ino(), ino);
                             ino
                         }
@@ -420,7 +414,6 @@ impl Overlay {
             table.note_removed_name(self.view.tree.node(node).inode_node);
         }
         table.remove_name(ino, parent, name);
-        table.displace(ino);
         Ok(())
     }
 
@@ -533,7 +526,6 @@ impl Overlay {
             }
         }
         table.rename_name(ino, (parent, name), (new_parent, new_name));
-        table.displace(ino);
         Ok(())
     }
 
