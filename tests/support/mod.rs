@@ -2,6 +2,7 @@
 //! clean up after themselves, running the real `strata` binary, and a tree snapshot to compare.
 #![allow(dead_code)] // each test binary uses a different subset of the helpers
 
+pub mod ops;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

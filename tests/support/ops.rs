@@ -63,7 +63,8 @@ pub fn digest(data: &[u8]) -> String {
 
 /// The mtimes `Utimens` sets; with the lowers' fixed mtimes, the only mtimes a file can have that
 /// do not come from the wall clock.
-pub const FIXED_TIMES: [(i64, i64); 3] = [(1_000_000_000, 0), (1_111_111_111, 500_000_000), (1_234_567_890, 123_456_789)];
+pub const FIXED_TIMES: [(i64, i64); 3] =
+    [(1_000_000_000, 0), (1_111_111_111, 500_000_000), (1_234_567_890, 123_456_789)];
 /// Lower entries get mtime `LOWER_TIME_BASE + k` seconds (k < 1000).
 pub const LOWER_TIME_BASE: i64 = 1_500_000_000;
 
@@ -134,48 +135,147 @@ pub enum XattrMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// open(O_CREAT|O_EXCL) + write
-    Create { path: String, seed: u64, len: usize },
+    Create {
+        path: String,
+        seed: u64,
+        len: usize,
+    },
     /// open(O_APPEND) + write
-    Append { path: String, seed: u64, len: usize },
+    Append {
+        path: String,
+        seed: u64,
+        len: usize,
+    },
     /// open(O_TRUNC) + write
-    Overwrite { path: String, seed: u64, len: usize },
+    Overwrite {
+        path: String,
+        seed: u64,
+        len: usize,
+    },
     /// truncate(2), following symlinks
-    Truncate { path: String, len: u64 },
-    Mkdir { path: String, mode: u32 },
-    Rmdir { path: String },
-    Unlink { path: String },
+    Truncate {
+        path: String,
+        len: u64,
+    },
+    Mkdir {
+        path: String,
+        mode: u32,
+    },
+    Rmdir {
+        path: String,
+    },
+    Unlink {
+        path: String,
+    },
     /// rename(2)
-    Rename { from: String, to: String },
+    Rename {
+        from: String,
+        to: String,
+    },
     /// renameat2(RENAME_NOREPLACE)
-    RenameNoReplace { from: String, to: String },
+    RenameNoReplace {
+        from: String,
+        to: String,
+    },
     /// renameat2(RENAME_EXCHANGE)
-    Exchange { from: String, to: String },
-    Symlink { target: String, path: String },
+    Exchange {
+        from: String,
+        to: String,
+    },
+    Symlink {
+        target: String,
+        path: String,
+    },
     /// link(2) (does not follow a symlink `from`)
-    Link { from: String, to: String },
+    Link {
+        from: String,
+        to: String,
+    },
     /// chmod(2), following symlinks
-    Chmod { path: String, mode: u32 },
+    Chmod {
+        path: String,
+        mode: u32,
+    },
     /// lchown(2)
-    Chown { path: String, uid: u32, gid: u32 },
+    Chown {
+        path: String,
+        uid: u32,
+        gid: u32,
+    },
     /// utimensat with fixed atime and mtime
-    Utimens { path: String, mtime: (i64, i64), nofollow: bool },
+    Utimens {
+        path: String,
+        mtime: (i64, i64),
+        nofollow: bool,
+    },
     /// lsetxattr
-    SetXattr { path: String, name: String, value: String, mode: XattrMode },
+    SetXattr {
+        path: String,
+        name: String,
+        value: String,
+        mode: XattrMode,
+    },
     /// lremovexattr
-    RemoveXattr { path: String, name: String },
+    RemoveXattr {
+        path: String,
+        name: String,
+    },
     /// mknod(S_IFIFO)
-    Mkfifo { path: String, mode: u32 },
+    Mkfifo {
+        path: String,
+        mode: u32,
+    },
     /// open + read the whole file (following symlinks): its digest
-    Read { path: String },
+    Read {
+        path: String,
+    },
     /// readdir: sorted `name:type` entries
-    ReadDir { path: String },
+    ReadDir {
+        path: String,
+    },
     /// lstat + xattrs: everything but the times and the inode number
-    Stat { path: String },
+    Stat {
+        path: String,
+    },
 }
 
 impl Op {
     pub fn is_rename(&self) -> bool {
         matches!(self, Op::Rename { .. } | Op::RenameNoReplace { .. } | Op::Exchange { .. })
+    }
+
+    /// Every path the operation names.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            Op::Create { path, .. }
+            | Op::Append { path, .. }
+            | Op::Overwrite { path, .. }
+            | Op::Truncate { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Rmdir { path }
+            | Op::Unlink { path }
+            | Op::Symlink { path, .. }
+            | Op::Chmod { path, .. }
+            | Op::Chown { path, .. }
+            | Op::Utimens { path, .. }
+            | Op::SetXattr { path, .. }
+            | Op::RemoveXattr { path, .. }
+            | Op::Mkfifo { path, .. }
+            | Op::Read { path }
+            | Op::ReadDir { path }
+            | Op::Stat { path } => vec![path],
+            Op::Rename { from, to }
+            | Op::RenameNoReplace { from, to }
+            | Op::Exchange { from, to }
+            | Op::Link { from, to } => {
+                vec![from, to]
+            }
+        }
+    }
+
+    /// True for operations that change nothing.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Op::Read { .. } | Op::ReadDir { .. } | Op::Stat { .. })
     }
 
     /// (from, to) of a rename
@@ -212,7 +312,8 @@ fn io_errno(e: std::io::Error) -> Errno {
 /// Opens `path` with `flags`, writes `data`, closes (a failing close counts: FUSE reports flush
 /// errors there).
 fn open_write(path: &CString, flags: libc::c_int, data: &[u8]) -> Result<(), Errno> {
-    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC, 0o644 as libc::c_uint) };
+    // O_NONBLOCK: a FIFO must not block the test (ENXIO without a reader)
+    let fd = unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NONBLOCK, 0o644 as libc::c_uint) };
     if fd < 0 {
         return Err(errno());
     }
@@ -234,7 +335,8 @@ fn open_write(path: &CString, flags: libc::c_int, data: &[u8]) -> Result<(), Err
 }
 
 fn read_all(path: &CString) -> Result<Vec<u8>, Errno> {
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    // O_NONBLOCK: a FIFO must not block the test (it reads as empty without a writer)
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK) };
     if fd < 0 {
         return Err(errno());
     }
@@ -321,9 +423,10 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
                 XattrMode::Create => libc::XATTR_CREATE,
                 XattrMode::Replace => libc::XATTR_REPLACE,
             };
-            check(unsafe {
-                libc::lsetxattr(p(path).as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
-            } as _)?
+            check(
+                unsafe { libc::lsetxattr(p(path).as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags) }
+                    as _,
+            )?
         }
         Op::RemoveXattr { path, name } => {
             let name = CString::new(name.as_bytes()).unwrap();
@@ -346,13 +449,8 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             let full = root.join(path);
             let meta = std::fs::symlink_metadata(&full).map_err(io_errno)?;
             let ft = meta.file_type();
-            let mut out = format!(
-                "{} mode {:o} owner {}:{}",
-                kind_of(ft),
-                meta.mode() & 0o7777,
-                meta.uid(),
-                meta.gid()
-            );
+            let mut out =
+                format!("{} mode {:o} owner {}:{}", kind_of(ft), meta.mode() & 0o7777, meta.uid(), meta.gid());
             if !ft.is_dir() {
                 out += &format!(" size {} nlink {}", meta.size(), meta.nlink());
             }
@@ -387,7 +485,8 @@ pub fn scan(root: &Path) -> Vec<Entry> {
     fn walk(root: &Path, rel: &str, out: &mut Vec<Entry>) {
         let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
         let Ok(entries) = std::fs::read_dir(dir) else { return };
-        let mut names: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<_> =
+            entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         for name in names {
             let path = if rel.is_empty() { name } else { format!("{rel}/{name}") };
@@ -418,8 +517,9 @@ struct Gen<'a> {
 impl Gen<'_> {
     /// A path that probably does not exist yet: a name under the root or under a shallow directory.
     fn fresh(&mut self) -> String {
-        let parents: Vec<&str> =
-            std::iter::once("").chain(self.tree.iter().filter(|e| e.is_dir && e.depth() < MAX_DEPTH).map(|e| e.path.as_str())).collect();
+        let parents: Vec<&str> = std::iter::once("")
+            .chain(self.tree.iter().filter(|e| e.is_dir && e.depth() < MAX_DEPTH).map(|e| e.path.as_str()))
+            .collect();
         let parent = *self.rng.pick(&parents);
         let name = *self.rng.pick(NAMES);
         if parent.is_empty() {
@@ -549,25 +649,19 @@ pub fn generate(rng: &mut Rng, tree: &[Entry]) -> Op {
         "chmod" => {
             Op::Chmod { path: g.existing(|_| true), mode: *g.rng.pick(&[0o644, 0o600, 0o755, 0o4755, 0o000, 0o2711]) }
         }
-        "chown" => Op::Chown {
-            path: g.existing(|_| true),
-            uid: *g.rng.pick(&[0u32, 1000]),
-            gid: *g.rng.pick(&[0u32, 1000]),
-        },
-        "utimens" => Op::Utimens {
-            path: g.existing(|_| true),
-            mtime: *g.rng.pick(&FIXED_TIMES),
-            nofollow: g.rng.chance(50),
-        },
+        "chown" => {
+            Op::Chown { path: g.existing(|_| true), uid: *g.rng.pick(&[0u32, 1000]), gid: *g.rng.pick(&[0u32, 1000]) }
+        }
+        "utimens" => {
+            Op::Utimens { path: g.existing(|_| true), mtime: *g.rng.pick(&FIXED_TIMES), nofollow: g.rng.chance(50) }
+        }
         "setxattr" => Op::SetXattr {
             path: g.existing(|_| true),
             name: g.rng.pick(XATTR_NAMES).to_string(),
             value: format!("v{}", g.rng.below(1000)),
             mode: *g.rng.pick(&[XattrMode::Any, XattrMode::Any, XattrMode::Create, XattrMode::Replace]),
         },
-        "removexattr" => {
-            Op::RemoveXattr { path: g.existing(|_| true), name: g.rng.pick(XATTR_NAMES).to_string() }
-        }
+        "removexattr" => Op::RemoveXattr { path: g.existing(|_| true), name: g.rng.pick(XATTR_NAMES).to_string() },
         "mkfifo" => Op::Mkfifo { path: g.new_path(), mode: 0o644 },
         "read" => Op::Read { path: g.existing(|e| e.is_file) },
         "readdir" => {

@@ -398,7 +398,7 @@ impl Overlay {
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);
         self.forget_host_object(&mut table, &path);
-        if self.view.tree.lookup(&path).is_some() {
+        if self.lower_shows(&table, parent, name)? {
             self.upper.whiteout(&path)?;
         } else {
             self.upper.remove(&path)?;
@@ -415,6 +415,13 @@ impl Overlay {
         }
         table.remove_name(ino, parent, name);
         Ok(())
+    }
+
+    /// True when a lower object would show at `name` in `dir` if the upper had nothing there:
+    /// only then does a deletion need a whiteout (kernel overlayfs reads opaque and upper-only
+    /// directories as they are, so a whiteout there would show as a device).
+    fn lower_shows(&self, table: &Table, dir: Ino, name: &[u8]) -> io::Result<bool> {
+        Ok(table.get(dir)?.lower.and_then(|d| self.view.tree.lookup_child(d, name)).is_some())
     }
 
     /// The upper object at `path` is about to go: its host inode number may be reused by the
@@ -502,7 +509,7 @@ impl Overlay {
                 self.forget_host_object(&mut table, &to);
                 self.upper.remove(&to)?;
             }
-            if self.view.tree.lookup(&to).is_some() {
+            if self.lower_shows(&table, new_parent, new_name)? {
                 self.upper.set_xattr(&from, self.upper.opaque_xattr(), b"y", 0)?;
             }
         } else if let Some((_, t)) = &target {
@@ -514,7 +521,7 @@ impl Overlay {
             self.forget_host_object(&mut table, &to);
         }
         let mut host_flags = flags & libc::RENAME_EXCHANGE;
-        if !exchange && self.view.tree.lookup(&from).is_some() {
+        if !exchange && self.lower_shows(&table, parent, name)? {
             host_flags |= libc::RENAME_WHITEOUT;
         }
         self.upper.rename(&from, &to, host_flags)?;
