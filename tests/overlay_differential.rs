@@ -463,10 +463,10 @@ mod fuse_overlayfs_allowances {
         if op.is_read_only() {
             return None;
         }
-        // fuse-overlayfs keeps the names of a lower hard link one inode after a copy-up (as kernel
-        // overlayfs does with index=on): writing, chmod-ing or renaming one name of the lower pair
-        // h1 = h2 changes the other, and renaming one over the other is a no-op; the kernel with
-        // index=off copies up one name only.
+        // fuse-overlayfs handles a lower hard-link set (h1 = h2) like neither kernel mode: a
+        // copy-up of one name (write, truncate, chmod) is not seen through the other name, as with
+        // index=off, yet it treats the names as one inode elsewhere (renaming one over the other
+        // is a no-op; nlink), as with index=on. Operations changing either name are skipped.
         let is_pair = |rel: &str| {
             let path = kernel.join(rel);
             [std::fs::symlink_metadata(&path), std::fs::metadata(&path)]
@@ -474,7 +474,9 @@ mod fuse_overlayfs_allowances {
                 .any(|m| m.is_ok_and(|m| m.ino() == lowers.hardlink_ino && !m.is_dir()))
         };
         if op.paths().into_iter().any(is_pair) {
-            return Some("changes a name of the lower hard-link pair, which fuse-overlayfs keeps one inode");
+            return Some(
+                "changes a name of the lower hard-link pair, which fuse-overlayfs handles like neither kernel mode",
+            );
         }
         // fuse-overlayfs creates entries in its work directory and renames them into place: in a
         // set-group-ID directory, a new entry may get neither the directory's group nor (a
@@ -1199,7 +1201,8 @@ fn random_sequences_match_kernel_overlayfs() {
         if let Err(e) = result {
             let mut failure = format!("seed {seed} (rerun alone with STRATA_DIFF_SEED={seed}): {e}");
             if std::env::var_os("STRATA_DIFF_SHRINK").is_some() {
-                failure += &shrink(subject, &lowers, &cache, &work.path().join(format!("shrink-{seed}")), ops);
+                let root = work.path().join(format!("shrink-{seed}"));
+                failure += &shrink(&e, ops, |ops, n| replay(subject, &lowers, &cache, &root.join(n.to_string()), ops));
             }
             failures.push(failure);
         }
@@ -1217,9 +1220,22 @@ fn replay(subject: Subject, lowers: &Lowers, cache: &Path, root: &Path, ops: &[O
     result
 }
 
-/// With `STRATA_DIFF_SHRINK=1`: the shortest failing subsequence of a failing sequence that
-/// removing chunks of operations finds (at most 300 replays), for the failure message.
-fn shrink(subject: Subject, lowers: &Lowers, cache: &Path, root: &Path, mut ops: Vec<Op>) -> String {
+/// What identifies a failure across replays: its first lines without numbers (operation indexes,
+/// seeds), scratch paths and when the trees were compared.
+fn signature(failure: &str) -> String {
+    let lines = failure.lines().take(3).map(|line| {
+        let line = line.split(" after ").next().unwrap().split(" at the end").next().unwrap();
+        let words = line.split(' ').filter(|w| !w.contains("strata-diff-"));
+        words.collect::<Vec<_>>().join(" ").chars().filter(|c| !c.is_ascii_digit()).collect::<String>()
+    });
+    lines.collect::<Vec<_>>().join("\n")
+}
+
+/// With `STRATA_DIFF_SHRINK=1`: the shortest subsequence of a failing sequence that still fails
+/// `check` (given the operations and a replay number) the same way (`signature`), found by
+/// removing chunks of operations (at most 300 replays), for the failure message.
+fn shrink(failure: &str, mut ops: Vec<Op>, mut check: impl FnMut(&[Op], usize) -> Result<(), String>) -> String {
+    let wanted = signature(failure);
     let mut replays = 0;
     let mut last = String::new();
     let mut chunk = ops.len().div_ceil(2);
@@ -1229,11 +1245,9 @@ fn shrink(subject: Subject, lowers: &Lowers, cache: &Path, root: &Path, mut ops:
         while i < ops.len() && replays < 300 {
             let candidate: Vec<Op> = ops[..i].iter().chain(ops.get(i + chunk..).unwrap_or_default()).cloned().collect();
             replays += 1;
-            match replay(subject, lowers, cache, &root.join(replays.to_string()), &candidate) {
-                Err(e) => {
-                    (ops, last, removed) = (candidate, e, true);
-                }
-                Ok(()) => i += chunk,
+            match check(&candidate, replays) {
+                Err(e) if signature(&e) == wanted => (ops, last, removed) = (candidate, e, true),
+                _ => i += chunk,
             }
         }
         if !removed {
@@ -1245,6 +1259,72 @@ fn shrink(subject: Subject, lowers: &Lowers, cache: &Path, root: &Path, mut ops:
         ops.len(),
         ops.iter().map(|op| format!("{op:?}")).collect::<Vec<_>>().join("\n    ")
     )
+}
+
+/// Unmounts both mounts of `pair`, mounts kernel overlayfs over the subject's upper (same lowers,
+/// fresh work directory) and compares that tree with the subject's own view before unmounting
+/// and with the kernel's run.
+fn remount_check(
+    subject: Subject,
+    lowers: &Lowers,
+    root: &Path,
+    mut pair: Pair,
+    started: SystemTime,
+) -> Result<(), String> {
+    let subject_tree = try_snapshot(&pair.subject.dir)?;
+    let kernel_tree = try_snapshot(&pair.kernel.dir)?;
+    pair.subject.unmount();
+    pair.kernel.unmount();
+    let stored = raw_tree(&pair.subject_upper);
+    if subject == Subject::FuseOverlayfs {
+        let removed =
+            fuse_overlayfs_allowances::strip_private_markers(&pair.subject_upper, &root.join("s-work"), lowers);
+        eprintln!("removed from fuse-overlayfs's upper and work dirs:\n  {}", removed.join("\n  "));
+    }
+    let remount =
+        KernelOverlay::mount_upper_of_subject(lowers, &pair.subject_upper, &root.join("re-work"), &root.join("re-mnt"));
+    let reread = try_snapshot(&remount.dir);
+    drop(remount);
+    drop(pair);
+    let reread = reread.map_err(|e| format!("kernel overlayfs over {}'s upper: {e}\n{stored}", subject.name()))?;
+
+    let mut failures = Vec::new();
+    let mut allowed = Vec::new();
+    // The same files: everything but directory mtimes must be equal, wall-clock mtimes within a
+    // second (what a FUSE mount shows may be its kernel side's time of the write).
+    let (own, mut remounted) = (normalize(&subject_tree, None), normalize(&reread, None));
+    within(&own, &mut remounted, Duration::from_secs(1));
+    let diffs = tree_differences(subject, "the remount", &own, &remounted, &mut allowed);
+    if !diffs.is_empty() {
+        failures.push(format!(
+            "kernel overlayfs over {}'s upper (expected) differs from {0}'s own view:\n  {}",
+            subject.name(),
+            diffs.join("\n  ")
+        ));
+    }
+    let window = Some((started, SystemTime::now()));
+    let diffs = tree_differences(
+        subject,
+        "the remount",
+        &normalize(&kernel_tree, window),
+        &normalize(&reread, window),
+        &mut allowed,
+    );
+    if !diffs.is_empty() {
+        failures.push(format!(
+            "kernel overlayfs over {}'s upper differs from the kernel's own run (expected):\n  {}",
+            subject.name(),
+            diffs.join("\n  ")
+        ));
+    }
+    if !allowed.is_empty() {
+        eprintln!("allowed differences after remounting:\n  {}", allowed.join("\n  "));
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{}\n{stored}", failures.join("\n")))
+    }
 }
 
 #[test]
@@ -1263,7 +1343,7 @@ fn upper_is_kernel_overlayfs_compatible() {
     let mut failures = Vec::new();
     for seed in seeds(3).into_iter().map(|s| s + 1000) {
         let root = work.path().join(format!("seed-{seed}"));
-        let mut pair = Pair::new(subject, &lowers, &cache, &root);
+        let pair = Pair::new(subject, &lowers, &cache, &root);
         let mut differ = Differ::new(subject, &pair, &lowers);
         let ran = (|| {
             for op in &hand {
@@ -1273,73 +1353,28 @@ fn upper_is_kernel_overlayfs_compatible() {
             differ.random(seed, count)
         })();
         eprintln!("seed {seed}: {}", differ.summary());
-        let started = differ.started;
-        if let Err(e) = ran {
-            failures.push(format!("seed {seed}: {e}"));
-            continue;
-        }
-        let subject_tree = try_snapshot(&pair.subject.dir).unwrap();
-        let kernel_tree = try_snapshot(&pair.kernel.dir).unwrap();
-        pair.subject.unmount();
-        pair.kernel.unmount();
-        let stored = raw_tree(&pair.subject_upper);
-        if subject == Subject::FuseOverlayfs {
-            let removed =
-                fuse_overlayfs_allowances::strip_private_markers(&pair.subject_upper, &root.join("s-work"), &lowers);
-            eprintln!("seed {seed}: removed from fuse-overlayfs's upper and work dirs:\n  {}", removed.join("\n  "));
-        }
-        let remount = KernelOverlay::mount_upper_of_subject(
-            &lowers,
-            &pair.subject_upper,
-            &root.join("re-work"),
-            &root.join("re-mnt"),
-        );
-        let reread = try_snapshot(&remount.dir);
-        drop(remount);
-        drop(pair);
+        let (started, ops) = (differ.started, std::mem::take(&mut differ.ops));
+        let result = ran.and_then(|()| remount_check(subject, &lowers, &root, pair, started));
         lowers.assert_unchanged();
-        let reread = match reread {
-            Ok(tree) => tree,
-            Err(e) => {
-                failures.push(format!(
-                    "seed {seed}: kernel overlayfs over {}'s upper: {e}\n{}",
-                    subject.name(),
-                    stored
-                ));
-                continue;
+        if let Err(e) = result {
+            let mut failure = format!("seed {seed} (rerun alone with STRATA_DIFF_SEED={}): {e}", seed - 1000);
+            if std::env::var_os("STRATA_DIFF_SHRINK").is_some() {
+                let root = work.path().join(format!("shrink-{seed}"));
+                failure += &shrink(&e, ops, |ops, n| {
+                    let root = root.join(n.to_string());
+                    let pair = Pair::new(subject, &lowers, &cache, &root);
+                    let mut differ = Differ::new(subject, &pair, &lowers);
+                    let started = differ.started;
+                    let result = ops
+                        .iter()
+                        .try_for_each(|op| differ.step(op, None))
+                        .and_then(|()| differ.compare_trees("at the end"))
+                        .and_then(|()| remount_check(subject, &lowers, &root, pair, started));
+                    let _ = std::fs::remove_dir_all(&root);
+                    result
+                });
             }
-        };
-
-        let mut allowed = Vec::new();
-        // The same files: everything but directory mtimes must be equal, wall-clock mtimes within a
-        // second (what a FUSE mount shows may be its kernel side's time of the write).
-        let (own, mut remounted) = (normalize(&subject_tree, None), normalize(&reread, None));
-        within(&own, &mut remounted, Duration::from_secs(1));
-        let diffs = tree_differences(subject, "the remount", &own, &remounted, &mut allowed);
-        if !diffs.is_empty() {
-            failures.push(format!(
-                "seed {seed}: kernel overlayfs over {}'s upper (expected) differs from {0}'s own view:\n  {}",
-                subject.name(),
-                diffs.join("\n  ")
-            ));
-        }
-        let window = Some((started, SystemTime::now()));
-        let diffs = tree_differences(
-            subject,
-            "the remount",
-            &normalize(&kernel_tree, window),
-            &normalize(&reread, window),
-            &mut allowed,
-        );
-        if !diffs.is_empty() {
-            failures.push(format!(
-                "seed {seed}: kernel overlayfs over {}'s upper differs from the kernel's own run (expected):\n  {}",
-                subject.name(),
-                diffs.join("\n  ")
-            ));
-        }
-        if !allowed.is_empty() {
-            eprintln!("seed {seed}: allowed differences after remounting:\n  {}", allowed.join("\n  "));
+            failures.push(failure);
         }
     }
     assert!(

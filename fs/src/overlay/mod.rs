@@ -525,6 +525,18 @@ impl Overlay {
             host_flags |= libc::RENAME_WHITEOUT;
         }
         self.upper.rename(&from, &to, host_flags)?;
+        if exchange {
+            // Exchanged directories have no lower content of their own (EXDEV above): each must
+            // hide whatever a lower layer has at its new place.
+            let target_kind = target.as_ref().map(|(_, t)| t.kind);
+            for (kind, path, dir, at) in
+                [(Some(source.kind), &to, new_parent, new_name), (target_kind, &from, parent, name)]
+            {
+                if kind == Some(Kind::Dir) && self.lower_shows(&table, dir, at)? {
+                    self.upper.set_xattr(path, self.upper.opaque_xattr(), b"y", 0)?;
+                }
+            }
+        }
         if let Some((target_ino, _)) = &target {
             if exchange {
                 table.rename_name(*target_ino, (new_parent, new_name), (parent, name));
