@@ -87,7 +87,10 @@ fn kind_of_mode(mode: u32) -> Kind {
 
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let wanted = InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_CACHE_SYMLINKS | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        let wanted = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_WRITEBACK_CACHE;
         super::negotiate(config, wanted);
         Ok(())
     }
@@ -326,7 +329,8 @@ impl Filesystem for OverlayFs {
         match self.overlay.readdir(ino.0) {
             Ok(listing) => {
                 let fh = self.listings.insert(listing);
-                reply.opened(FileHandle(fh), FopenFlags::empty());
+                // Changes made through this mount invalidate the kernel's cached listing itself.
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
             }
             Err(e) => reply.error(errno::from_io(&e)),
         }
@@ -383,8 +387,8 @@ impl Filesystem for OverlayFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.overlay.xattrs(ino.0).map(|list| list.into_iter().find(|(n, _)| n == name.as_bytes())) {
-            Ok(Some((_, value))) => reply_xattr(reply, size, &value),
+        match self.overlay.xattr(ino.0, name.as_bytes()) {
+            Ok(Some(value)) => reply_xattr(reply, size, &value),
             Ok(None) => reply.error(Errno::ENODATA),
             Err(e) => reply.error(errno::from_io(&e)),
         }

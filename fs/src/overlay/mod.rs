@@ -578,6 +578,18 @@ impl Overlay {
         self.attr_locked(&table, ino)
     }
 
+    /// One xattr (the kernel asks for `security.capability` before every write: one syscall).
+    pub fn xattr(&self, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        let table = self.table.lock().expect("inode table");
+        let inode = table.get(ino)?;
+        if inode.upper {
+            return self.upper.xattr(&table.path(ino)?, name);
+        }
+        let entry = inode.lower.and_then(|n| self.view.entry_of(n));
+        let found = entry.and_then(|e| e.xattrs.iter().find(|(n, _)| **n == *name));
+        Ok(found.filter(|(n, _)| !crate::layer::whiteout::is_internal_xattr(n)).map(|(_, v)| v.to_vec()))
+    }
+
     pub fn xattrs(&self, ino: Ino) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let table = self.table.lock().expect("inode table");
         let inode = table.get(ino)?;

@@ -15,8 +15,15 @@ pub struct CopySource<'a> {
     pub len: u64,
 }
 
+/// Copies the bytes and syncs them, so that once the copy is renamed into the upper it is whole
+/// on disk too (as kernel overlayfs does unless mounted volatile).
 pub fn copy_file(source: &CopySource, dest: &Path) -> io::Result<()> {
     let out = fs::OpenOptions::new().write(true).create_new(true).open(dest)?;
+    copy_bytes(source, &out)?;
+    out.sync_data()
+}
+
+fn copy_bytes(source: &CopySource, out: &File) -> io::Result<()> {
     let mut done = 0u64;
     while done < source.len {
         let mut off_in = (source.offset + done) as libc::loff_t;
@@ -36,7 +43,7 @@ pub fn copy_file(source: &CopySource, dest: &Path) -> io::Result<()> {
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
-                return copy_by_reading(source, &out, done)
+                return copy_by_reading(source, out, done)
             }
             Some(libc::EINTR) => continue,
             _ => return Err(err),

@@ -276,6 +276,18 @@ impl Upper {
         check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
     }
 
+    /// One user-visible xattr of an upper object, None when it has no such attribute.
+    pub fn xattr(&self, rel: &[u8], name: &[u8]) -> io::Result<Option<Vec<u8>>> {
+        if whiteout::is_internal_xattr(name) {
+            return Ok(None);
+        }
+        match get_xattr(&self.host(rel), name) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOTSUP)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The user-visible xattrs of an upper object (overlay bookkeeping filtered out).
     pub fn xattrs(&self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let host = self.host(rel);
@@ -291,16 +303,16 @@ impl Upper {
         Ok(out)
     }
 
+    /// Opens an upper file for the kernel's page cache: write access always comes with read
+    /// access (the writeback cache reads pages around partial writes) and without O_APPEND (the
+    /// kernel places appends itself and sends their offsets).
     pub fn open_file(&self, rel: &[u8], flags: i32) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
-        let access = flags & libc::O_ACCMODE;
+        let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
         fs::OpenOptions::new()
-            .read(access != libc::O_WRONLY)
-            .write(access != libc::O_RDONLY)
-            .custom_flags(
-                (flags & (libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME))
-                    | libc::O_NOFOLLOW,
-            )
+            .read(true)
+            .write(writes)
+            .custom_flags((flags & (libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)) | libc::O_NOFOLLOW)
             .open(self.host(rel))
     }
 

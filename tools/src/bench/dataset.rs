@@ -299,6 +299,185 @@ fn merged_stats(lowers: &[&Path]) -> Result<TreeStats> {
     Ok(stats)
 }
 
+/// Shape of the synthetic source tree of the writable benchmark: `top × sub` directories of
+/// `files` text files each, `mean` bytes on average (uniform in ¼–1¾ of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceShape {
+    pub top: usize,
+    pub sub: usize,
+    pub files: usize,
+    pub mean: usize,
+}
+
+impl SourceShape {
+    pub fn file_count(self) -> usize {
+        self.top * self.sub * self.files
+    }
+}
+
+/// 5,000 files, about 40 MB.
+pub const SOURCE: SourceShape = SourceShape { top: 25, sub: 20, files: 10, mean: 8000 };
+/// 500 files, about 4 MB.
+pub const QUICK_SOURCE: SourceShape = SourceShape { top: 5, sub: 10, files: 10, mean: 8000 };
+/// The top directory of the source tarball, and the repository's directory in its layer.
+pub const SOURCE_DIR: &str = "source";
+pub const REPO_DIR: &str = "repo";
+/// Fixed identity and dates, so the repository is the same on every host.
+const GIT_IDENTITY: [(&str, &str); 6] = [
+    ("GIT_AUTHOR_NAME", "strata-bench"),
+    ("GIT_AUTHOR_EMAIL", "bench@strata.invalid"),
+    ("GIT_COMMITTER_NAME", "strata-bench"),
+    ("GIT_COMMITTER_EMAIL", "bench@strata.invalid"),
+    ("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z"),
+    ("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z"),
+];
+/// The environment of every git command the benchmark runs: no system or user configuration
+/// (a global core.fsmonitor or untracked cache would change what is measured).
+pub const GIT_CLEAN_ENV: [(&str, &str); 2] = [("GIT_CONFIG_NOSYSTEM", "1"), ("GIT_CONFIG_GLOBAL", "/dev/null")];
+
+/// What the writable benchmark adds to a data set: a tarball of a synthetic source tree to
+/// untar into the mount, and a third layer (on top) holding a git repository of the same tree.
+#[derive(Debug)]
+pub struct WriteData {
+    pub shape: SourceShape,
+    /// `source/…`: the tree, for `tar -xf` into the mount.
+    pub source_tar: PathBuf,
+    /// The tree `source_tar` extracts to (its top directory included).
+    pub source: TreeStats,
+    /// Layer 3 (`repo/`, a git repository of the tree with one commit), as a tar and extracted.
+    pub repo_tar: PathBuf,
+    pub repo_lower: PathBuf,
+}
+
+/// Builds (or reuses) the source tarball and the repository layer for `kind`.
+pub fn prepare_writable(kind: Kind, work: &Path) -> Result<WriteData> {
+    let shape = if kind == Kind::Quick { QUICK_SOURCE } else { SOURCE };
+    let name = format!("source-{}x{}x{}-{}", shape.top, shape.sub, shape.files, shape.mean);
+    let stamp_text = format!("source v1 {shape:?}\n");
+
+    let dir = work.join(&name);
+    let source_tar = dir.join("source.tar");
+    if !stamp_ok(&dir, &stamp_text) {
+        remove_if_exists(&dir)?;
+        fs::create_dir_all(&dir)?;
+        eprintln!("strata-bench: generating a source tree of {} files into {}", shape.file_count(), dir.display());
+        generate_source(&dir.join(SOURCE_DIR), shape)?;
+        host::run_logged(
+            Command::new("tar")
+                .args(["--sort=name", "--mtime=@1704067200", "--owner=0", "--group=0", "--numeric-owner", "-C"])
+                .arg(&dir)
+                .arg("-cf")
+                .arg(&source_tar)
+                .arg(SOURCE_DIR),
+            &dir.join("tar.log"),
+        )?;
+        fs::remove_dir_all(dir.join(SOURCE_DIR))?;
+        fs::write(dir.join(STAMP), &stamp_text)?;
+    }
+    let source = tar_stats(&source_tar)?;
+
+    let repo_dir = work.join(format!("repo-{name}"));
+    let repo_stamp = format!("git repository v1 {shape:?}\n");
+    let (repo_tar, repo_lower) = if stamp_ok(&repo_dir, &repo_stamp) {
+        (repo_dir.join("layer.tar"), repo_dir.join("lower"))
+    } else {
+        if !host::have_command("git") {
+            bail!("git is not installed: the writable benchmark needs it for its repository layer");
+        }
+        let src = work.join(format!("repo-{name}-src"));
+        remove_if_exists(&src)?;
+        let repo = src.join(REPO_DIR);
+        eprintln!("strata-bench: committing the source tree into a git repository in {}", repo.display());
+        generate_source(&repo, shape)?;
+        let log = work.join(format!("repo-{name}.log"));
+        let _ = fs::remove_file(&log);
+        let git = |args: &[&str]| -> Result<()> {
+            let mut cmd = Command::new("git");
+            cmd.arg("-C").arg(&repo).args(args).envs(GIT_CLEAN_ENV).envs(GIT_IDENTITY);
+            host::run_logged(&mut cmd, &log)
+        };
+        git(&["init", "-q", "-b", "main"])?;
+        git(&["add", "-A"])?;
+        git(&["commit", "-q", "-m", "synthetic source tree"])?;
+        // One pack, as a clone has.
+        git(&["repack", "-a", "-d", "-q"])?;
+        git(&["prune-packed"])?;
+        let layer = tar_layer(&src, &repo_dir, &repo_stamp)?;
+        fs::remove_dir_all(&src)?;
+        layer
+    };
+    Ok(WriteData { shape, source_tar, source, repo_tar, repo_lower })
+}
+
+const WORDS: [&str; 32] = [
+    "let", "mut", "fn", "return", "if", "else", "match", "struct", "impl", "self", "buffer", "index", "layer", "inode",
+    "entry", "offset", "len", "path", "error", "Result", "Ok", "None", "Some", "for", "in", "while", "=", "+", "{",
+    "}", "(", ")",
+];
+const SOURCE_EXTENSIONS: [&str; 5] = ["rs", "c", "h", "py", "md"];
+
+/// Writes the source tree: `modNN/subNN/fileNN.ext`, deterministic text.
+pub fn generate_source(root: &Path, shape: SourceShape) -> Result<()> {
+    for t in 0..shape.top {
+        for s in 0..shape.sub {
+            let leaf = root.join(format!("mod{t:02}")).join(format!("sub{s:02}"));
+            fs::create_dir_all(&leaf).with_context(|| format!("creating {}", leaf.display()))?;
+            for f in 0..shape.files {
+                let seed = ((t * 1000 + s) * 1000 + f) as u64;
+                let name = format!("file{f:02}.{}", SOURCE_EXTENSIONS[f % SOURCE_EXTENSIONS.len()]);
+                fs::write(leaf.join(name), source_text(seed, shape.mean))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deterministic code-like text of about `mean` bytes (¼ to 1¾ of it): indented lines of words.
+pub fn source_text(seed: u64, mean: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    let len = mean / 4 + (rng.unit() * (mean as f64 * 1.5)) as usize;
+    let mut out = Vec::with_capacity(len + 80);
+    while out.len() < len {
+        let indent = (rng.next_u64() % 4) as usize * 4;
+        out.extend(std::iter::repeat(b' ').take(indent));
+        let words = 2 + rng.next_u64() % 10;
+        for w in 0..words {
+            if w > 0 {
+                out.push(b' ');
+            }
+            out.extend_from_slice(WORDS[(rng.next_u64() % WORDS.len() as u64) as usize].as_bytes());
+        }
+        out.push(b'\n');
+    }
+    out.truncate(len);
+    if let Some(last) = out.last_mut() {
+        *last = b'\n';
+    }
+    out
+}
+
+/// Counts a tar's entries the way [`merged_stats`] counts the tree it extracts to.
+pub fn tar_stats(tar: &Path) -> Result<TreeStats> {
+    let mut archive = tar::Archive::new(File::open(tar).with_context(|| format!("opening {}", tar.display()))?);
+    let mut stats = TreeStats::default();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        stats.entries += 1;
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            stats.dirs += 1;
+        } else if kind.is_file() {
+            stats.files += 1;
+            stats.file_bytes += entry.size();
+        } else if kind.is_symlink() {
+            stats.symlinks += 1;
+        } else {
+            stats.other += 1;
+        }
+    }
+    Ok(stats)
+}
+
 /// `1.5 GiB`, `12.0 MiB`, `512 B`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -398,6 +577,33 @@ mod tests {
             TreeStats { entries: 5, dirs: 2, files: 2, symlinks: 1, other: 0, file_bytes: 10 },
             "root, d, d/a, same (upper), link"
         );
+    }
+
+    #[test]
+    fn source_text_is_deterministic_text_of_about_the_mean_size() {
+        assert_eq!(source_text(3, 8000), source_text(3, 8000));
+        assert_ne!(source_text(3, 8000), source_text(4, 8000));
+        let sizes: Vec<usize> = (0..400).map(|seed| source_text(seed, 8000).len()).collect();
+        assert!(sizes.iter().all(|n| (2000..=14000).contains(n)), "{sizes:?}");
+        let mean = sizes.iter().sum::<usize>() / sizes.len();
+        assert!((7000..9000).contains(&mean), "mean {mean}");
+        let text = source_text(9, 8000);
+        assert!(text.is_ascii() && text.ends_with(b"\n") && text.iter().filter(|b| **b == b'\n').count() > 20);
+    }
+
+    #[test]
+    fn tar_stats_match_the_tree_a_source_tar_extracts_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shape = SourceShape { top: 2, sub: 3, files: 4, mean: 500 };
+        assert_eq!(shape.file_count(), 24);
+        let root = tmp.path().join(SOURCE_DIR);
+        generate_source(&root, shape).unwrap();
+        let tar = tmp.path().join("s.tar");
+        let ok = Command::new("tar").arg("-C").arg(tmp.path()).arg("-cf").arg(&tar).arg(SOURCE_DIR).status().unwrap();
+        assert!(ok.success());
+        let stats = tar_stats(&tar).unwrap();
+        assert_eq!(stats, merged_stats(&[&root]).unwrap());
+        assert_eq!((stats.files, stats.dirs, stats.entries), (24, 1 + 2 + 6, 33));
     }
 
     #[test]

@@ -53,11 +53,17 @@ pub fn is_root() -> bool {
 /// `sync; echo 3 > /proc/sys/vm/drop_caches`: page cache, dentries and inodes, so the next
 /// access goes to the disk (or, for FUSE, to the daemon).
 pub fn drop_caches() -> Result<()> {
+    sync()?;
+    fs::write("/proc/sys/vm/drop_caches", "3").context("writing /proc/sys/vm/drop_caches (root needed)")
+}
+
+/// `sync`: writes every dirty page on the host back, so a later step does not pay for this one.
+pub fn sync() -> Result<()> {
     let status = Command::new("sync").status().context("running sync")?;
     if !status.success() {
         bail!("sync failed: {status}");
     }
-    fs::write("/proc/sys/vm/drop_caches", "3").context("writing /proc/sys/vm/drop_caches (root needed)")
+    Ok(())
 }
 
 /// True when `command` can be found on $PATH (or is an existing path).

@@ -6,12 +6,16 @@
 //! each workload drop caches and run it (cold), then run it again (warm); read the daemon's
 //! RSS after the read-every-file workload; unmount; mount again (the warm mount time); unmount.
 //! Systems are interleaved within a run so slow drift on the host hits all of them alike.
+//!
+//! With `--writable`, [`writable`] measures the write paths instead (kernel overlayfs, strata
+//! and fuse-overlayfs over a fresh upper) and writes `WORK/results-writable-<dataset>.md`.
 
 pub mod dataset;
 pub mod host;
 pub mod report;
 pub mod systems;
 pub mod workloads;
+pub mod writable;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -35,9 +39,12 @@ pub struct Options {
     pub strata: Option<PathBuf>,
     /// Shown in the report.
     pub command_line: String,
+    /// Run the write workloads (see [`writable`]) instead of the read-only ones.
+    pub writable: bool,
 }
 
-/// Runs every data set and writes `WORK/results-<dataset>.md` for each.
+/// Runs every data set and writes `WORK/results-<dataset>.md` (`results-writable-<dataset>.md`
+/// with `--writable`) for each.
 pub fn run(opts: &Options) -> Result<()> {
     if !host::is_root() {
         bail!("strata-bench needs root: it drops the page cache and mounts kernel overlayfs");
@@ -67,8 +74,10 @@ pub fn run(opts: &Options) -> Result<()> {
     systems::unmount_leftovers(&mnt_root);
 
     let mut skipped = Vec::new();
-    let systems: Vec<System> = System::ALL
-        .into_iter()
+    let candidates = if opts.writable { &System::WRITABLE[..] } else { &System::ALL[..] };
+    let systems: Vec<System> = candidates
+        .iter()
+        .copied()
         .filter(|s| match tools.unavailable(*s) {
             None => true,
             Some(why) => {
@@ -95,12 +104,18 @@ pub fn run(opts: &Options) -> Result<()> {
         eprintln!("strata-bench: {}", ds.describe());
         let mut results = Results::default();
         results.notes.extend(skipped.iter().cloned());
-        outcome = measure(&ds, &systems, opts.runs, &tools, &mnt_root, &mut results);
-        let doc = render(opts, &tools, &ds, &results, outcome.as_ref().err());
+        let (doc, prefix) = if opts.writable {
+            let (doc, measured) = writable::run_dataset(opts, &ds, &systems, &tools, &work, &mnt_root, &mut results)?;
+            outcome = measured;
+            (doc, "results-writable")
+        } else {
+            outcome = measure(&ds, &systems, opts.runs, &tools, &mnt_root, &mut results);
+            (render(opts, &tools, &ds, &results, outcome.as_ref().err()), "results")
+        };
         println!("{doc}");
         // An interrupted run must not replace a complete earlier report.
         let suffix = if outcome.is_err() { ".partial" } else { "" };
-        let path = work.join(format!("results-{}{suffix}.md", ds.name()));
+        let path = work.join(format!("{prefix}-{}{suffix}.md", ds.name()));
         fs::write(&path, &doc).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("strata-bench: wrote {}", path.display());
         if outcome.is_err() {
@@ -143,17 +158,17 @@ fn measure(
 }
 
 /// Other processes may use at most this share of all CPUs before a step starts.
-const QUIET: f64 = 0.15;
+pub(crate) const QUIET: f64 = 0.15;
 /// How long to wait for a quiet host before measuring anyway (and saying so).
-const QUIET_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const QUIET_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Waits for a quiet host (another build on a 2-CPU machine would skew everything) and notes
 /// how busy it was.
-fn settle(results: &mut Results) {
+pub(crate) fn settle(results: &mut Results) {
     results.background.push(host::wait_quiet(QUIET, QUIET_TIMEOUT));
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -214,17 +229,9 @@ fn render(opts: &Options, tools: &Tools, ds: &DataSet, results: &Results, error:
     let mut doc = format!("## strata-bench: `{}` data set\n\n", ds.name());
     doc += &format!("- command: `{}`\n", opts.command_line);
     doc += &format!("- host: {}\n", host::describe_host());
-    let strata_version = host::line_matching(tools.strata.to_str().unwrap_or("strata"), &["--version"], "strata");
-    let built = fs::metadata(&tools.strata)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .map(|age| format!(", built {} min ago", age.as_secs() / 60))
-        .unwrap_or_default();
     doc += &format!(
-        "- versions: {} ({}{built}, default --threads), {}, {}, {}\n",
-        strata_version.unwrap_or_else(|| "strata ?".into()),
-        tools.strata.display(),
+        "- versions: {}, {}, {}, {}\n",
+        strata_version(tools),
         host::line_matching("fuse-overlayfs", &["--version"], "fuse-overlayfs:").unwrap_or_default(),
         host::line_matching("ratarmount", &["--version"], "ratarmount").unwrap_or_default(),
         host::line_matching("tar", &["--version"], "tar").unwrap_or_default(),
@@ -250,24 +257,41 @@ fn render(opts: &Options, tools: &Tools, ds: &DataSet, results: &Results, error:
     }
     doc += "\n";
     doc += &results.table();
+    append_notes(&mut doc, results, error);
+    doc
+}
+
+/// `strata 0.1.0 (PATH, built N min ago, default --threads)`, for the reports.
+pub(crate) fn strata_version(tools: &Tools) -> String {
+    let version = host::line_matching(tools.strata.to_str().unwrap_or("strata"), &["--version"], "strata");
+    let built = fs::metadata(&tools.strata)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .map(|age| format!(", built {} min ago", age.as_secs() / 60))
+        .unwrap_or_default();
+    format!("{} ({}{built}, default --threads)", version.unwrap_or_else(|| "strata ?".into()), tools.strata.display())
+}
+
+/// What follows a report's table: warnings, notes, the error that stopped the run, raw samples.
+pub(crate) fn append_notes(doc: &mut String, results: &Results, error: Option<&anyhow::Error>) {
     let disagreements = results.disagreements();
     if !disagreements.is_empty() || !results.error_notes().is_empty() || !results.notes.is_empty() || error.is_some() {
-        doc += "\n";
+        *doc += "\n";
     }
     for (_, line) in &disagreements {
-        doc += &format!("- ⚠ {line}\n");
+        *doc += &format!("- ⚠ {line}\n");
     }
     for line in results.error_notes() {
-        doc += &format!("- ⚠ {line}\n");
+        *doc += &format!("- ⚠ {line}\n");
     }
     for note in &results.notes {
-        doc += &format!("- note: {note}\n");
+        *doc += &format!("- note: {note}\n");
     }
     if let Some(e) = error {
-        doc += &format!("- ⚠ the run stopped early: {e:#}\n");
+        *doc += &format!("- ⚠ the run stopped early: {e:#}\n");
     }
-    doc += "\n<details><summary>raw samples (run order)</summary>\n\n";
-    doc += &results.raw();
-    doc += "\n</details>\n";
-    doc
+    *doc += "\n<details><summary>raw samples (run order)</summary>\n\n";
+    *doc += &results.raw();
+    *doc += "\n</details>\n";
 }

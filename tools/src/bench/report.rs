@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use super::systems::System;
 use super::workloads::Workload;
+use super::writable::Step;
 
 /// Cold: `sync; echo 3 > /proc/sys/vm/drop_caches` right before; warm: repeated right after.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,6 +26,8 @@ pub enum Row {
     Work(Workload, Temp),
     /// The daemon's VmRSS after reading every file.
     Rss,
+    /// A step of the writable benchmark (`strata-bench --writable`).
+    Write(Step),
 }
 
 impl Row {
@@ -35,11 +38,47 @@ impl Row {
             Row::Work(w, Temp::Cold) => format!("{}, cold", w.label()),
             Row::Work(w, Temp::Warm) => format!("{}, warm", w.label()),
             Row::Rss => "daemon RSS after reading every file (MiB)".into(),
+            Row::Write(step) => step.label().into(),
         }
     }
 
     fn is_mib(self) -> bool {
         self == Row::Rss
+    }
+
+    /// Rows measured as a rate (IOPS) rather than a time: their ratio is kernel / system, so
+    /// that a ratio above 1 still means slower than the kernel.
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Row::Write(step) if step.is_rate())
+    }
+}
+
+/// What a consistency check is about: a read-only workload's count, or a writable step's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Check {
+    Read(Workload),
+    Write(Step),
+}
+
+impl Check {
+    /// What the observed number means, for the warnings.
+    pub fn observed(self) -> &'static str {
+        match self {
+            Check::Read(w) => w.observed(),
+            Check::Write(s) => s.observed(),
+        }
+    }
+}
+
+impl From<Workload> for Check {
+    fn from(w: Workload) -> Check {
+        Check::Read(w)
+    }
+}
+
+impl From<Step> for Check {
+    fn from(s: Step) -> Check {
+        Check::Write(s)
     }
 }
 
@@ -47,9 +86,11 @@ impl Row {
 #[derive(Debug, Default)]
 pub struct Results {
     samples: BTreeMap<(Row, System), Vec<f64>>,
-    observed: BTreeMap<(Workload, System), BTreeSet<u64>>,
+    observed: BTreeMap<(Check, System), BTreeSet<u64>>,
     /// Per-entry errors: total count over all runs and the first message.
     errors: BTreeMap<(Row, System), (u64, String)>,
+    /// Labels that replace [`Row::label`] (sizes that depend on the data set).
+    labels: BTreeMap<Row, String>,
     /// Failures and skipped systems, printed under the table.
     pub notes: Vec<String>,
     /// Other processes' share of the CPUs measured right before each step, and whether the
@@ -63,8 +104,8 @@ impl Results {
     }
 
     /// What a workload observed (entries, bytes), for the consistency checks.
-    pub fn observe(&mut self, workload: Workload, system: System, value: u64) {
-        self.observed.entry((workload, system)).or_default().insert(value);
+    pub fn observe(&mut self, check: impl Into<Check>, system: System, value: u64) {
+        self.observed.entry((check.into(), system)).or_default().insert(value);
     }
 
     /// Counts per-entry errors a workload hit; its cells get a ⚠ and a note under the table.
@@ -73,6 +114,15 @@ impl Results {
             let slot = self.errors.entry((row, system)).or_insert_with(|| (0, first.unwrap_or("").to_string()));
             slot.0 += count;
         }
+    }
+
+    /// Shows `label` instead of [`Row::label`] for `row`.
+    pub fn relabel(&mut self, row: Row, label: String) {
+        self.labels.insert(row, label);
+    }
+
+    fn label(&self, row: Row) -> String {
+        self.labels.get(&row).cloned().unwrap_or_else(|| row.label())
     }
 
     /// A sentence on how busy the host was before the steps, for the report.
@@ -96,7 +146,11 @@ impl Results {
         self.errors
             .iter()
             .map(|((row, system), (count, first))| {
-                format!("{} hit {count} error(s) over all runs in \"{}\", e.g. {first}", system.label(), row.label())
+                format!(
+                    "{} hit {count} error(s) over all runs in \"{}\", e.g. {first}",
+                    system.label(),
+                    self.label(*row)
+                )
             })
             .collect()
     }
@@ -109,12 +163,17 @@ impl Results {
         self.samples.keys().map(|(row, _)| *row).collect()
     }
 
-    /// One line per workload whose observations differ between systems or between runs.
-    pub fn disagreements(&self) -> Vec<(Workload, String)> {
+    fn checks(&self) -> BTreeSet<Check> {
+        self.observed.keys().map(|(check, _)| *check).collect()
+    }
+
+    /// One line per check (workload) whose observations differ between systems or between runs.
+    pub fn disagreements(&self) -> Vec<(Check, String)> {
+        let systems: BTreeSet<System> = self.observed.keys().map(|(_, s)| *s).collect();
         let mut out = Vec::new();
-        for w in Workload::ALL {
+        for check in self.checks() {
             let per_system: Vec<(System, &BTreeSet<u64>)> =
-                System::ALL.iter().filter_map(|s| self.observed.get(&(w, *s)).map(|v| (*s, v))).collect();
+                systems.iter().filter_map(|s| self.observed.get(&(check, *s)).map(|v| (*s, v))).collect();
             let all: BTreeSet<u64> = per_system.iter().flat_map(|(_, v)| v.iter().copied()).collect();
             if all.len() > 1 {
                 let detail = per_system
@@ -124,60 +183,76 @@ impl Results {
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
-                out.push((w, format!("{} differ: {detail}", w.observed())));
+                out.push((check, format!("{} differ: {detail}", check.observed())));
             }
         }
         out
     }
 
-    /// The value every system agreed on for `workload`, if they did.
-    pub fn agreed(&self, workload: Workload) -> Option<u64> {
+    /// The value every system agreed on for `check`, if they did.
+    pub fn agreed(&self, check: impl Into<Check>) -> Option<u64> {
+        let check = check.into();
         let all: BTreeSet<u64> =
-            self.observed.iter().filter(|((w, _), _)| *w == workload).flat_map(|(_, v)| v.iter().copied()).collect();
+            self.observed.iter().filter(|((c, _), _)| *c == check).flat_map(|(_, v)| v.iter().copied()).collect();
         (all.len() == 1).then(|| *all.iter().next().unwrap())
     }
 
-    /// The markdown table: medians and ratios to the kernel.
+    /// The markdown table of the read-only benchmark's systems: medians and ratios to the kernel.
     pub fn table(&self) -> String {
-        let ratio_of = [System::Strata, System::FuseOverlayfs, System::Ratarmount];
+        self.table_for(&System::ALL)
+    }
+
+    /// The markdown table with one column per system in `systems` (the kernel first), then one
+    /// ratio column per other system.
+    pub fn table_for(&self, systems: &[System]) -> String {
+        let ratio_of: Vec<System> = systems.iter().copied().filter(|s| *s != System::Kernel).collect();
         let mut out = String::from("| workload |");
-        for s in System::ALL {
+        for s in systems {
             let _ = write!(out, " {} |", s.label());
         }
-        for s in ratio_of {
+        for s in &ratio_of {
             let _ = write!(out, " {}/kernel |", s.label());
         }
         out.push_str("\n|---|");
-        out.push_str(&"---:|".repeat(System::ALL.len() + ratio_of.len()));
+        out.push_str(&"---:|".repeat(systems.len() + ratio_of.len()));
         out.push('\n');
         for row in self.rows() {
-            let _ = write!(out, "| {} |", row.label());
-            for s in System::ALL {
+            let _ = write!(out, "| {} |", self.label(row));
+            for &s in systems {
                 let cell = match self.median(row, s) {
                     Some(v) if row.is_mib() => format!("{v:.1}"),
-                    Some(v) if self.errors.contains_key(&(row, s)) => format!("{} ⚠", format_ms(v)),
-                    Some(v) => format_ms(v),
+                    Some(v) => {
+                        let shown = if row.higher_is_better() { format_rate(v) } else { format_ms(v) };
+                        if self.errors.contains_key(&(row, s)) {
+                            format!("{shown} ⚠")
+                        } else {
+                            shown
+                        }
+                    }
                     None if row.is_mib() && s == System::Kernel => "—".into(),
                     None => "n/a".into(),
                 };
                 let _ = write!(out, " {cell} |");
             }
-            for s in ratio_of {
+            for &s in &ratio_of {
+                let kernel = self.median(row, System::Kernel);
                 let cell = if row.is_mib() {
                     "—".to_string()
+                } else if row.higher_is_better() {
+                    ratio(kernel, self.median(row, s)).map_or("n/a".into(), format_ratio)
                 } else {
-                    ratio(self.median(row, s), self.median(row, System::Kernel)).map_or("n/a".into(), format_ratio)
+                    ratio(self.median(row, s), kernel).map_or("n/a".into(), format_ratio)
                 };
                 let _ = write!(out, " {cell} |");
             }
             out.push('\n');
         }
-        for (w, _) in self.disagreements() {
-            let _ = write!(out, "| ⚠ {} differ |", w.observed());
-            for s in System::ALL {
+        for (check, _) in self.disagreements() {
+            let _ = write!(out, "| ⚠ {} differ |", check.observed());
+            for s in systems {
                 let cell = self
                     .observed
-                    .get(&(w, s))
+                    .get(&(check, *s))
                     .map_or("n/a".into(), |v| v.iter().map(u64::to_string).collect::<Vec<_>>().join(" / "));
                 let _ = write!(out, " {cell} |");
             }
@@ -191,9 +266,19 @@ impl Results {
     pub fn raw(&self) -> String {
         let mut out = String::new();
         for ((row, system), values) in &self.samples {
-            let values: Vec<String> =
-                values.iter().map(|v| if row.is_mib() { format!("{v:.1}") } else { format_ms(*v) }).collect();
-            let _ = writeln!(out, "- {} / {}: {}", row.label(), system.label(), values.join(", "));
+            let values: Vec<String> = values
+                .iter()
+                .map(|v| {
+                    if row.is_mib() {
+                        format!("{v:.1}")
+                    } else if row.higher_is_better() {
+                        format_rate(*v)
+                    } else {
+                        format_ms(*v)
+                    }
+                })
+                .collect();
+            let _ = writeln!(out, "- {} / {}: {}", self.label(*row), system.label(), values.join(", "));
         }
         out
     }
@@ -227,6 +312,19 @@ pub fn format_ms(ms: f64) -> String {
     } else {
         format!("{ms:.2}")
     }
+}
+
+/// A rate (IOPS) as a whole number with thousands separated by commas.
+pub fn format_rate(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 pub fn format_ratio(r: f64) -> String {
@@ -267,6 +365,54 @@ mod tests {
         assert_eq!(format_ratio(0.5), "0.50x");
         assert_eq!(format_ratio(12.34), "12.3x");
         assert_eq!(format_ratio(123.4), "123x");
+    }
+
+    #[test]
+    fn rates_print_with_separators() {
+        assert_eq!(format_rate(0.4), "0");
+        assert_eq!(format_rate(999.0), "999");
+        assert_eq!(format_rate(1234.6), "1,235");
+        assert_eq!(format_rate(12_345_678.0), "12,345,678");
+    }
+
+    #[test]
+    fn writable_table_inverts_rate_ratios_and_uses_its_own_columns_and_labels() {
+        let mut r = Results::default();
+        let create = Row::Write(Step::Create);
+        let fio = Row::Write(Step::RandRw);
+        r.record(create, System::Kernel, 100.0);
+        r.record(create, System::Strata, 300.0);
+        r.record(create, System::StrataTar, 250.0);
+        r.record(fio, System::Kernel, 20_000.0);
+        r.record(fio, System::Strata, 5_000.0);
+        r.record(fio, System::FuseOverlayfs, 4_000.0);
+        r.relabel(create, "create+write 10 files".into());
+        r.observe(Step::GitCold, System::Kernel, 0);
+        r.observe(Step::GitCold, System::Strata, 3);
+        r.observe(Step::Upper, System::Kernel, 4);
+        r.observe(Step::Upper, System::Strata, 4);
+        let table = r.table_for(&System::WRITABLE);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| workload | kernel overlayfs | strata | strata (tar lowers) | fuse-overlayfs | strata/kernel | \
+             strata (tar lowers)/kernel | fuse-overlayfs/kernel |"
+        );
+        assert_eq!(lines[1], "|---|---:|---:|---:|---:|---:|---:|---:|");
+        assert_eq!(lines[2], "| create+write 10 files | 100 | 300 | 250 | n/a | 3.00x | 2.50x | n/a |");
+        assert_eq!(
+            lines[3],
+            "| fio random 4k read/write (IOPS, higher is better) | 20,000 | 5,000 | n/a | 4,000 | 4.00x | n/a | 5.00x |"
+        );
+        assert_eq!(lines[4], "| ⚠ lines of `git status --porcelain` (cold) differ | 0 | 3 | n/a | n/a | | | |");
+        assert_eq!(lines.len(), 5, "agreeing checks add no row");
+        assert_eq!(r.disagreements().len(), 1);
+        assert_eq!(r.agreed(Step::Upper), Some(4));
+        assert!(r.raw().contains("- create+write 10 files / strata: 300"));
+        assert!(r.raw().contains("(IOPS, higher is better) / kernel overlayfs: 20,000"));
+        r.errors(create, System::Strata, 1, Some("short file"));
+        assert!(r.error_notes()[0].contains("in \"create+write 10 files\""));
+        assert!(r.table_for(&System::WRITABLE).contains("| 300 ⚠ |"));
     }
 
     #[test]

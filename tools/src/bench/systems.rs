@@ -1,6 +1,6 @@
 //! The systems under test (kernel overlayfs, strata, fuse-overlayfs, ratarmount): how each
-//! mounts a data set, which daemon serves it, and a [`Mounted`] guard that unmounts on every
-//! path out, errors and Ctrl-C included.
+//! mounts a data set, read-only or over a writable upper, which daemon serves it, and a
+//! [`Mounted`] guard that unmounts on every path out, errors and Ctrl-C included.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,9 @@ use super::host;
 pub enum System {
     Kernel,
     Strata,
+    /// strata over the layer tars where the others use the extracted directories (only in the
+    /// writable benchmark; the read-only `Strata` always mounts the tars).
+    StrataTar,
     FuseOverlayfs,
     Ratarmount,
 }
@@ -24,11 +27,14 @@ pub enum System {
 impl System {
     /// Table order; the kernel comes first because every ratio is against it.
     pub const ALL: [System; 4] = [System::Kernel, System::Strata, System::FuseOverlayfs, System::Ratarmount];
+    /// The writable benchmark's columns (ratarmount cannot write).
+    pub const WRITABLE: [System; 4] = [System::Kernel, System::Strata, System::StrataTar, System::FuseOverlayfs];
 
     pub fn label(self) -> &'static str {
         match self {
             System::Kernel => "kernel overlayfs",
             System::Strata => "strata",
+            System::StrataTar => "strata (tar lowers)",
             System::FuseOverlayfs => "fuse-overlayfs",
             System::Ratarmount => "ratarmount",
         }
@@ -39,6 +45,7 @@ impl System {
         match self {
             System::Kernel => "kernel",
             System::Strata => "strata",
+            System::StrataTar => "strata-tar",
             System::FuseOverlayfs => "fuse-overlayfs",
             System::Ratarmount => "ratarmount",
         }
@@ -51,7 +58,7 @@ impl System {
 
     /// Whether mounting reads an index that [`Tools::forget_indexes`] removes (cold vs warm).
     pub fn has_index_cache(self) -> bool {
-        matches!(self, System::Strata | System::Ratarmount)
+        matches!(self, System::Strata | System::StrataTar | System::Ratarmount)
     }
 }
 
@@ -73,7 +80,7 @@ impl Tools {
     pub fn unavailable(&self, system: System) -> Option<String> {
         let (program, hint) = match system {
             System::Kernel => ("mount", "util-linux"),
-            System::Strata => (
+            System::Strata | System::StrataTar => (
                 self.strata.to_str().unwrap_or("strata"),
                 "build it with `cargo build --release -p strata` or pass --strata PATH",
             ),
@@ -99,7 +106,7 @@ impl Tools {
     fn daemon_program(&self, system: System) -> Option<String> {
         match system {
             System::Kernel => None,
-            System::Strata => {
+            System::Strata | System::StrataTar => {
                 Some(self.strata.file_name().map_or("strata".into(), |f| f.to_string_lossy().into_owned()))
             }
             System::FuseOverlayfs => Some("fuse-overlayfs".into()),
@@ -110,7 +117,7 @@ impl Tools {
     /// Removes the on-disk indexes `system` keeps, so its next mount is cold.
     pub fn forget_indexes(&self, system: System) -> Result<()> {
         let dir = match system {
-            System::Strata => &self.strata_cache,
+            System::Strata | System::StrataTar => &self.strata_cache,
             System::Ratarmount => &self.ratarmount_index,
             _ => return Ok(()),
         };
@@ -136,7 +143,7 @@ impl Tools {
                 c.args(["-t", "overlay", "overlay", "-o"]).arg(format!("ro,noatime,{lowers}")).arg(mnt);
                 c
             }
-            System::Strata => {
+            System::Strata | System::StrataTar => {
                 let mut c = Command::new(&self.strata);
                 c.env("STRATA_CACHE", &self.strata_cache)
                     .arg("mount")
@@ -158,9 +165,64 @@ impl Tools {
                 c
             }
         };
+        self.start(system, &mut cmd, mnt)
+    }
+
+    /// Mounts `lowers` with a writable `upper` (and its `work` directory) at `mnt`: the
+    /// directories for the kernel, fuse-overlayfs and strata, the tars for strata (tar lowers).
+    pub fn mount_writable(
+        &self,
+        system: System,
+        lowers: &Lowers,
+        rw: &UpperDirs,
+        mnt: &Path,
+    ) -> Result<(Mounted, Duration)> {
+        if host::is_mounted(mnt) {
+            bail!("{} is already a mountpoint", mnt.display());
+        }
+        fs::create_dir_all(&self.strata_cache)?;
+        let overlay_options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            overlay_lowerdir(&lowers.dirs),
+            rw.upper.display(),
+            rw.work.display()
+        );
+        let mut cmd = match system {
+            System::Kernel => {
+                let mut c = Command::new("mount");
+                c.args(["-t", "overlay", "overlay", "-o"]).arg(&overlay_options).arg(mnt);
+                c
+            }
+            System::Strata | System::StrataTar => {
+                let layers = if system == System::Strata { &lowers.dirs } else { &lowers.tars };
+                let mut c = Command::new(&self.strata);
+                c.env("STRATA_CACHE", &self.strata_cache)
+                    .arg("mount")
+                    .arg("--upper")
+                    .arg(&rw.upper)
+                    .arg("--work")
+                    .arg(&rw.work);
+                for layer in layers {
+                    c.arg("--layer").arg(layer);
+                }
+                c.arg(mnt);
+                c
+            }
+            System::FuseOverlayfs => {
+                let mut c = Command::new("fuse-overlayfs");
+                c.arg("-o").arg(&overlay_options).arg(mnt);
+                c
+            }
+            System::Ratarmount => bail!("ratarmount cannot mount a writable overlay here"),
+        };
+        self.start(system, &mut cmd, mnt)
+    }
+
+    /// Runs a mount command, waits for the mount and finds its daemon.
+    fn start(&self, system: System, cmd: &mut Command, mnt: &Path) -> Result<(Mounted, Duration)> {
         let log = self.logs.join(format!("{}.log", system.key()));
         let start = Instant::now();
-        host::run_logged(&mut cmd, &log).with_context(|| format!("mounting {}", system.label()))?;
+        host::run_logged(cmd, &log).with_context(|| format!("mounting {}", system.label()))?;
         if !host::wait_mounted(mnt, true, Duration::from_secs(60)) {
             bail!("{} did not appear in /proc/self/mountinfo after mounting {}", mnt.display(), system.label());
         }
@@ -181,6 +243,25 @@ impl Tools {
         }
         Ok((mounted, elapsed))
     }
+}
+
+/// A writable mount's layers, bottom first: extracted directories and the same layers as tars.
+#[derive(Clone, Debug)]
+pub struct Lowers {
+    pub dirs: Vec<PathBuf>,
+    pub tars: Vec<PathBuf>,
+}
+
+/// The upper and work directories of one writable mount (same filesystem).
+#[derive(Clone, Debug)]
+pub struct UpperDirs {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+/// overlayfs' `lowerdir=` value: the layers top first, separated by colons.
+pub fn overlay_lowerdir(bottom_first: &[PathBuf]) -> String {
+    bottom_first.iter().rev().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
 }
 
 /// A live mount; unmounts when dropped unless [`Mounted::unmount`] already did.
@@ -250,7 +331,7 @@ impl Mounted {
                     c.arg("-l");
                 }
             }
-            System::Strata => {
+            System::Strata | System::StrataTar => {
                 c = Command::new(&self.strata);
                 c.arg("umount");
                 if lazy {
@@ -285,5 +366,26 @@ pub fn unmount_leftovers(root: &Path) {
     for mnt in stale {
         eprintln!("strata-bench: unmounting leftover mount {}", mnt.display());
         let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_lowerdir_lists_the_top_layer_first() {
+        let layers = [PathBuf::from("/l/bottom"), PathBuf::from("/l/mid"), PathBuf::from("/l/top")];
+        assert_eq!(overlay_lowerdir(&layers), "/l/top:/l/mid:/l/bottom");
+        assert_eq!(overlay_lowerdir(&layers[..1]), "/l/bottom");
+    }
+
+    #[test]
+    fn writable_columns_start_with_the_kernel_and_leave_out_ratarmount() {
+        assert_eq!(System::WRITABLE[0], System::Kernel);
+        assert!(!System::WRITABLE.contains(&System::Ratarmount));
+        assert!(!System::ALL.contains(&System::StrataTar), "the read-only table keeps its four columns");
+        let keys: std::collections::BTreeSet<&str> = System::WRITABLE.iter().map(|s| s.key()).collect();
+        assert_eq!(keys.len(), System::WRITABLE.len(), "distinct mountpoints and logs");
     }
 }

@@ -72,11 +72,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn clean(seen: u64) -> Outcome {
+    pub(super) fn clean(seen: u64) -> Outcome {
         Outcome { seen, errors: 0, first_error: None }
     }
 
-    fn error(&mut self, message: String) {
+    pub(super) fn error(&mut self, message: String) {
         self.errors += 1;
         self.first_error.get_or_insert(message);
     }
@@ -84,7 +84,12 @@ impl Outcome {
 
 /// Spawns `cmd` with stdout piped and stderr to `scratch`; counts stdout's bytes and newlines.
 /// Exit codes in `ok` are accepted; each stderr line is one error, except lines in `ignore`.
-fn count_output(cmd: &mut Command, scratch: &Path, ok: &[i32], ignore: &[&str]) -> Result<(u64, u64, Outcome)> {
+pub(super) fn count_output(
+    cmd: &mut Command,
+    scratch: &Path,
+    ok: &[i32],
+    ignore: &[&str],
+) -> Result<(u64, u64, Outcome)> {
     let shown = format!("{cmd:?}");
     let err = File::create(scratch)?;
     let mut child = cmd

@@ -27,12 +27,18 @@ struct Cli {
     /// Where data sets are built (once) and results written
     #[arg(long, default_value = "/var/tmp/strata-bench")]
     work: PathBuf,
-    /// Smoke test: a small synthetic tree, a 16 MiB big file and one run
+    /// Smoke test: a small synthetic tree, a 16 MiB big file and one run (with --writable: 500
+    /// files, 64 MiB sequential write, fio 32 MiB for 3 s, a 500-file source tree)
     #[arg(long)]
     quick: bool,
     /// The strata binary (default: `strata` next to this executable, i.e. target/release/strata)
     #[arg(long)]
     strata: Option<PathBuf>,
+    /// Measure the write workloads instead of the read-only ones: kernel overlayfs, strata (over
+    /// the extracted layers and over the tars) and fuse-overlayfs, each on a fresh empty upper;
+    /// writes WORK/results-writable-<dataset>.md. With --quick: small sizes.
+    #[arg(long)]
+    writable: bool,
 }
 
 fn main() {
@@ -49,7 +55,8 @@ fn main() {
         };
         (datasets, cli.runs)
     };
-    let opts = bench::Options { datasets, runs, work: cli.work, strata: cli.strata, command_line };
+    let opts =
+        bench::Options { datasets, runs, work: cli.work, strata: cli.strata, command_line, writable: cli.writable };
     if let Err(err) = run(&opts) {
         eprintln!("strata-bench: {err:#}");
         std::process::exit(1);
