@@ -18,7 +18,7 @@ use fuser::{
 use super::handles::Handles;
 use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::layer::index::Kind;
-use crate::overlay::{Caller, DirEntry, OpenFile, Overlay};
+use crate::overlay::{AttrChange, Caller, DirEntry, OpenFile, Overlay};
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
 const TTL: Duration = Duration::from_secs(3600);
@@ -141,7 +141,8 @@ impl Filesystem for OverlayFs {
                 return reply.error(errno::from_io(&e));
             }
         }
-        let result = self.overlay.setattr(ino.0, mode, uid, gid, size, atime.map(timespec), mtime.map(timespec));
+        let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
+        let result = self.overlay.setattr(ino.0, &change);
         match result {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(errno::from_io(&e)),

@@ -43,6 +43,17 @@ pub struct DirEntry {
     pub kind: Kind,
 }
 
+/// A setattr request: each field that is Some changes.
+#[derive(Clone, Copy, Default)]
+pub struct AttrChange {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<libc::timespec>,
+    pub mtime: Option<libc::timespec>,
+}
+
 /// Who creates an object: it is owned by them.
 #[derive(Clone, Copy)]
 pub struct Caller {
@@ -89,6 +100,12 @@ impl Overlay {
         let root_lower = (!upper.is_opaque(b"")).then_some(ROOT);
         let first_free = view.tree.len() as Ino + 1;
         Overlay { table: Mutex::new(Table::new(root_lower, first_free)), view, upper }
+    }
+
+    /// The inode table. A panic in another request must not take the whole mount down with a
+    /// poisoned lock: the table is only changed after the host operation succeeded.
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lower_ino(&self, node: NodeId) -> Ino {
@@ -147,18 +164,18 @@ impl Overlay {
 
     /// Looks up a name and registers it with the kernel (one more lookup reference).
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> io::Result<FileAttr> {
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         let (ino, inode) = self.resolve(&mut table, parent, name)?;
         table.remember(ino, inode);
         self.attr_locked(&table, ino)
     }
 
     pub fn forget(&self, ino: Ino, count: u64) {
-        self.table.lock().expect("inode table").forget(ino, count);
+        self.table().forget(ino, count);
     }
 
     pub fn getattr(&self, ino: Ino) -> io::Result<FileAttr> {
-        let table = self.table.lock().expect("inode table");
+        let table = self.table();
         self.attr_locked(&table, ino)
     }
 
@@ -176,7 +193,7 @@ impl Overlay {
     }
 
     pub fn readlink(&self, ino: Ino) -> io::Result<Vec<u8>> {
-        let table = self.table.lock().expect("inode table");
+        let table = self.table();
         let inode = table.get(ino)?;
         if inode.upper {
             let target = std::fs::read_link(self.upper.host(&table.path(ino)?))?;
@@ -190,7 +207,7 @@ impl Overlay {
 
     /// The merged listing of a directory, without `.` and `..`.
     pub fn readdir(&self, ino: Ino) -> io::Result<Vec<DirEntry>> {
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         let dir = table.get(ino)?.clone();
         if dir.kind != Kind::Dir {
             return Err(errno(libc::ENOTDIR));
@@ -300,7 +317,7 @@ impl Overlay {
     }
 
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<OpenFile> {
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
             self.copy_up(&mut table, ino)?;
@@ -325,7 +342,7 @@ impl Overlay {
         target: &[u8],
         who: Caller,
     ) -> io::Result<FileAttr> {
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         match self.resolve(&mut table, parent, name) {
             Ok(_) => return Err(errno(libc::EEXIST)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -359,7 +376,7 @@ impl Overlay {
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> io::Result<FileAttr> {
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         if self.resolve(&mut table, new_parent, new_name).is_ok() {
             return Err(errno(libc::EEXIST));
         }
@@ -382,7 +399,7 @@ impl Overlay {
 
     /// Removes a name: a file (`dir == false`) or an empty directory.
     pub fn remove(&self, parent: Ino, name: &[u8], dir: bool) -> io::Result<()> {
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         let (ino, inode) = self.resolve(&mut table, parent, name)?;
         match (dir, inode.kind == Kind::Dir) {
             (true, false) => return Err(errno(libc::ENOTDIR)),
@@ -451,7 +468,7 @@ impl Overlay {
     /// Renames with renameat2 semantics. A directory that has lower content cannot move
     /// (EXDEV, as overlayfs without redirect_dir): `mv` then copies and deletes.
     pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> io::Result<()> {
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         let (ino, source) = self.resolve(&mut table, parent, name)?;
         let target = match self.resolve(&mut table, new_parent, new_name) {
             Ok(t) => Some(t),
@@ -548,19 +565,10 @@ impl Overlay {
         Ok(())
     }
 
-    /// Changes metadata (copying up first); `file` is the open upper file for ftruncate.
-    #[allow(clippy::too_many_arguments)]
-    pub fn setattr(
-        &self,
-        ino: Ino,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<libc::timespec>,
-        mtime: Option<libc::timespec>,
-    ) -> io::Result<FileAttr> {
-        let mut table = self.table.lock().expect("inode table");
+    /// Changes metadata (copying up first).
+    pub fn setattr(&self, ino: Ino, change: &AttrChange) -> io::Result<FileAttr> {
+        let AttrChange { mode, uid, gid, size, atime, mtime } = *change;
+        let mut table = self.table();
         self.copy_up(&mut table, ino)?;
         let path = table.path(ino)?;
         if uid.is_some() || gid.is_some() {
@@ -580,7 +588,7 @@ impl Overlay {
 
     /// One xattr (the kernel asks for `security.capability` before every write: one syscall).
     pub fn xattr(&self, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let table = self.table.lock().expect("inode table");
+        let table = self.table();
         let inode = table.get(ino)?;
         if inode.upper {
             return self.upper.xattr(&table.path(ino)?, name);
@@ -591,7 +599,7 @@ impl Overlay {
     }
 
     pub fn xattrs(&self, ino: Ino) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let table = self.table.lock().expect("inode table");
+        let table = self.table();
         let inode = table.get(ino)?;
         if inode.upper {
             return self.upper.xattrs(&table.path(ino)?);
@@ -614,7 +622,7 @@ impl Overlay {
             // option noacl); tools then fall back to chmod.
             return Err(errno(libc::EOPNOTSUPP));
         }
-        let mut table = self.table.lock().expect("inode table");
+        let mut table = self.table();
         if value.is_none() && !self.xattrs_locked_has(&table, ino, name)? {
             return Err(errno(libc::ENODATA));
         }
