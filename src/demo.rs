@@ -43,7 +43,36 @@ pub fn run() -> Result<()> {
     mount::unmount(&mountpoint, false)?;
     listed?;
     println!("\n/app/hello.txt (the top layer's version): {}", hello.context("reading through the mount")?.trim());
-    println!("unmounted; done");
+    println!("unmounted");
+    show_writable(work.path(), &image, &cache, &mountpoint)?;
+    println!("done");
+    Ok(())
+}
+
+/// Mounts the same image writable, changes it, and shows what landed in the upper directory.
+fn show_writable(work: &Path, image: &image::Image, cache: &Cache, mountpoint: &Path) -> Result<()> {
+    let (upper, scratch) = (work.join("upper"), work.join("work"));
+    let view = ImageView::new(layer::load_all(&image.layers, cache, &Quiet)?)?;
+    let overlay = strata_fs::overlay::open(view, &upper, &scratch)?;
+    let config = MountConfig { source: "demo".into(), allow_other: false, dev_suid: false, threads: 2, writable: true };
+    mount::serve_in_background(strata_fs::fuse::overlay_fs::OverlayFs::new(overlay), mountpoint, &config)?;
+    let changed = (|| -> std::io::Result<()> {
+        std::fs::write(mountpoint.join("app/hello.txt"), "hello, changed in the container\n")?;
+        std::fs::remove_file(mountpoint.join("app/config.json"))?;
+        std::fs::write(mountpoint.join("app/new.txt"), "new\n")
+    })();
+    mount::unmount(mountpoint, false)?;
+    changed.context("writing through the writable mount")?;
+    println!("\nmounted writable, changed /app/hello.txt, deleted /app/config.json, added /app/new.txt;");
+    println!("the upper directory now holds (kernel overlayfs format, the layers untouched):");
+    let mut entries: Vec<_> = std::fs::read_dir(upper.join("app"))?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let meta = entry.metadata()?;
+        let what =
+            if meta.file_type().is_char_device() && meta.rdev() == 0 { "whiteout (0/0 char device)" } else { "file" };
+        println!("  upper/app/{:<12} {what}", entry.file_name().to_string_lossy());
+    }
     Ok(())
 }
 

@@ -140,3 +140,16 @@ fn umount_refuses_what_is_not_a_strata_mount() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a strata mount"));
 }
+
+#[test]
+fn the_demo_mounts_reads_writes_and_cleans_up() {
+    if !require_fuse() {
+        return;
+    }
+    let out = strata().arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("/app/notes/README") && stdout.contains("hello from strata, patched"), "{stdout}");
+    assert!(stdout.contains("config.json  whiteout (0/0 char device)"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("done"));
+}
