@@ -26,6 +26,12 @@ impl<T> Handles<T> {
         fh
     }
 
+    /// Keeps `value` under a new handle and answers the open with it, keeping the page cache.
+    pub fn reply_opened(&self, value: T, reply: fuser::ReplyOpen) {
+        let fh = self.insert(value);
+        reply.opened(fuser::FileHandle(fh), fuser::FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
     pub fn get(&self, fh: u64) -> Option<Ref<'_, u64, T>> {
         self.open.get(&fh)
     }

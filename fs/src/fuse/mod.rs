@@ -206,10 +206,7 @@ impl Filesystem for ImageFs {
             return reply.error(if self.is_dir(id) { Errno::EISDIR } else { Errno::EINVAL });
         };
         match self.view.layers[node.layer as usize].open(entry) {
-            Ok(reader) => {
-                let fh = self.open_files.insert(reader);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
+            Ok(reader) => self.open_files.reply_opened(reader, reply),
             Err(e) => reply.error(errno::from_io(&e)),
         }
     }

@@ -207,10 +207,7 @@ impl Filesystem for OverlayFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.overlay.open(ino.0, flags.0) {
-            Ok(file) => {
-                let fh = self.files.insert(file);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
-            }
+            Ok(file) => self.files.reply_opened(file, reply),
             Err(e) => reply.error(errno::from_io(&e)),
         }
     }
