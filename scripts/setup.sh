@@ -2,7 +2,7 @@
 # Installs what strata needs on a fresh Debian machine, idempotently: fuse3 (fusermount3, /dev/fuse
 # helpers), umoci (the independent reference the integration tests compare against), busybox-static
 # (a static shell for images built from host files) and a Rust toolchain check. With --bench it also
-# installs the peers the macro benchmark measures: fuse-overlayfs, debootstrap, ratarmount (PyPI).
+# installs the peers and tools the macro benchmark uses: fuse-overlayfs, debootstrap, fio, ratarmount (PyPI).
 set -euo pipefail
 
 want_bench=0
@@ -16,6 +16,7 @@ have_cmd umoci || need+=(umoci)
 if [ "$want_bench" = 1 ]; then
   have_cmd fuse-overlayfs || need+=(fuse-overlayfs)
   have_cmd debootstrap || need+=(debootstrap)
+  have_cmd fio || need+=(fio)
   have_cmd pip3 || need+=(python3-pip)
 fi
 
