@@ -96,7 +96,7 @@ impl MountLayers {
 }
 
 fn serve(
-    fs: impl fuser::Filesystem + Send + Sync + 'static,
+    fs: impl fuser::Filesystem + 'static,
     mountpoint: &std::path::Path,
     config: &MountConfig,
     foreground: bool,

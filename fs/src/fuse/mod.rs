@@ -21,7 +21,7 @@ use fuser::{
 };
 use handles::{Handles, NO_HANDLE};
 
-use crate::layer::index::Kind;
+use crate::layer::index::{Kind, XattrPair};
 use crate::layer::whiteout::is_internal_xattr;
 use crate::layer::FileReader;
 use crate::merge::{NodeId, ROOT};
@@ -74,7 +74,7 @@ impl ImageFs {
         self.view.entry_of(id).is_none_or(|e| e.kind == Kind::Dir)
     }
 
-    fn xattrs(&self, ino: INodeNo) -> Result<impl Iterator<Item = &(Box<[u8]>, Box<[u8]>)>, Errno> {
+    fn xattrs(&self, ino: INodeNo) -> Result<impl Iterator<Item = &XattrPair> + '_, Errno> {
         let id = self.node(ino)?;
         let list = self.view.entry_of(id).map(|e| e.xattrs.as_slice()).unwrap_or_default();
         Ok(list.iter().filter(|(name, _)| !is_internal_xattr(name)))

@@ -60,7 +60,7 @@ impl MountConfig {
 /// Mounts and serves in this process until the mount goes away. `ready` is called once, with
 /// the outcome of mounting, before any request is served.
 pub fn serve(
-    fs: impl Filesystem + Send + Sync + 'static,
+    fs: impl Filesystem + 'static,
     mountpoint: &Path,
     config: &MountConfig,
     ready: impl FnOnce(Result<(), &Error>),
@@ -124,11 +124,7 @@ fn stop_signals() -> SigSet {
 
 /// Forks a daemon that mounts and serves; returns once the mount is usable (or with the
 /// daemon's mount error). Call before starting any thread.
-pub fn serve_in_background(
-    fs: impl Filesystem + Send + Sync + 'static,
-    mountpoint: &Path,
-    config: &MountConfig,
-) -> Result<()> {
+pub fn serve_in_background(fs: impl Filesystem + 'static, mountpoint: &Path, config: &MountConfig) -> Result<()> {
     // The daemon leaves the caller's working directory, so a relative mountpoint must be resolved now.
     let mountpoint = &std::path::absolute(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
     let mount_error = |detail: String| Error::Mount { path: mountpoint.to_path_buf(), detail };

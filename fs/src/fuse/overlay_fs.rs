@@ -18,7 +18,7 @@ use fuser::{
 use super::handles::Handles;
 use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::layer::index::Kind;
-use crate::overlay::{AttrChange, Caller, DirEntry, OpenFile, Overlay};
+use crate::overlay::{AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
 const TTL: Duration = Duration::from_secs(3600);
@@ -168,11 +168,19 @@ impl Filesystem for OverlayFs {
     ) {
         let kind = kind_of_mode(mode);
         let dev = libc::makedev((rdev >> 8) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & 0xfff00));
-        entry(reply, self.overlay.make(parent.0, name.as_bytes(), kind, mode, dev, b"", caller(req)));
+        entry(
+            reply,
+            self.overlay.make(
+                parent.0,
+                name.as_bytes(),
+                &NewObject { rdev: dev, ..NewObject::of(kind, mode) },
+                caller(req),
+            ),
+        );
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        entry(reply, self.overlay.make(parent.0, name.as_bytes(), Kind::Dir, mode, 0, b"", caller(req)));
+        entry(reply, self.overlay.make(parent.0, name.as_bytes(), &NewObject::of(Kind::Dir, mode), caller(req)));
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -185,7 +193,15 @@ impl Filesystem for OverlayFs {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let target = target.as_os_str().as_bytes();
-        entry(reply, self.overlay.make(parent.0, link_name.as_bytes(), Kind::Symlink, 0o777, 0, target, caller(req)));
+        entry(
+            reply,
+            self.overlay.make(
+                parent.0,
+                link_name.as_bytes(),
+                &NewObject { target, ..NewObject::of(Kind::Symlink, 0o777) },
+                caller(req),
+            ),
+        );
     }
 
     fn rename(
@@ -222,7 +238,7 @@ impl Filesystem for OverlayFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.overlay.make(parent.0, name.as_bytes(), Kind::File, mode, 0, b"", caller(req));
+        let made = self.overlay.make(parent.0, name.as_bytes(), &NewObject::of(Kind::File, mode), caller(req));
         let opened = made.and_then(|attr| Ok((attr, self.overlay.open(attr.ino.0, flags & !libc::O_TRUNC)?)));
         match opened {
             Ok((attr, file)) => {

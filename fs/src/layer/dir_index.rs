@@ -9,7 +9,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use super::index::{Entry, IndexBuilder, Kind, LayerIndex, Timestamp};
+use super::index::{Entry, IndexBuilder, Kind, LayerIndex, Timestamp, Xattrs};
 use super::whiteout::{self, WhiteoutName};
 use crate::error::{IoContext, Result};
 use crate::path;
@@ -114,7 +114,7 @@ fn entry_from(host: &Path, rel: &[u8], meta: &fs::Metadata) -> Result<Entry> {
 }
 
 /// Every extended attribute of `path` itself (not of a symlink's target), sorted by name.
-fn xattrs(path: &Path) -> Result<Vec<(Box<[u8]>, Box<[u8]>)>> {
+fn xattrs(path: &Path) -> Result<Xattrs> {
     let c_path = CString::new(path.as_os_str().as_bytes()).expect("host paths have no NUL");
     let names = read_sized(path, |buf, len| unsafe { libc::llistxattr(c_path.as_ptr(), buf.cast(), len) })?;
     let mut out = Vec::new();

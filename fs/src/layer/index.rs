@@ -95,8 +95,13 @@ pub struct Entry {
     /// Non-zero when this entry is one name of a hard-link set; equal within the set.
     pub link_id: u32,
     /// Extended attributes, sorted by name.
-    pub xattrs: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub xattrs: Xattrs,
 }
+
+/// One extended attribute: (name, value).
+pub type XattrPair = (Box<[u8]>, Box<[u8]>);
+/// Extended attributes, sorted by name.
+pub type Xattrs = Vec<XattrPair>;
 
 impl Entry {
     /// An entry with the given path and kind and every other field zero.

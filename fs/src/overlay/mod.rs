@@ -54,6 +54,21 @@ pub struct AttrChange {
     pub mtime: Option<libc::timespec>,
 }
 
+/// What `make` creates: its kind, mode, device number (devices) and target (symlinks).
+#[derive(Clone, Copy)]
+pub struct NewObject<'a> {
+    pub kind: Kind,
+    pub mode: u32,
+    pub rdev: u64,
+    pub target: &'a [u8],
+}
+
+impl NewObject<'_> {
+    pub fn of(kind: Kind, mode: u32) -> NewObject<'static> {
+        NewObject { kind, mode, rdev: 0, target: b"" }
+    }
+}
+
 /// Who creates an object: it is owned by them.
 #[derive(Clone, Copy)]
 pub struct Caller {
@@ -332,16 +347,8 @@ impl Overlay {
     }
 
     /// Creates a non-directory object (or, with `Kind::Dir`, a directory) named `name`.
-    pub fn make(
-        &self,
-        parent: Ino,
-        name: &[u8],
-        kind: Kind,
-        mode: u32,
-        rdev: u64,
-        target: &[u8],
-        who: Caller,
-    ) -> io::Result<FileAttr> {
+    pub fn make(&self, parent: Ino, name: &[u8], what: &NewObject, who: Caller) -> io::Result<FileAttr> {
+        let NewObject { kind, mode, rdev, target } = *what;
         let mut table = self.table();
         match self.resolve(&mut table, parent, name) {
             Ok(_) => return Err(errno(libc::EEXIST)),
@@ -407,10 +414,8 @@ impl Overlay {
             _ => {}
         }
         table.register(ino, inode);
-        if dir {
-            if !self.readdir_locked_is_empty(&table, ino)? {
-                return Err(errno(libc::ENOTEMPTY));
-            }
+        if dir && !self.readdir_locked_is_empty(&table, ino)? {
+            return Err(errno(libc::ENOTEMPTY));
         }
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);

@@ -40,6 +40,9 @@ pub struct Upper {
     next_temp: AtomicU64,
 }
 
+/// An upper directory's entries: (name, lstat) of visible ones, and names it whites out.
+pub type Listing = (Vec<(Vec<u8>, fs::Metadata)>, Vec<Vec<u8>>);
+
 /// What a path of the upper directory holds, as far as the union is concerned.
 #[derive(Debug)]
 pub enum UpperEntry {
@@ -138,8 +141,8 @@ impl Upper {
             || fs::symlink_metadata(host.join(OsStr::from_bytes(whiteout::OPAQUE_MARKER))).is_ok()
     }
 
-    /// The names of the upper directory at `rel`: (visible entries, whited-out names).
-    pub fn list(&self, rel: &[u8]) -> io::Result<(Vec<(Vec<u8>, fs::Metadata)>, Vec<Vec<u8>>)> {
+    /// The names of the upper directory at `rel`: visible entries and whited-out names.
+    pub fn list(&self, rel: &[u8]) -> io::Result<Listing> {
         let host = self.host(rel);
         let mut present = Vec::new();
         let mut hidden = Vec::new();

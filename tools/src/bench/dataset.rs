@@ -439,7 +439,7 @@ pub fn source_text(seed: u64, mean: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 80);
     while out.len() < len {
         let indent = (rng.next_u64() % 4) as usize * 4;
-        out.extend(std::iter::repeat(b' ').take(indent));
+        out.extend(std::iter::repeat_n(b' ', indent));
         let words = 2 + rng.next_u64() % 10;
         for w in 0..words {
             if w > 0 {

@@ -154,9 +154,9 @@ impl Sizes {
 /// `512 MiB`, `1 GiB`, `39.1 MiB`: short sizes for labels.
 pub fn size(bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
-    } else if bytes % MIB == 0 {
+    } else if bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
     } else {
         format!("{:.1} MiB", bytes as f64 / MIB as f64)
@@ -708,8 +708,7 @@ pub fn git_status(repo: &Path, scratch: &Path) -> Result<Outcome> {
     let out = cmd.stdin(std::process::Stdio::null()).output().with_context(|| format!("running {shown}"))?;
     let _ = fs::write(scratch, &out.stderr);
     let _ = fs::write(scratch.with_extension("stdout"), &out.stdout);
-    let mut outcome = Outcome::default();
-    outcome.seen = out.stdout.iter().filter(|b| **b == b'\n').count() as u64;
+    let mut outcome = Outcome { seen: out.stdout.iter().filter(|b| **b == b'\n').count() as u64, ..Outcome::default() };
     for line in String::from_utf8_lossy(&out.stderr).lines().filter(|l| !l.trim().is_empty()) {
         outcome.error(line.to_string());
     }
