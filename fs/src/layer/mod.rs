@@ -237,11 +237,6 @@ impl Layer {
         Ok(Layer { name, info, index, data: Data::Tar(tar) })
     }
 
-    /// Builds a layer directly from an index and a tar blob (tests and benchmarks).
-    pub fn from_tar(name: String, info: LayerInfo, index: LayerIndex, tar: BlobRange) -> Layer {
-        Layer { name, info, index, data: Data::Tar(tar) }
-    }
-
     /// Opens the bytes of a file entry for reading.
     pub fn open(&self, entry: &Entry) -> io::Result<FileReader> {
         match &self.data {
