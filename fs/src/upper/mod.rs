@@ -192,7 +192,32 @@ impl Upper {
             // the merged view, so only whiteouts are inside).
             fs::remove_dir_all(&host)?;
         }
-        self.place(rel, |temp| mknod(temp, SFlag::S_IFCHR, 0, 0))
+        self.place(rel, |temp| self.make_whiteout(temp, rel))
+    }
+
+    /// Makes a whiteout at `temp` for the upper path `rel`: the 0/0 character device, or, where
+    /// mknod is not allowed (unprivileged, outside a user namespace), overlayfs' xattr form: a
+    /// zero-size file marked `*.overlay.whiteout`, in a directory marked `*.overlay.opaque=x`.
+    fn make_whiteout(&self, temp: &Path, rel: &[u8]) -> io::Result<()> {
+        match mknod(temp, SFlag::S_IFCHR, 0, 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                fs::OpenOptions::new().write(true).create_new(true).open(temp)?;
+                set_xattr(temp, self.whiteout_xattr(), b"y")?;
+                let dir = self.host(crate::path::split_parent(rel).map_or(&[][..], |(parent, _)| parent));
+                if !get_xattr(&dir, self.opaque_xattr()).is_ok_and(|v| whiteout::is_opaque_value(&v)) {
+                    set_xattr(&dir, self.opaque_xattr(), b"x")?;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn whiteout_xattr(&self) -> &'static [u8] {
+        match self.mode {
+            XattrMode::Trusted => whiteout::WHITEOUT_XATTRS[0],
+            XattrMode::User => whiteout::WHITEOUT_XATTRS[1],
+        }
     }
 
     /// Removes an upper object that no lower layer shadows (no whiteout needed).
@@ -258,7 +283,14 @@ impl Upper {
     /// Renames within the upper; `flags` are renameat2's (RENAME_NOREPLACE, RENAME_EXCHANGE,
     /// RENAME_WHITEOUT to leave a whiteout at the source atomically).
     pub fn rename(&self, from: &[u8], to: &[u8], flags: u32) -> io::Result<()> {
-        rename2(&self.host(from), &self.host(to), flags)
+        match rename2(&self.host(from), &self.host(to), flags) {
+            // RENAME_WHITEOUT needs CAP_MKNOD: rename, then leave the xattr form of whiteout.
+            Err(e) if flags & libc::RENAME_WHITEOUT != 0 && e.raw_os_error() == Some(libc::EPERM) => {
+                rename2(&self.host(from), &self.host(to), flags & !libc::RENAME_WHITEOUT)?;
+                self.whiteout(from)
+            }
+            other => other,
+        }
     }
 
     pub fn link(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
@@ -383,7 +415,17 @@ fn mknod(path: &Path, kind: SFlag, mode: u32, rdev: u64) -> io::Result<()> {
 }
 
 fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    unprivileged_may_skip(std::os::unix::fs::lchown(path, Some(uid), Some(gid)))
+}
+
+/// An unprivileged mount (rootless, outside a user namespace) cannot give files other owners or
+/// set `trusted.*`/`security.*` xattrs: the copy keeps the caller's ownership instead, as a
+/// user copying files would get. Privileged mounts report every failure.
+fn unprivileged_may_skip(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && !nix::unistd::geteuid().is_root() => Ok(()),
+        other => other,
+    }
 }
 
 /// Owner, mode, xattrs and times of a lower entry onto a freshly made upper object, in the order
@@ -394,7 +436,7 @@ fn apply_metadata(path: &Path, entry: &Entry) -> io::Result<()> {
         fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & 0o7777))?;
     }
     for (name, value) in entry.xattrs.iter().filter(|(n, _)| !whiteout::is_internal_xattr(n)) {
-        set_xattr(path, name, value)?;
+        unprivileged_may_skip(set_xattr(path, name, value))?;
     }
     let t = libc::timespec { tv_sec: entry.mtime.sec, tv_nsec: entry.mtime.nsec as i64 };
     let p = cstr(path);

@@ -1,0 +1,122 @@
+//! strata as an unprivileged user, outside any user namespace: read-only inspection mounts, and
+//! writable mounts that write the overlayfs userxattr format (`user.overlay.*`): opaque
+//! directories by `user.overlay.opaque`, whiteouts as 0/0 devices (which anyone may create since
+//! Linux 5.8) or, where mknod is refused, the xattr form.
+//!
+//! Standard distributions ship /dev/fuse as 0666; the test makes it so (as root) for its run.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use support::{is_mounted, require_command, require_fuse};
+
+const NOBODY: u32 = 65534;
+
+/// Runs a command as nobody:nogroup.
+fn as_nobody(cache: &Path, program: &str, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--"])
+        .arg(program)
+        .args(args)
+        .env("STRATA_CACHE", cache)
+        .env("HOME", cache)
+        .output()
+        .expect("running setpriv")
+}
+
+fn chown_tree(path: &Path) {
+    assert!(Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(path).status().unwrap().success());
+}
+
+/// Puts /dev/fuse back as it was when dropped.
+struct FuseMode(u32);
+
+impl Drop for FuseMode {
+    fn drop(&mut self) {
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}
+
+#[test]
+fn an_unprivileged_user_mounts_read_only_and_writable() {
+    if !require_fuse() || !require_command("setpriv") || !require_command("fusermount3") {
+        return;
+    }
+    let original = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+    let _restore = FuseMode(original);
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::set_permissions(w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lower = w.join("lower");
+    std::fs::create_dir_all(lower.join("dir")).unwrap();
+    std::fs::write(lower.join("dir/old"), "old").unwrap();
+    std::fs::write(lower.join("gone"), "gone").unwrap();
+    std::fs::write(lower.join("keep"), "keep").unwrap();
+    // The user's own layers (in the runner, a user namespace maps them to root).
+    chown_tree(&lower);
+    let own = w.join("own");
+    for d in ["cache", "upper", "work", "ro", "rw"] {
+        std::fs::create_dir_all(own.join(d)).unwrap();
+    }
+    chown_tree(&own);
+    let strata = env!("CARGO_BIN_EXE_strata");
+    let (cache, ro, rw) = (own.join("cache"), own.join("ro"), own.join("rw"));
+
+    let out = as_nobody(&cache, strata, &["mount", "--layer", lower.to_str().unwrap(), ro.to_str().unwrap()]);
+    assert!(out.status.success(), "read-only mount as nobody: {}", String::from_utf8_lossy(&out.stderr));
+    let read = as_nobody(&cache, "cat", &[ro.join("keep").to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&read.stdout), "keep");
+    assert!(as_nobody(&cache, strata, &["umount", ro.to_str().unwrap()]).status.success());
+    assert!(!is_mounted(&ro));
+
+    let (upper, scratch) = (own.join("upper"), own.join("work"));
+    let args = [
+        "mount",
+        "--upper",
+        upper.to_str().unwrap(),
+        "--work",
+        scratch.to_str().unwrap(),
+        "--layer",
+        lower.to_str().unwrap(),
+        rw.to_str().unwrap(),
+    ];
+    let out = as_nobody(&cache, strata, &args);
+    assert!(out.status.success(), "writable mount as nobody: {}", String::from_utf8_lossy(&out.stderr));
+    let script = format!(
+        "set -e; cd {}; rm gone; echo more >> keep; rm -r dir; mkdir dir; echo new > dir/new; ls -a; ls dir",
+        rw.display()
+    );
+    let changed = as_nobody(&cache, "sh", &["-c", &script]);
+    let listing = String::from_utf8_lossy(&changed.stdout).into_owned();
+    assert!(as_nobody(&cache, strata, &["umount", rw.to_str().unwrap()]).status.success());
+    assert!(changed.status.success(), "changes as nobody: {}", String::from_utf8_lossy(&changed.stderr));
+    assert!(!listing.contains("gone") && !listing.contains("old"), "{listing}");
+    assert!(listing.contains("new"), "{listing}");
+
+    // The upper uses the userxattr forms: a marked zero-size file for the whiteout, in a
+    // directory marked "x"; the recreated directory is opaque.
+    let xattr = |path: &Path, name: &str| -> Option<Vec<u8>> {
+        let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 16];
+        let len = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (len >= 0).then(|| buf[..len as usize].to_vec())
+    };
+    // Since Linux 5.8 anyone may create the 0/0 device; older kernels get the xattr form.
+    let gone = std::fs::symlink_metadata(upper.join("gone")).unwrap();
+    if std::os::unix::fs::FileTypeExt::is_char_device(&gone.file_type()) {
+        assert_eq!(std::os::unix::fs::MetadataExt::rdev(&gone), 0);
+    } else {
+        assert_eq!(gone.len(), 0);
+        assert_eq!(xattr(&upper.join("gone"), "user.overlay.whiteout").as_deref(), Some(&b"y"[..]));
+        assert_eq!(xattr(&upper, "user.overlay.opaque").as_deref(), Some(&b"x"[..]));
+    }
+    assert_eq!(xattr(&upper.join("dir"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(std::fs::read_to_string(upper.join("keep")).unwrap(), "keepmore\n");
+    assert_eq!(std::fs::read_to_string(lower.join("gone")).unwrap(), "gone", "the lower is untouched");
+}
