@@ -1,5 +1,7 @@
 //! The FUSE adapter of a writable mount: a thin `fuser::Filesystem` over [`Overlay`]. Each
 //! method converts arguments, calls the overlay, and replies; errno mapping is `errno::from_io`.
+//! `flush` is deliberately not implemented: its ENOSYS makes the kernel stop sending one per
+//! close (it still writes dirty pages back itself), saving a round trip per file.
 
 use std::ffi::OsStr;
 use std::io;
@@ -286,10 +288,6 @@ impl Filesystem for OverlayFs {
             },
             _ => reply.error(Errno::EBADF),
         }
-    }
-
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
     }
 
     fn release(
