@@ -136,15 +136,29 @@ fn measure(
     mnt_root: &Path,
     results: &mut Results,
 ) -> Result<()> {
-    let mut failed = BTreeSet::new();
+    let label = ds.name().to_string();
+    each_run(systems, runs, &label, BTreeSet::new(), results, |system, results| {
+        measure_once(system, ds, tools, &mnt_root.join(system.key()), results)
+    })
+}
+
+/// Runs `once` for every run of every system. A system that fails is noted in the report and
+/// left out of the remaining runs (as are those already in `failed`); an interrupt stops all.
+pub(crate) fn each_run(
+    systems: &[System],
+    runs: usize,
+    label: &str,
+    mut failed: BTreeSet<System>,
+    results: &mut Results,
+    mut once: impl FnMut(System, &mut Results) -> Result<()>,
+) -> Result<()> {
     for run in 1..=runs {
         for &system in systems {
             if failed.contains(&system) {
                 continue;
             }
-            eprintln!("strata-bench: [{} run {run}/{runs}] {}", ds.name(), system.label());
-            let mnt = mnt_root.join(system.key());
-            if let Err(e) = measure_once(system, ds, tools, &mnt, results) {
+            eprintln!("strata-bench: [{label} run {run}/{runs}] {}", system.label());
+            if let Err(e) = once(system, results) {
                 host::check_interrupt()?;
                 eprintln!("strata-bench: {} failed: {e:#}", system.label());
                 results

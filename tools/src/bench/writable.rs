@@ -237,23 +237,8 @@ fn measure(setup: &Setup, systems: &[System], runs: usize, results: &mut Results
             failed.insert(System::StrataTar);
         }
     }
-    for run in 1..=runs {
-        for &system in systems {
-            if failed.contains(&system) {
-                continue;
-            }
-            eprintln!("strata-bench: [writable {} run {run}/{runs}] {}", setup.ds.name(), system.label());
-            if let Err(e) = measure_once(setup, system, results) {
-                host::check_interrupt()?;
-                eprintln!("strata-bench: {} failed: {e:#}", system.label());
-                results
-                    .notes
-                    .push(format!("{} failed in run {run} and was left out afterwards: {e:#}", system.label()));
-                failed.insert(system);
-            }
-        }
-    }
-    Ok(())
+    let label = format!("writable {}", setup.ds.name());
+    super::each_run(systems, runs, &label, failed, results, |system, results| measure_once(setup, system, results))
 }
 
 /// Fresh, empty upper and work directories for `system`.
