@@ -1,3 +1,20 @@
-//! strata's container runner: namespaces, rootfs set-up (pivot_root, /proc, /dev), cgroups and the
-//! container process. Empty until the runner issue lands; it will consume `strata_fs` mounts and must
-//! not reach into the filesystem's internals (layer index, merged view).
+//! strata's container runner: starts a process whose root filesystem is a writable strata mount
+//! of an image, in new namespaces, under cgroup limits, as root or rootless.
+//!
+//! - [`spec`]: the container as data: image config + user options resolved into what to run (pure).
+//! - [`user`]: `/etc/passwd` and `/etc/group` lookups for `--user` and the image's `User` (pure).
+//! - [`cgroup`]: limits (memory, swap, pids, cpu) on cgroup v2 or v1, creation and removal.
+//! - [`tty`]: the pseudo-terminal of `-t`: raw mode, window size, the relay loop.
+//! - [`state`]: the state directory: container records, `ps`, `rm`, crash clean-up.
+//!
+//! The runner consumes strata-fs through its public mount API (`strata_fs::fuse::mount`,
+//! `strata_fs::overlay`) and must not reach into the layer index or the merged view.
+
+pub mod cgroup;
+pub mod error;
+pub mod spec;
+pub mod state;
+pub mod tty;
+pub mod user;
+
+pub use error::{Error, Result};
