@@ -62,10 +62,14 @@ impl ImageArgs {
 
     /// Resolves, loads (indexing once, then from the cache) and merges the image.
     pub fn load(&self) -> Result<ImageView> {
-        let image = self.resolve()?;
-        let cache = Cache::from_env();
-        let layers = layer::load_all(&image.layers, &cache, &TerminalProgress::default())
-            .with_context(|| format!("loading layers (cache {})", cache.root().display()))?;
-        Ok(ImageView::new(layers)?)
+        load_layers(&self.resolve()?)
     }
+}
+
+/// Loads (indexing once, then from the cache) and merges a resolved image's layers.
+pub fn load_layers(image: &image::Image) -> Result<ImageView> {
+    let cache = Cache::from_env();
+    let layers = layer::load_all(&image.layers, &cache, &TerminalProgress::default())
+        .with_context(|| format!("loading layers (cache {})", cache.root().display()))?;
+    Ok(ImageView::new(layers)?)
 }

@@ -6,6 +6,7 @@ mod image_args;
 mod inspect;
 mod overlayfs_cli;
 mod progress;
+mod run;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,22 @@ enum Command {
         /// Print JSON for scripts
         #[arg(long)]
         json: bool,
+    },
+    /// Run a command in a container: the image mounted writable as its root, in new namespaces
+    Run(Box<run::RunArgs>),
+    /// List containers (running, exited and crashed ones)
+    Ps {
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete containers: state, writable layer and any leftover cgroup
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill the container first if it is running
+        #[arg(short, long)]
+        force: bool,
     },
     /// Build a small image from host files, mount it, show its merged tree, unmount
     Demo,
@@ -141,6 +158,16 @@ fn run(cli: Cli) -> Result<()> {
             mount::unmount(&mountpoint, lazy).with_context(|| format!("unmounting {}", mountpoint.display()))
         }
         Command::Inspect { image, path, json } => inspect::run(&image, path.as_deref(), json),
+        // Docker's convention: 125 when the runner itself fails, else the container's own code.
+        Command::Run(args) => match run::run(*args) {
+            Ok(code) => std::process::exit(code),
+            Err(err) => {
+                eprintln!("strata: {err:#}");
+                std::process::exit(strata_runner::process::exit_code::RUNNER_FAILED);
+            }
+        },
+        Command::Ps { json } => run::ps(json),
+        Command::Rm { names, force } => run::rm(&names, force),
         Command::Demo => demo::run(),
     }
 }

@@ -57,6 +57,43 @@ impl MountConfig {
     }
 }
 
+/// A mounted filesystem that does not serve yet: the kernel queues requests until [`Mounted::run`].
+/// Lets a caller do work between mounting and serving (the runner forks the container there,
+/// while the process is still single-threaded).
+pub struct Mounted<FS: Filesystem> {
+    session: Session<FS>,
+    mountpoint: PathBuf,
+}
+
+/// Mounts `fs` on `mountpoint` (which must be an existing directory) without serving it yet.
+pub fn mount<FS: Filesystem>(fs: FS, mountpoint: &Path, config: &MountConfig) -> Result<Mounted<FS>> {
+    check_mountpoint(mountpoint)?;
+    match Session::new(fs, mountpoint, &config.fuser_config()) {
+        Ok(session) => Ok(Mounted { session, mountpoint: mountpoint.to_path_buf() }),
+        Err(e) => {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EPERM) {
+                " (is /dev/fuse accessible and fusermount3 installed? run scripts/setup.sh)"
+            } else {
+                ""
+            };
+            Err(Error::Mount { path: mountpoint.to_path_buf(), detail: format!("{e}{hint}") })
+        }
+    }
+}
+
+impl<FS: Filesystem> Mounted<FS> {
+    /// A handle that unmounts from another thread; `run` returns once it has.
+    pub fn unmounter(&mut self) -> fuser::SessionUnmounter {
+        self.session.unmount_callable()
+    }
+
+    /// Serves requests on the configured threads until the filesystem is unmounted.
+    pub fn run(self) -> Result<()> {
+        let path = self.mountpoint;
+        self.session.run().map_err(|e| Error::Mount { path, detail: format!("serving requests: {e}") })
+    }
+}
+
 /// Mounts and serves in this process until the mount goes away. `ready` is called once, with
 /// the outcome of mounting, before any request is served.
 pub fn serve(
@@ -66,32 +103,17 @@ pub fn serve(
     ready: impl FnOnce(Result<(), &Error>),
 ) -> Result<()> {
     let mount_error = |detail: String| Error::Mount { path: mountpoint.to_path_buf(), detail };
-    let checked = match std::fs::metadata(mountpoint) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(mount_error("not a directory".into())),
-        Err(e) => Err(mount_error(format!("{e}; create the directory first"))),
-    };
-    if let Err(e) = checked {
-        ready(Err(&e));
-        return Err(e);
-    }
     // Block the stop signals before fuser starts its threads, so only the waiter below sees them.
     let stop = stop_signals();
     stop.thread_block().map_err(|e| mount_error(format!("blocking signals: {e}")))?;
-    let mut session = match Session::new(fs, mountpoint, &config.fuser_config()) {
-        Ok(s) => s,
+    let mut mounted = match mount(fs, mountpoint, config) {
+        Ok(m) => m,
         Err(e) => {
-            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EPERM) {
-                " (is /dev/fuse accessible and fusermount3 installed? run scripts/setup.sh)"
-            } else {
-                ""
-            };
-            let err = mount_error(format!("{e}{hint}"));
-            ready(Err(&err));
-            return Err(err);
+            ready(Err(&e));
+            return Err(e);
         }
     };
-    let mut unmounter = session.unmount_callable();
+    let mut unmounter = mounted.unmounter();
     std::thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {
@@ -101,7 +123,7 @@ pub fn serve(
         })
         .map_err(|e| mount_error(format!("starting the signal thread: {e}")))?;
     ready(Ok(()));
-    session.run().map_err(|e| mount_error(format!("serving requests: {e}")))
+    mounted.run()
 }
 
 /// Fails unless `mountpoint` is an existing directory: worth checking before indexing an image.

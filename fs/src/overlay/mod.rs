@@ -105,7 +105,7 @@ pub fn open(view: ImageView, upper: &Path, work: &Path) -> crate::Result<Overlay
             return Err(refuse(format!("the lower directory {} overlaps the upper or work directory", l.display())));
         }
     }
-    let mode = if nix::unistd::geteuid().is_root() { XattrMode::Trusted } else { XattrMode::User };
+    let mode = if crate::upper::privileged() { XattrMode::Trusted } else { XattrMode::User };
     let upper = Upper::open(&u, &w, mode).map_err(|e| refuse(e.to_string()))?;
     Ok(Overlay::new(view, upper))
 }

@@ -418,14 +418,25 @@ fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     unprivileged_may_skip(std::os::unix::fs::lchown(path, Some(uid), Some(gid)))
 }
 
-/// An unprivileged mount (rootless, outside a user namespace) cannot give files other owners or
-/// set `trusted.*`/`security.*` xattrs: the copy keeps the caller's ownership instead, as a
-/// user copying files would get. Privileged mounts report every failure.
+/// An unprivileged mount (rootless, or root of a user namespace) cannot give files owners it
+/// does not map (EINVAL) or may not give away (EPERM), nor set `trusted.*`/`security.*` xattrs:
+/// the copy keeps the caller's ownership instead, as a user copying files would get. Privileged
+/// mounts report every failure.
 fn unprivileged_may_skip(result: io::Result<()>) -> io::Result<()> {
     match result {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) && !nix::unistd::geteuid().is_root() => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) && !privileged() => Ok(()),
         other => other,
     }
+}
+
+/// True for root of the initial user namespace: the only caller with every capability over the
+/// host's files. Root of a user namespace (a rootless container's filesystem daemon) is not.
+pub fn privileged() -> bool {
+    // Not cached: a process may enter a user namespace after its first call.
+    let initial_namespace = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    nix::unistd::geteuid().is_root() && initial_namespace
 }
 
 /// Owner, mode, xattrs and times of a lower entry onto a freshly made upper object, in the order

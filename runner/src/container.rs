@@ -1,0 +1,555 @@
+//! One container's life, across three processes:
+//!
+//! ```text
+//! strata run (supervisor, host namespaces)      state record, cgroup, pty relay, signal forwarding, clean-up
+//!  └─ filesystem daemon (own mount ns [+ user ns])  mounts and serves the rootfs (strata FUSE overlay)
+//!      └─ container (new mount, pid, uts, ipc, [net], cgroup ns)  rootfs set-up, pivot_root, exec
+//! ```
+//!
+//! The rootfs mount exists only inside the daemon's private mount namespace and the container's
+//! copy of it, so whatever way the container ends — even kill -9 — the kernel drops the mount with
+//! the last process of those namespaces; the supervisor removes the cgroup and the state. The
+//! daemon is one per container: it dies with its container and shares the image's layer index
+//! (read from the cache) with every other container through the page cache.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Pid};
+use strata_fs::fuse::mount::{self, MountConfig};
+use strata_fs::fuse::overlay_fs::OverlayFs;
+use strata_fs::view::ImageView;
+
+use crate::cgroup::{self, Cgroup};
+use crate::error::{Error, IoContext, Result};
+use crate::idmap;
+use crate::process::{self, exit_code, StartError};
+use crate::resolve::Root;
+use crate::rootfs::{self, PlanInputs, Step};
+use crate::spec::{Network, Spec};
+use crate::state::{ProcessId, Record, StateDirs, Status};
+use crate::tty;
+
+/// What to start.
+pub struct Launch {
+    pub name: String,
+    /// How the user named the image, for `strata ps`.
+    pub image: String,
+    pub view: ImageView,
+    pub spec: Spec,
+    /// Delete the container's state and upper directory when it exits (`--rm`).
+    pub remove: bool,
+}
+
+/// Signals `strata run` passes on to the container (SIGWINCH resizes the pty instead).
+const FORWARDED: &[Signal] =
+    &[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2];
+
+/// Filesystem threads per container: requests are short and a busy container is one process tree.
+const DAEMON_THREADS: usize = 2;
+
+/// Runs the container to its end and returns its exit code (128 + signal when killed).
+pub fn run(launch: Launch, dirs: &StateDirs) -> Result<i32> {
+    let record = Record {
+        name: launch.name.clone(),
+        image: launch.image.clone(),
+        command: launch.spec.args.clone(),
+        created_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        rootless: launch.spec.rootless,
+        remove_on_exit: launch.remove,
+        supervisor: Some(ProcessId::current()?),
+        container: None,
+        cgroup_dirs: Vec::new(),
+        status: Status::Creating,
+    };
+    dirs.claim(&record)?;
+    let mut supervisor = Supervisor { dirs, record, cgroup: None, daemon: None, started: false };
+    let remove = launch.remove;
+    let outcome = supervisor.start_and_wait(launch);
+    let cleaned = supervisor.clean_up(&outcome, remove);
+    let code = outcome?;
+    cleaned?;
+    Ok(code)
+}
+
+struct Supervisor<'a> {
+    dirs: &'a StateDirs,
+    record: Record,
+    cgroup: Option<Cgroup>,
+    daemon: Option<Pid>,
+    /// The container's program was exec'd: its upper is worth keeping.
+    started: bool,
+}
+
+/// Descriptors a child needs, passed through fork.
+struct Channels {
+    /// Daemon → supervisor: `userns`, `pid N`, `exit N` or `error MSG` lines.
+    status: (OwnedFd, OwnedFd),
+    /// Supervisor → daemon: the id maps are written (rootless).
+    maps_done: (OwnedFd, OwnedFd),
+    /// Container → supervisor: `CODE MESSAGE` if starting failed; EOF at exec (close-on-exec).
+    start_error: (OwnedFd, OwnedFd),
+}
+
+impl Supervisor<'_> {
+    fn start_and_wait(&mut self, launch: Launch) -> Result<i32> {
+        let Launch { name, image, view, spec, remove: _ } = launch;
+        let (spec, name) = (&spec, &name);
+        let placement = cgroup::create(name, &spec.limits, spec.rootless)?;
+        for warning in &placement.warnings {
+            eprintln!("strata: warning: {warning}");
+        }
+        if let Some(cg) = &placement.cgroup {
+            self.record.cgroup_dirs = cg.dirs().to_vec();
+            self.dirs.save(&self.record)?;
+        }
+        self.cgroup = placement.cgroup;
+        let run_dir = self.dirs.run_dir(name);
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
+        for (file, text) in rootfs::etc_files(&spec.hostname, spec.network, host_resolv.as_deref()) {
+            std::fs::write(run_dir.join(file), text).at(run_dir.join(file))?;
+        }
+        let pty = if spec.tty { Some(tty::open(Some(std::io::stdin().as_fd()))?) } else { None };
+        let console = pty.as_ref().map(tty::slave_path).transpose()?;
+        let steps = rootfs::plan(spec, &PlanInputs { etc_files: &run_dir, console: console.as_deref() });
+        let channels = Channels { status: pipe()?, maps_done: pipe()?, start_error: pipe()? };
+
+        let mut blocked = SigSet::empty();
+        for &s in FORWARDED.iter().chain(&[Signal::SIGWINCH, Signal::SIGCHLD]) {
+            blocked.add(s);
+        }
+        blocked.thread_block().map_err(|e| Error::sys("blocking signals", e))?;
+        let signals = SignalFd::new(&blocked).map_err(|e| Error::sys("signalfd", e))?;
+
+        let data = self.dirs.data_dir(name);
+        let daemon_job = DaemonJob {
+            view,
+            upper: data.join("upper"),
+            work: data.join("work"),
+            source: format!("{image}:{name}"),
+            container: ContainerJob {
+                spec,
+                steps: &steps,
+                rootfs: run_dir.join("rootfs"),
+                cgroup: self.cgroup.as_ref(),
+                pty_slave: pty.as_ref().map(|p| p.slave.as_raw_fd()),
+            },
+        };
+        // SAFETY: strata run is single-threaded here (no relay or other thread started yet).
+        let daemon = match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("forking the filesystem daemon", e))? {
+            ForkResult::Child => daemon_job.run(channels),
+            ForkResult::Parent { child } => child,
+        };
+        drop(daemon_job);
+        self.daemon = Some(daemon);
+        let Channels { status, maps_done, start_error } = channels;
+        drop((status.1, maps_done.0, start_error.1));
+        let mut status = BufReader::new(File::from(status.0));
+
+        let mut line = read_message(&mut status, daemon)?;
+        if line == "userns" {
+            let mapped = idmap::write_maps(daemon.as_raw())?;
+            File::from(maps_done.1)
+                .write_all(if mapped.setgroups { b"1" } else { b"0" })
+                .at("the daemon's sync pipe")?;
+            line = read_message(&mut status, daemon)?;
+        } else {
+            drop(maps_done.1);
+        }
+        let container_pid = match line.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok()) {
+            Some(pid) => Pid::from_raw(pid),
+            None => return Err(self.daemon_failed(&line)),
+        };
+        self.record.container = ProcessId::of(container_pid.as_raw()).ok();
+        self.record.status = Status::Running;
+        self.dirs.save(&self.record)?;
+
+        let raw_mode = match &pty {
+            Some(_) => tty::raw_mode_if_tty(std::io::stdin().as_fd())?,
+            None => None,
+        };
+        let relay = match pty {
+            Some(pty) => {
+                drop(pty.slave);
+                let input = if spec.interactive { Some(dup(0)?) } else { None };
+                Some(tty::start_relay(pty.master, input, dup(1)?)?)
+            }
+            None => None,
+        };
+
+        // The container reports a failed start on this pipe; exec closes it.
+        let mut report = String::new();
+        let _ = File::from(start_error.0).read_to_string(&mut report);
+        if !report.is_empty() {
+            let (code, message) = report.split_once(' ').unwrap_or(("125", &report));
+            let code = code.parse().unwrap_or(exit_code::RUNNER_FAILED);
+            let _ = waitpid(daemon, None);
+            self.daemon = None;
+            if let Some(relay) = relay {
+                relay.finish();
+            }
+            drop(raw_mode);
+            eprintln!("strata: {message}");
+            return Ok(code);
+        }
+        self.started = true;
+
+        let code = self.forward_until_exit(daemon, container_pid, &signals, relay.as_ref().map(|r| r.master()))?;
+        let final_line = read_message(&mut status, daemon).unwrap_or_default();
+        self.daemon = None;
+        if let Some(relay) = relay {
+            relay.finish();
+        }
+        drop(raw_mode);
+        match (final_line.strip_prefix("exit ").and_then(|c| c.parse::<i32>().ok()), code) {
+            (Some(exit), _) => Ok(exit),
+            (None, daemon_code) => Err(Error::Container {
+                name: name.clone(),
+                detail: format!(
+                    "the filesystem daemon ended ({}) without reporting the container's exit: {final_line}",
+                    daemon_code.map_or("unknown status".to_string(), |c| format!("code {c}"))
+                ),
+            }),
+        }
+    }
+
+    /// Forwards signals to the container until the daemon (which outlives the container) exits.
+    fn forward_until_exit(
+        &self,
+        daemon: Pid,
+        container: Pid,
+        signals: &SignalFd,
+        pty_master: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Option<i32>> {
+        let daemon_fd = pidfd_open(daemon)?;
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: signals.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: daemon_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: poll on two descriptors we own.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::sys("waiting for the container", e));
+            }
+            if fds[1].revents != 0 {
+                let status = waitpid(daemon, None).map_err(|e| Error::sys("waiting for the filesystem daemon", e))?;
+                return Ok(process::exit_code_of(status));
+            }
+            if fds[0].revents != 0 {
+                while let Ok(Some(info)) = signals.read_signal() {
+                    let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else { continue };
+                    match signal {
+                        Signal::SIGWINCH => {
+                            if let Some(master) = pty_master {
+                                tty::copy_window_size(std::io::stdin().as_fd(), master);
+                            }
+                        }
+                        Signal::SIGCHLD => {}
+                        other => {
+                            let _ = kill(container, other);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn daemon_failed(&mut self, line: &str) -> Error {
+        let detail = match line.strip_prefix("error ") {
+            Some(message) => message.to_string(),
+            None => "the filesystem daemon exited before the container started".to_string(),
+        };
+        Error::Container { name: self.record.name.clone(), detail }
+    }
+
+    /// Runs on every way out of `start_and_wait`: no daemon left, cgroup removed, state updated
+    /// or deleted.
+    fn clean_up(&mut self, outcome: &Result<i32>, remove: bool) -> Result<()> {
+        if let Some(daemon) = self.daemon.take() {
+            // Its death takes the container down (parent-death signal) and the mount with it.
+            let _ = kill(daemon, Signal::SIGKILL);
+            let _ = waitpid(daemon, None);
+        }
+        let cgroup_removed = match &self.cgroup {
+            Some(cg) => cg.remove(),
+            None => Ok(()),
+        };
+        let state = match outcome {
+            Ok(code) if !remove && self.started => {
+                self.record.status = Status::Exited { code: *code };
+                self.dirs.save(&self.record)
+            }
+            // --rm, or a container that never ran: nothing in it is worth keeping.
+            _ => self.dirs.delete(&self.record.name, true),
+        };
+        cgroup_removed.and(state)
+    }
+}
+
+/// What the filesystem daemon needs, carried across fork.
+struct DaemonJob<'a> {
+    view: ImageView,
+    upper: PathBuf,
+    work: PathBuf,
+    source: String,
+    container: ContainerJob<'a>,
+}
+
+/// What the container's first process needs, carried across clone.
+struct ContainerJob<'a> {
+    spec: &'a Spec,
+    steps: &'a [Step],
+    /// The mountpoint of the rootfs (inside the daemon's mount namespace).
+    rootfs: PathBuf,
+    cgroup: Option<&'a Cgroup>,
+    pty_slave: Option<RawFd>,
+}
+
+impl DaemonJob<'_> {
+    /// The daemon process: never returns.
+    fn run(self, channels: Channels) -> ! {
+        let Channels { status, maps_done, start_error } = channels;
+        drop((status.0, maps_done.1, start_error.0));
+        let mut status = File::from(status.1);
+        let code = match self.serve(File::from(maps_done.0), start_error.1, &mut status) {
+            Ok(code) => {
+                let _ = writeln!(status, "exit {code}");
+                0
+            }
+            Err(e) => {
+                let _ = writeln!(status, "error {}", e.to_string().replace('\n', " "));
+                1
+            }
+        };
+        // SAFETY: leaving the forked daemon without running the supervisor's destructors.
+        unsafe { libc::_exit(code) }
+    }
+
+    fn serve(self, mut maps_done: File, start_error: OwnedFd, status: &mut File) -> Result<i32> {
+        // Dies with the supervisor, taking the container along.
+        set_parent_death_signal()?;
+        let _ = nix::unistd::setsid();
+        let job = self.container;
+        let mut setgroups = true;
+        if job.spec.rootless {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| {
+                Error::sys("creating the user namespace (are unprivileged user namespaces enabled?)", e)
+            })?;
+            writeln!(status, "userns").at("the status pipe")?;
+            let mut answer = [0u8; 1];
+            let n = maps_done.read(&mut answer).at("the sync pipe")?;
+            if n != 1 {
+                return Err(Error::invalid("the supervisor did not write the id maps"));
+            }
+            setgroups = answer[0] == b'1';
+            let root = nix::unistd::Uid::from_raw(0);
+            let root_gid = nix::unistd::Gid::from_raw(0);
+            nix::unistd::setresgid(root_gid, root_gid, root_gid).map_err(|e| Error::sys("becoming gid 0", e))?;
+            nix::unistd::setresuid(root, root, root).map_err(|e| Error::sys("becoming uid 0", e))?;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|e| Error::sys("creating the daemon's mount namespace", e))?;
+        // Nothing mounted from here on may propagate back to the host.
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| Error::sys("making the mount namespace private", e))?;
+        let overlay = strata_fs::overlay::open(self.view, &self.upper, &self.work)?;
+        let config = MountConfig {
+            source: self.source.clone(),
+            allow_other: true,
+            dev_suid: true,
+            threads: DAEMON_THREADS,
+            writable: true,
+        };
+        let mut mounted = mount::mount(OverlayFs::new(overlay), &job.rootfs, &config)?;
+        let container = job.clone_container(start_error, setgroups)?;
+        writeln!(status, "pid {container}").at("the status pipe")?;
+        if let Some(slave) = job.pty_slave {
+            // SAFETY: the daemon's copy of the pty slave, unused here: the container has its own.
+            unsafe { libc::close(slave) };
+        }
+        detach_stdio();
+
+        let mut unmounter = mounted.unmounter();
+        let waiter = std::thread::Builder::new()
+            .name("strata-wait".into())
+            .spawn(move || {
+                let code = waitpid(container, None).ok().and_then(process::exit_code_of);
+                // The container's mount namespace is gone with it: unmounting here flushes
+                // what it wrote and ends the session.
+                let _ = unmounter.unmount();
+                code
+            })
+            .map_err(|e| Error::sys("starting the waiter thread", e))?;
+        mounted.run()?;
+        let code = waiter.join().ok().flatten().unwrap_or(exit_code::RUNNER_FAILED);
+        Ok(code)
+    }
+}
+
+impl ContainerJob<'_> {
+    /// Clones the container's first process into its new namespaces.
+    /// `start_error` is the container's end of the start-error pipe; the daemon's copy closes on return.
+    fn clone_container(&self, start_error: OwnedFd, setgroups: bool) -> Result<Pid> {
+        use nix::sched::CloneFlags as F;
+        let mut flags = F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWUTS | F::CLONE_NEWIPC;
+        if self.spec.network == Network::None {
+            flags |= F::CLONE_NEWNET;
+        }
+        // SAFETY: a fork-like clone (no new stack: the child continues on a copy of ours) of a
+        // process that is still single-threaded (fuser starts its threads later, in run()).
+        let pid = unsafe {
+            libc::syscall(libc::SYS_clone, flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0)
+        };
+        match pid {
+            -1 => Err(Error::sys("creating the container's namespaces", std::io::Error::last_os_error())),
+            0 => {
+                let failure = match self.start_container(setgroups) {
+                    Ok(never) => match never {},
+                    Err(failure) => failure,
+                };
+                let mut report = File::from(start_error);
+                let _ = write!(report, "{} {}", failure.code, failure.message);
+                // SAFETY: leaving the container's process without running inherited destructors.
+                unsafe { libc::_exit(failure.code) }
+            }
+            pid => Ok(Pid::from_raw(pid as i32)),
+        }
+    }
+
+    /// The container's first process: builds its world and execs. Returns only on failure.
+    fn start_container(&self, setgroups: bool) -> Result<std::convert::Infallible, StartError> {
+        set_parent_death_signal()?;
+        // Until exec, this is strata's own image: keep it out of reach of /proc/PID/* in the container.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        if let Some(cg) = self.cgroup {
+            cg.join()?;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| Error::sys("creating the cgroup namespace", e))?;
+        nix::unistd::sethostname(&self.spec.hostname).map_err(|e| Error::sys("setting the hostname", e))?;
+        if self.spec.network == Network::None {
+            crate::net::loopback_up()?;
+        }
+        let root = Root::open(&self.rootfs)?;
+        rootfs::apply(&root, self.steps)?;
+        drop(root);
+        rootfs::pivot_root(&self.rootfs)?;
+        let (identity, env) = process::resolve_identity(self.spec)?;
+        process::enter_workdir(&self.spec.cwd)?;
+        match self.pty_slave {
+            Some(slave) => tty::attach_as_controlling(slave).map_err(|e| Error::sys("attaching the terminal", e))?,
+            None if !self.spec.interactive => redirect_stdin_to_null()?,
+            None => {}
+        }
+        process::become_identity(&identity, setgroups)?;
+        process::reset_signals();
+        process::close_host_descriptors()?;
+        Err(if self.spec.init {
+            process::run_init(&self.spec.args, &env)
+        } else {
+            process::exec(&self.spec.args, &env)
+        })
+    }
+}
+
+fn set_parent_death_signal() -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(Error::sys("setting the parent-death signal", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Points the daemon's stdin, stdout and stderr at /dev/null: it reports through its status pipe,
+/// and must not keep the caller's terminal or pipes open once the container has exited.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, which this process owns.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Without `-i`, the container reads nothing from the caller, as with `docker run`.
+fn redirect_stdin_to_null() -> Result<()> {
+    let null = File::open("/dev/null").at("/dev/null (in the container)")?;
+    nix::unistd::dup2_stdin(&null).map_err(|e| Error::sys("redirecting stdin", e))?;
+    Ok(())
+}
+
+/// Reads one status line from the daemon; EOF means it died.
+fn read_message(status: &mut BufReader<File>, daemon: Pid) -> Result<String> {
+    let mut line = String::new();
+    status.read_line(&mut line).at("the daemon's status pipe")?;
+    if line.is_empty() {
+        let how = waitpid(daemon, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        return Err(Error::invalid(format!("the filesystem daemon exited without a word ({how:?})")));
+    }
+    Ok(line.trim_end().to_string())
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))
+}
+
+fn dup(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC of a standard descriptor; the result is ours.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(Error::sys(format!("duplicating descriptor {fd}"), std::io::Error::last_os_error()));
+    }
+    // SAFETY: fcntl just returned this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open of our own child.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(Error::sys("pidfd_open", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel just returned this descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Paths a container occupies, for `strata rm` after a crash.
+pub fn remove(dirs: &StateDirs, name: &str, force: bool) -> Result<()> {
+    let record = dirs.load(name).ok();
+    if let Some(record) = &record {
+        if let Some(sup) = record.supervisor.filter(|p| p.is_alive()) {
+            if !force {
+                return Err(Error::Container {
+                    name: name.into(),
+                    detail: "is running; stop it or pass --force to kill it".into(),
+                });
+            }
+            let _ = kill(Pid::from_raw(sup.pid), Signal::SIGKILL);
+        }
+        if let Some(c) = record.container.filter(|p| p.is_alive()) {
+            let _ = kill(Pid::from_raw(c.pid), Signal::SIGKILL);
+        }
+        cgroup::remove_dirs(&record.cgroup_dirs)?;
+    }
+    dirs.delete(name, true)
+}

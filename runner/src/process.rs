@@ -1,0 +1,185 @@
+//! The container's process after `pivot_root`: its identity (user, groups), capabilities,
+//! no_new_privs, signal state, descriptors (only 0-2 survive exec: no host descriptor may leak
+//! in, the runc CVE-2024-21626 class), working directory, and the exec itself — or `--init`, a
+//! minimal PID 1 that forwards signals to the command and reaps zombies.
+
+use std::ffi::CString;
+use std::io;
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use crate::caps;
+use crate::error::{Error, Result};
+use crate::spec::{set_default_env, Spec};
+use crate::user::{self, Identity};
+
+/// Exit codes strata run uses for its own failures (Docker's).
+pub mod exit_code {
+    /// strata could not create or start the container.
+    pub const RUNNER_FAILED: i32 = 125;
+    /// The command exists but cannot be executed.
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// The command was not found.
+    pub const NOT_FOUND: i32 = 127;
+}
+
+/// An error of the container's process, with the exit code `strata run` reports for it.
+#[derive(Debug)]
+pub struct StartError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<Error> for StartError {
+    fn from(e: Error) -> StartError {
+        StartError { code: exit_code::RUNNER_FAILED, message: e.to_string() }
+    }
+}
+
+/// The identity and environment of the process, resolved in the container's own /etc.
+pub fn resolve_identity(spec: &Spec) -> Result<(Identity, Vec<String>)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let identity = user::resolve(&spec.user, &passwd, &group)?;
+    let mut env = spec.env.clone();
+    set_default_env(&mut env, "HOME", identity.home.as_deref().unwrap_or("/"));
+    Ok((identity, env))
+}
+
+/// Creates the working directory if missing (as Docker does for WORKDIR) and enters it.
+pub fn enter_workdir(cwd: &str) -> Result<()> {
+    std::fs::create_dir_all(cwd).map_err(|e| Error::io(format!("{cwd} (working directory)"), e))?;
+    nix::unistd::chdir(cwd).map_err(|e| Error::sys(format!("entering the working directory {cwd}"), e))
+}
+
+/// Becomes `identity` with Docker's capabilities and no_new_privs. `setgroups`: whether the user
+/// namespace allows setgroups(2) (a single-id rootless mapping denies it).
+pub fn become_identity(identity: &Identity, setgroups: bool) -> Result<()> {
+    caps::limit_bounding_set()?;
+    if setgroups {
+        let groups: Vec<Gid> = identity.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+        nix::unistd::setgroups(&groups).map_err(|e| Error::sys("setting the supplementary groups", e))?;
+    }
+    let (uid, gid) = (Uid::from_raw(identity.uid), Gid::from_raw(identity.gid));
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| Error::sys(format!("setting gid {gid}"), e))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| Error::sys(format!("setting uid {uid}"), e))?;
+    caps::set_process_caps(if identity.uid == 0 { caps::default_mask() } else { [0, 0] })?;
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(Error::sys("setting no_new_privs", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Default dispositions and an empty mask, as a fresh process expects: strata's own process
+/// ignores SIGPIPE and blocks the signals it forwards, and both would survive exec.
+pub fn reset_signals() {
+    for signal in Signal::iterator() {
+        if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            // SAFETY: restoring the default disposition installs no handler.
+            unsafe {
+                let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
+            }
+        }
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+}
+
+/// Marks every descriptor above 2 close-on-exec: whatever strata or its libraries opened
+/// (the /dev/fuse channel, pipes, directories of the host) cannot reach the container's program.
+pub fn close_host_descriptors() -> Result<()> {
+    // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
+    if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } != 0 {
+        return Err(Error::sys("marking descriptors close-on-exec", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Replaces the process with `args`, looked up in the container's PATH. Returns only on failure.
+pub fn exec(args: &[String], env: &[String]) -> StartError {
+    let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
+    let prepared = (|| {
+        let argv = args.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+        let envp = env.iter().map(|e| cstr(e)).collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, String>((argv, envp))
+    })();
+    let (argv, envp) = match prepared {
+        Ok(v) => v,
+        Err(message) => return StartError { code: exit_code::RUNNER_FAILED, message },
+    };
+    let program = &args[0];
+    let candidates: Vec<String> = if program.contains('/') {
+        vec![program.clone()]
+    } else {
+        let path = env.iter().find_map(|v| v.strip_prefix("PATH=")).unwrap_or(crate::spec::DEFAULT_PATH);
+        path.split(':').filter(|d| !d.is_empty()).map(|d| format!("{d}/{program}")).collect()
+    };
+    let mut denied = None;
+    for candidate in &candidates {
+        let Ok(path) = cstr(candidate) else { continue };
+        let err = nix::unistd::execve(&path, &argv, &envp).unwrap_err();
+        if err == nix::errno::Errno::EACCES || err == nix::errno::Errno::ENOEXEC {
+            denied = Some((candidate.clone(), err));
+        } else if err != nix::errno::Errno::ENOENT && err != nix::errno::Errno::ENOTDIR {
+            return StartError { code: exit_code::CANNOT_EXECUTE, message: format!("executing {candidate}: {err}") };
+        }
+    }
+    match denied {
+        Some((path, err)) => {
+            StartError { code: exit_code::CANNOT_EXECUTE, message: format!("executing {path}: {err}") }
+        }
+        None => StartError {
+            code: exit_code::NOT_FOUND,
+            message: format!("{program:?}: executable file not found in the container (PATH and root checked)"),
+        },
+    }
+}
+
+/// Exit code of a waited-for process, the shell's way: the status, or 128 + the signal.
+pub fn exit_code_of(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, signal, _) => Some(128 + signal as i32),
+        _ => None,
+    }
+}
+
+/// `--init`: forks the command and stays as PID 1, forwarding every signal it receives to the
+/// command and reaping every orphan, until the command exits; then exits with its code.
+pub fn run_init(args: &[String], env: &[String]) -> StartError {
+    let all = SigSet::all();
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None) {
+        return Error::sys("blocking signals in the init", e).into();
+    }
+    // SAFETY: the container's process is single-threaded here.
+    let child = match unsafe { nix::unistd::fork() } {
+        Err(e) => return Error::sys("forking the command under the init", e).into(),
+        Ok(ForkResult::Child) => {
+            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+            let failure = exec(args, env);
+            eprintln!("strata: {}", failure.message);
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(failure.code) };
+        }
+        Ok(ForkResult::Parent { child }) => child,
+    };
+    loop {
+        let Ok(signal) = all.wait() else { continue };
+        if signal != Signal::SIGCHLD {
+            let _ = nix::sys::signal::kill(child, signal);
+            continue;
+        }
+        while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+            if status.pid() == Some(child) {
+                let code = exit_code_of(status).unwrap_or(exit_code::RUNNER_FAILED);
+                // SAFETY: PID 1 leaves; the kernel ends the namespace's remaining processes.
+                unsafe { libc::_exit(code) };
+            }
+        }
+    }
+}
