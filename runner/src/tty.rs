@@ -201,7 +201,7 @@ impl Relay {
 
     /// After the container has exited: waits until all its output reached `output`, stops the
     /// input side, joins. The wait ends when the master reports EIO (every slave fd is closed),
-    /// or after [`DRAIN_IDLE`] without output, so a slave leaked elsewhere cannot hang it; it does
+    /// or after a second without output, so a slave fd leaked elsewhere cannot hang it; it does
     /// wait for whoever reads `output`.
     pub fn finish(mut self) {
         self.stop.take();
@@ -527,6 +527,20 @@ mod tests {
         assert!(start.elapsed() < DRAIN_IDLE, "{:?}", start.elapsed());
         let out = String::from_utf8_lossy(&collected.join().unwrap()).into_owned();
         assert!(out.contains("has-ctty"), "{out:?}");
+    }
+
+    #[test]
+    fn finish_gives_up_on_a_slave_that_stays_open() {
+        let pty = open(None).unwrap();
+        File::from(pty.slave.try_clone().unwrap()).write_all(b"last words").unwrap();
+        let (out_r, out_w) = pipe().unwrap();
+        let collected = collect(out_r, Duration::ZERO);
+        let relay = start_relay(pty.master, None, out_w).unwrap();
+        let start = Instant::now();
+        relay.finish();
+        assert!(start.elapsed() < DRAIN_IDLE * 5, "{:?}", start.elapsed());
+        assert!(String::from_utf8_lossy(&collected.join().unwrap()).contains("last words"));
+        drop(pty.slave);
     }
 
     #[test]
