@@ -11,7 +11,8 @@
 //!
 //! This module owns those two directories per name and nothing else: it never kills a process,
 //! never touches a cgroup (the record only lists `cgroup_dirs` for the cgroup module to remove),
-//! and the only mount it touches is a `rootfs/` left mounted under a run directory it is deleting.
+//! and the only mounts it touches are those left below a directory it is deleting (a crashed
+//! run's `rootfs/`).
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -487,7 +488,8 @@ fn resolve(uid: u32, var: &dyn Fn(&str) -> Option<OsString>) -> Result<StateDirs
     let run = match absolute("STRATA_RUN_DIR")? {
         Some(dir) => dir,
         None if uid == 0 => PathBuf::from("/run/strata"),
-        None => match xdg("XDG_RUNTIME_DIR") {
+        // `su` keeps the previous user's XDG_RUNTIME_DIR, which is not ours to write in.
+        None => match xdg("XDG_RUNTIME_DIR").filter(|d| fs::metadata(d).map_or(true, |m| m.uid() == uid)) {
             Some(dir) => dir.join("strata"),
             None => {
                 let dir = PathBuf::from(format!("/tmp/strata-{uid}"));
@@ -1050,6 +1052,13 @@ mod tests {
         assert_eq!(user.data, PathBuf::from("/home/u/.local/share/strata"));
         let user = resolve(1000, &env(&[("XDG_RUNTIME_DIR", "/r"), ("XDG_DATA_HOME", "/d"), ("HOME", "/h")])).unwrap();
         assert_eq!(user.data, PathBuf::from("/d/strata"));
+        if nix::unistd::geteuid().is_root() {
+            // Someone else's runtime directory (/ is root's) is skipped for the /tmp fallback.
+            let _ = fs::remove_dir("/tmp/strata-4242");
+            let user = resolve(4242, &env(&[("XDG_RUNTIME_DIR", "/"), ("HOME", "/h")])).unwrap();
+            assert_eq!(user.run, PathBuf::from("/tmp/strata-4242"));
+            let _ = fs::remove_dir("/tmp/strata-4242");
+        }
 
         let over = resolve(0, &env(&[("STRATA_RUN_DIR", "/t/run"), ("STRATA_DATA_DIR", "/t/data")])).unwrap();
         assert_eq!((over.run, over.data), (PathBuf::from("/t/run"), PathBuf::from("/t/data")));
