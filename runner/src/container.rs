@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::sys::signal::{kill, SigSet, Signal};
-use nix::sys::signalfd::SignalFd;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 use strata_fs::fuse::mount::{self, MountConfig};
@@ -127,7 +127,9 @@ impl Supervisor<'_> {
             blocked.add(s);
         }
         blocked.thread_block().map_err(|e| Error::sys("blocking signals", e))?;
-        let signals = SignalFd::new(&blocked).map_err(|e| Error::sys("signalfd", e))?;
+        // Non-blocking: the loop drains every pending signal, then goes back to poll.
+        let signals = SignalFd::with_flags(&blocked, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| Error::sys("signalfd", e))?;
 
         let data = self.dirs.data_dir(name);
         let daemon_job = DaemonJob {
@@ -462,7 +464,7 @@ impl ContainerJob<'_> {
             None => {}
         }
         process::become_identity(&identity, setgroups)?;
-        process::reset_signals();
+        process::reset_signal_dispositions();
         process::close_host_descriptors()?;
         Err(if self.spec.init {
             process::run_init(&self.spec.args, &env)

@@ -73,9 +73,10 @@ pub fn become_identity(identity: &Identity, setgroups: bool) -> Result<()> {
     Ok(())
 }
 
-/// Default dispositions and an empty mask, as a fresh process expects: strata's own process
-/// ignores SIGPIPE and blocks the signals it forwards, and both would survive exec.
-pub fn reset_signals() {
+/// Default dispositions, as a fresh process expects: strata's own process ignores SIGPIPE, and
+/// an ignored disposition would survive exec. The mask is left alone: signals the supervisor
+/// forwarded during set-up stay queued until [`exec`] or [`run_init`] decides what to do.
+pub fn reset_signal_dispositions() {
     for signal in Signal::iterator() {
         if !matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
             // SAFETY: restoring the default disposition installs no handler.
@@ -84,6 +85,9 @@ pub fn reset_signals() {
             }
         }
     }
+}
+
+fn unblock_all_signals() {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
@@ -109,6 +113,7 @@ pub fn exec(args: &[String], env: &[String]) -> StartError {
         Ok(v) => v,
         Err(message) => return StartError { code: exit_code::RUNNER_FAILED, message },
     };
+    unblock_all_signals();
     let program = &args[0];
     let candidates: Vec<String> = if program.contains('/') {
         vec![program.clone()]
@@ -148,6 +153,8 @@ pub fn exit_code_of(status: WaitStatus) -> Option<i32> {
 
 /// `--init`: forks the command and stays as PID 1, forwarding every signal it receives to the
 /// command and reaping every orphan, until the command exits; then exits with its code.
+/// Signals stay blocked from the supervisor's fork onwards: the kernel drops a signal that PID 1
+/// does not handle, so one unblocked moment would lose a signal forwarded during set-up.
 pub fn run_init(args: &[String], env: &[String]) -> StartError {
     let all = SigSet::all();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None) {
@@ -157,7 +164,6 @@ pub fn run_init(args: &[String], env: &[String]) -> StartError {
     let child = match unsafe { nix::unistd::fork() } {
         Err(e) => return Error::sys("forking the command under the init", e).into(),
         Ok(ForkResult::Child) => {
-            let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
             let failure = exec(args, env);
             eprintln!("strata: {}", failure.message);
             // SAFETY: leaving the forked child without running the parent's destructors.
@@ -165,6 +171,10 @@ pub fn run_init(args: &[String], env: &[String]) -> StartError {
         }
         Ok(ForkResult::Parent { child }) => child,
     };
+    // The init never execs, so its close-on-exec descriptors would stay open for the container's
+    // whole life — among them the start-error pipe the supervisor waits on until the command runs.
+    // SAFETY: close_range on descriptors this process no longer needs.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     loop {
         let Ok(signal) = all.wait() else { continue };
         if signal != Signal::SIGCHLD {
