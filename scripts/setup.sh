@@ -2,7 +2,8 @@
 # Installs what strata needs on a fresh Debian machine, idempotently: fuse3 (fusermount3, /dev/fuse
 # helpers), umoci (the independent reference the integration tests compare against), busybox-static
 # (a static shell for images built from host files) and a Rust toolchain check. With --bench it also
-# installs the peers and tools the macro benchmark uses: fuse-overlayfs, debootstrap, fio, ratarmount (PyPI).
+# installs the peers and tools the macro benchmark uses: fuse-overlayfs, debootstrap, fio, ratarmount (PyPI),
+# and the container runners `strata-bench --runner` compares with: bubblewrap and runc.
 set -euo pipefail
 
 want_bench=0
@@ -18,6 +19,8 @@ if [ "$want_bench" = 1 ]; then
   have_cmd debootstrap || need+=(debootstrap)
   have_cmd fio || need+=(fio)
   have_cmd pip3 || need+=(python3-pip)
+  have_cmd bwrap || need+=(bubblewrap)
+  have_cmd runc || need+=(runc)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

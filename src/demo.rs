@@ -1,5 +1,6 @@
 //! `strata demo`, README's main job: builds a small multi-layer image from host files (no network),
-//! mounts it, prints its merged tree with the layer each path comes from, and unmounts.
+//! mounts it, prints its merged tree with the layer each path comes from, and unmounts; mounts it
+//! writable and shows the upper; then runs a command in a container on it.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
@@ -45,6 +46,7 @@ pub fn run() -> Result<()> {
     println!("\n/app/hello.txt (the top layer's version): {}", hello.context("reading through the mount")?.trim());
     println!("unmounted");
     show_writable(work.path(), &image, &cache, &mountpoint)?;
+    run_container(work.path(), &image, &cache)?;
     println!("done");
     Ok(())
 }
@@ -72,6 +74,32 @@ fn show_writable(work: &Path, image: &image::Image, cache: &Cache, mountpoint: &
         let what =
             if meta.file_type().is_char_device() && meta.rdev() == 0 { "whiteout (0/0 char device)" } else { "file" };
         println!("  upper/app/{:<12} {what}", entry.file_name().to_string_lossy());
+    }
+    Ok(())
+}
+
+/// Shell builtins only: the demo image's one binary is the host's shell (busybox when installed).
+const CONTAINER_SCRIPT: &str = "read -r name < /etc/hostname; echo \"in the container: pid $$, hostname $name, cwd $PWD\"; \
+     while read -r line; do echo \"/app/hello.txt: $line\"; done < /app/hello.txt; \
+     echo written-inside > /app/from-container; echo \"wrote /app/from-container (in the container's upper)\"";
+
+/// Runs a command in a container whose root is the image, mounted writable by strata.
+fn run_container(work: &Path, image: &image::Image, cache: &Cache) -> Result<()> {
+    use strata_runner::container::{self, Launch};
+    use strata_runner::spec::{RunOptions, Spec};
+    let dirs = strata_runner::state::StateDirs { run: work.join("state/run"), data: work.join("state/data") };
+    let view = ImageView::new(layer::load_all(&image.layers, cache, &Quiet)?)?;
+    let command = ["/bin/sh", "-c", CONTAINER_SCRIPT].map(String::from).to_vec();
+    let options = RunOptions { command, ..RunOptions::default() };
+    let name = "strata-demo";
+    let spec = Spec::build(&image.config, &options, name, |_| None, nix::unistd::geteuid().is_root())?;
+    println!("
+strata run {name} /bin/sh -c …: new namespaces, the image as its writable root (--rm):");
+    let launch = Launch { name: name.into(), image: "demo".into(), view, spec, remove: true };
+    let code = container::run(launch, &dirs).context("running the demo container")?;
+    println!("the container exited with code {code}; its state and upper were removed (--rm)");
+    if code != 0 {
+        anyhow::bail!("the demo container failed (code {code}): is busybox-static installed? (scripts/setup.sh)");
     }
     Ok(())
 }
