@@ -17,7 +17,7 @@ pub fn synthetic_layer(dirs: usize, files: usize) -> Vec<u8> {
     for d in 0..dirs {
         items.push(Item::Dir { path: format!("usr/lib/pkg{d:04}"), meta: Meta::with_mode(0o755) });
         for f in 0..files {
-            let size = (d * 7919 + f * 104_729) % (1 << 16) >> (f % 4 * 3);
+            let size = ((d * 7919 + f * 104_729) % (1 << 16)) >> (f % 4 * 3);
             let path = format!("usr/lib/pkg{d:04}/file-{f:04}.so");
             items.push(Item::File { path, data: blob[..size].to_vec(), meta: Meta::default(), xattrs: vec![] });
         }

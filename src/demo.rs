@@ -79,7 +79,8 @@ fn show_writable(work: &Path, image: &image::Image, cache: &Cache, mountpoint: &
 }
 
 /// Shell builtins only: the demo image's one binary is the host's shell (busybox when installed).
-const CONTAINER_SCRIPT: &str = "read -r name < /etc/hostname; echo \"in the container: pid $$, hostname $name, cwd $PWD\"; \
+const CONTAINER_SCRIPT: &str =
+    "read -r name < /etc/hostname; echo \"in the container: pid $$, hostname $name, cwd $PWD\"; \
      while read -r line; do echo \"/app/hello.txt: $line\"; done < /app/hello.txt; \
      echo written-inside > /app/from-container; echo \"wrote /app/from-container (in the container's upper)\"";
 
@@ -93,8 +94,10 @@ fn run_container(work: &Path, image: &image::Image, cache: &Cache) -> Result<()>
     let options = RunOptions { command, ..RunOptions::default() };
     let name = "strata-demo";
     let spec = Spec::build(&image.config, &options, name, |_| None, nix::unistd::geteuid().is_root())?;
-    println!("
-strata run {name} /bin/sh -c …: new namespaces, the image as its writable root (--rm):");
+    println!(
+        "
+strata run {name} /bin/sh -c …: new namespaces, the image as its writable root (--rm):"
+    );
     let launch = Launch { name: name.into(), image: "demo".into(), view, spec, remove: true };
     let code = container::run(launch, &dirs).context("running the demo container")?;
     println!("the container exited with code {code}; its state and upper were removed (--rm)");

@@ -914,7 +914,10 @@ const EMPTY_DIR: Outcome = Ok(Some(String::new()));
 /// The hard cases, each from a fresh pair of mounts; some outcomes are also checked on the kernel
 /// (the harness checks itself). Merged view of the lowers: a/{f1,f4,b/{f5}} (a/b opaque: no f2),
 /// c/ (empty: f3 whited out), d (user.orig), e -> a/f1, h1 = h2.
-fn hand_written_cases() -> Vec<(&'static str, Vec<(Op, Option<Outcome>)>)> {
+/// A named case: operations with the outcome each must have (None: whatever the oracle says).
+type Case = (&'static str, Vec<(Op, Option<Outcome>)>);
+
+fn hand_written_cases() -> Vec<Case> {
     let none = |ops: Vec<Op>| ops.into_iter().map(|op| (op, None)).collect::<Vec<_>>();
     vec![
         (

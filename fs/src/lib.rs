@@ -15,6 +15,7 @@ pub mod image;
 pub mod inspect;
 pub mod layer;
 pub mod merge;
+pub mod mountinfo;
 pub mod overlay;
 pub mod path;
 pub mod upper;

@@ -115,9 +115,7 @@ impl Spec {
         }
         for var in &options.env {
             match var.split_once('=') {
-                Some((key, _)) if key.is_empty() => {
-                    return Err(Error::invalid(format!("-e {var:?}: empty variable name")))
-                }
+                Some(("", _)) => return Err(Error::invalid(format!("-e {var:?}: empty variable name"))),
                 Some(_) => set_env(&mut env, var.clone()),
                 None => {
                     if let Some(value) = host_env(var) {

@@ -619,32 +619,9 @@ fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         fs::read_to_string("/proc/thread-self/mountinfo").or_else(|_| fs::read_to_string("/proc/self/mountinfo"));
     let Ok(text) = text else { return Vec::new() };
     let mut points: Vec<PathBuf> =
-        text.lines().filter_map(|line| line.split(' ').nth(4)).map(unescape).filter(|p| p.starts_with(dir)).collect();
+        strata_fs::mountinfo::parse(&text).map(|m| m.mount_point).filter(|p| p.starts_with(dir)).collect();
     points.reverse();
     points
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal =
-            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(OsString::from_vec(out))
 }
 
 fn mounted_on(path: &Path, dev: u64) -> Result<bool> {
@@ -979,12 +956,6 @@ mod tests {
         dirs.delete("mnt", true).unwrap();
         assert!(!dirs.run_dir("mnt").exists());
         assert!(image.join("bin").exists(), "removal went through the mount");
-    }
-
-    #[test]
-    fn mountinfo_escapes() {
-        assert_eq!(unescape("/a\\040b\\011c\\134d"), PathBuf::from("/a b\tc\\d"));
-        assert_eq!(unescape("/plain\\x"), PathBuf::from("/plain\\x"));
     }
 
     #[test]

@@ -238,47 +238,10 @@ pub fn is_strata_mount(mountpoint: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };
-    info.lines().any(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let sep = fields.iter().position(|f| *f == "-");
-        let fstype = sep.and_then(|i| fields.get(i + 1)).copied().unwrap_or("");
-        let source = sep.and_then(|i| fields.get(i + 2)).copied().unwrap_or("");
-        fields.get(4).map(|p| PathBuf::from(unescape_mountinfo(p))) == Some(mountpoint.to_path_buf())
-            && (fstype == "fuse" || fstype.starts_with("fuse."))
-            && source.starts_with(SOURCE_PREFIX)
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo` octal.
-fn unescape_mountinfo(s: &str) -> std::ffi::OsString {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal =
-            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    std::ffi::OsString::from_vec(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unescapes_mountinfo_paths() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
+    let found = crate::mountinfo::parse(&info).any(|m| {
+        m.mount_point == mountpoint
+            && (m.fstype == "fuse" || m.fstype.starts_with("fuse."))
+            && m.source.starts_with(SOURCE_PREFIX)
+    });
+    found
 }

@@ -73,17 +73,14 @@ pub struct Hierarchies {
 /// the mount showing its whole tree, else from its first mount.
 pub fn parse_mountinfo(text: &str) -> Hierarchies {
     let mut found = Hierarchies::default();
-    for line in text.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // Optional fields (shared:N, master:N, …) come between field 6 and the "-" separator.
-        let Some(sep) = fields.iter().skip(6).position(|f| *f == "-").map(|i| i + 6) else { continue };
-        let (Some(fstype), Some(options)) = (fields.get(sep + 1), fields.get(sep + 3)) else { continue };
-        let mount = Mount { root: unescape(fields[3]), point: PathBuf::from(unescape(fields[4])) };
-        match *fstype {
+    for line in strata_fs::mountinfo::parse(text) {
+        let mount = Mount { root: line.root.to_string_lossy().into_owned(), point: line.mount_point };
+        match line.fstype {
             "cgroup2" if better(found.v2.as_ref(), &mount) => found.v2 = Some(mount),
             "cgroup" => {
                 // The controllers of a v1 hierarchy are its superblock options: "rw,cpu,cpuacct".
-                let controllers: Vec<Controller> = options.split(',').filter_map(Controller::from_name).collect();
+                let controllers: Vec<Controller> =
+                    line.super_options.split(',').filter_map(Controller::from_name).collect();
                 if controllers.is_empty() {
                     continue;
                 }
@@ -104,28 +101,6 @@ fn better(known: Option<&Mount>, candidate: &Mount) -> bool {
         None => true,
         Some(k) => k.root != "/" && candidate.root == "/",
     }
-}
-
-/// Undoes mountinfo's octal escapes of space, tab, newline and backslash ("\040").
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal =
-            bytes.get(i + 1..i + 4).filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |n, b| n.wrapping_mul(8).wrapping_add(b - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// strata's controllers listed in a `cgroup.controllers` or `cgroup.subtree_control` file.
@@ -400,11 +375,5 @@ mod tests {
         let h = parse_mountinfo("22 1 8:1 / / rw - ext4 /dev/vda rw\n");
         assert_eq!(h, Hierarchies::default());
         assert_eq!(plan_root(&h, &[], &[Memory]), Plan { targets: vec![], missing: vec![Memory] });
-    }
-
-    #[test]
-    fn mount_points_are_unescaped() {
-        assert_eq!(unescape("/mnt/cpu\\040bind\\134x"), "/mnt/cpu bind\\x");
-        assert_eq!(unescape("/trailing\\04"), "/trailing\\04");
     }
 }
