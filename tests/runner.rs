@@ -422,6 +422,32 @@ fn bad_options_are_clear_errors_and_leave_nothing() {
         assert!(matches!(out.status.code(), Some(2 | 125)), "{args:?}: {:?} {}", out.status, stderr(&out));
         assert!(stderr(&out).contains(expected), "{args:?}: {}", stderr(&out));
     }
+    // Failures after the container's state was claimed: a volume source that is a directory over
+    // a file of the image, and a command that is not there. Neither leaves anything with --rm.
+    let host = tempfile::tempdir().unwrap();
+    let over_file = format!("{}:/app/hello.txt", host.path().display());
+    let out = env.strata(&["run", "--rm", "-v", &over_file, image_path, "true"]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/app/hello.txt"), "{}", stderr(&out));
+    assert_eq!(env.strata(&["run", "--rm", image_path, "missing"]).status.code(), Some(127));
     let listed = std::fs::read_dir(env.dirs.path().join("run/containers")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(listed, 0, "a failed start left state behind");
+    let data = std::fs::read_dir(env.dirs.path().join("data/containers")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(data, 0, "a failed start left an upper behind");
+}
+
+#[test]
+fn stdin_reaches_the_container_only_with_interactive() {
+    let Some(env) = Env::new() else { return };
+    let image_path = image().to_str().unwrap();
+    let feed = |args: &[&str]| {
+        let mut child = env.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"line from the host\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = feed(&["run", "--rm", "-i", image_path, "cat"]);
+    assert_eq!(assert_ok(&out), "line from the host\n");
+    let out = feed(&["run", "--rm", image_path, "cat"]);
+    assert_eq!(assert_ok(&out), "", "without -i the container reads /dev/null");
 }
