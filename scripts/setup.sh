@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what strata needs on a fresh Debian machine, idempotently: fuse3 (fusermount3, /dev/fuse
 # helpers), umoci (the independent reference the integration tests compare against), busybox-static
-# (a static shell for images built from host files) and a Rust toolchain check. With --bench it also
+# (a static shell for images built from host files), uidmap (newuidmap/newgidmap for rootless
+# containers) and a Rust toolchain check. With --bench it also
 # installs the peers and tools the macro benchmark uses: fuse-overlayfs, debootstrap, fio, ratarmount (PyPI),
 # and the container runners `strata-bench --runner` compares with: bubblewrap and runc.
 set -euo pipefail
@@ -14,6 +15,8 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_cmd fusermount3 || need+=(fuse3)
 have_cmd umoci || need+=(umoci)
 [ -x /bin/busybox ] || need+=(busybox-static)
+# newuidmap/newgidmap: rootless containers map the caller's /etc/subuid ranges with them.
+have_cmd newuidmap || need+=(uidmap)
 if [ "$want_bench" = 1 ]; then
   have_cmd fuse-overlayfs || need+=(fuse-overlayfs)
   have_cmd debootstrap || need+=(debootstrap)

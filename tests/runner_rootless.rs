@@ -22,17 +22,24 @@ impl Drop for FuseMode {
     }
 }
 
+/// The tests of this file change /dev/fuse's mode: they take turns.
+static FUSE_MODE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Rootless {
     home: tempfile::TempDir,
     image: PathBuf,
+    uid: u32,
+    gid: u32,
     _fuse: FuseMode,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Rootless {
-    fn new() -> Option<Rootless> {
+    fn new(uid: u32, gid: u32) -> Option<Rootless> {
         if !require_fuse() || !require_command("setpriv") || !require_command("busybox") {
             return None;
         }
+        let turn = FUSE_MODE_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let original = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
         let fuse = FuseMode(original);
         std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -40,15 +47,15 @@ impl Rootless {
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let image = home.path().join("image");
         strata_tools::fixture::write_oci_layout(&image, &strata_tools::fixture::runner_image().unwrap()).unwrap();
-        let chown = Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(home.path()).status();
+        let chown = Command::new("chown").args(["-R", &format!("{uid}:{gid}")]).arg(home.path()).status();
         assert!(chown.unwrap().success());
-        Some(Rootless { home, image, _fuse: fuse })
+        Some(Rootless { home, image, uid, gid, _fuse: fuse, _turn: turn })
     }
 
     fn strata(&self, args: &[&str]) -> Output {
         let h = self.home.path();
         Command::new("setpriv")
-            .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--"])
+            .args(["--reuid", &self.uid.to_string(), "--regid", &self.gid.to_string(), "--clear-groups", "--"])
             .arg(env!("CARGO_BIN_EXE_strata"))
             .args(args)
             .env_clear()
@@ -59,7 +66,7 @@ impl Rootless {
             .env("XDG_CACHE_HOME", h.join("cache"))
             .stdin(std::process::Stdio::null())
             .output()
-            .expect("running strata as nobody")
+            .expect("running strata as an unprivileged user")
     }
 
     fn sh(&self, options: &[&str], script: &str) -> Output {
@@ -85,7 +92,7 @@ fn assert_ok(out: &Output) -> String {
 /// One test: the cases share the /dev/fuse mode change, which tests in parallel would race on.
 #[test]
 fn an_unprivileged_user_runs_containers() {
-    let Some(env) = Rootless::new() else { return };
+    let Some(env) = Rootless::new(NOBODY, NOBODY) else { return };
 
     // Root inside, the caller outside; PID 1; its own host name; loopback only.
     let out = assert_ok(
@@ -131,4 +138,62 @@ fn an_unprivileged_user_runs_containers() {
     // Nothing left: no state, no upper.
     let listed = String::from_utf8_lossy(&env.strata(&["ps"]).stdout).lines().count();
     assert_eq!(listed, 1, "only the header of `strata ps` is left");
+}
+
+/// The user with subordinate ids the next test creates, and its ranges.
+const SUBID_USER: &str = "strata-subid";
+const SUBID_START: u32 = 300_000;
+
+/// Creates `SUBID_USER` with 65536 subordinate uids and gids, once per machine.
+fn subid_user() -> (u32, u32) {
+    if Command::new("id").arg(SUBID_USER).output().map(|o| !o.status.success()).unwrap_or(true) {
+        let made = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SUBID_USER])
+            .status();
+        assert!(made.unwrap().success(), "useradd {SUBID_USER}");
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{SUBID_USER}:"))) {
+            std::fs::write(file, format!("{text}{SUBID_USER}:{SUBID_START}:65536\n")).unwrap();
+        }
+    }
+    let id = |flag: &str| -> u32 {
+        String::from_utf8(Command::new("id").args([flag, SUBID_USER]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// With /etc/subuid ranges and newuidmap, the image's other owners keep their ids inside, files
+/// given to them land in the upper with the subordinate ids, and `strata rm` still removes them.
+#[test]
+fn subordinate_ids_map_the_images_other_owners() {
+    if !require_command("newuidmap") || !require_command("useradd") {
+        return;
+    }
+    let (uid, gid) = subid_user();
+    let Some(env) = Rootless::new(uid, gid) else { return };
+    let image = env.image.to_str().unwrap();
+    let script = "wc -l < /proc/self/uid_map; stat -c %u:%g /home/app; touch /owned; chown 1000:1000 /owned; \
+                  chown app /app/hello.txt; stat -c %u /app/hello.txt; \
+                  mkdir -p /home/app/private; touch /home/app/private/f; chown -R app /home/app/private; \
+                  chmod 700 /home/app/private";
+    let out = assert_ok(&env.strata(&["run", "--name", "mapped", image, "sh", "-c", script]));
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["2", "1000:1000", "1000"], "{out}");
+    let upper = env.upper("mapped");
+    let owned = std::fs::metadata(upper.join("owned")).unwrap();
+    assert_eq!(
+        (owned.uid(), owned.gid()),
+        (SUBID_START + 999, SUBID_START + 999),
+        "uid 1000 inside is subordinate id 999 + start"
+    );
+    assert_eq!(std::fs::metadata(upper.join("app/hello.txt")).unwrap().uid(), SUBID_START + 999);
+    // A directory of a subordinate id, closed to its owner only: the caller cannot even list it.
+    assert!(std::fs::metadata(upper.join("home/app/private")).unwrap().uid() == SUBID_START + 999);
+    assert_ok(&env.strata(&["rm", "mapped"]));
+    assert!(!upper.exists(), "rm removed the files of subordinate ids");
 }

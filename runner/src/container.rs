@@ -295,7 +295,7 @@ impl Supervisor<'_> {
                 self.dirs.save(&self.record)
             }
             // --rm, or a container that never ran: nothing in it is worth keeping.
-            _ => self.dirs.delete(&self.record.name, true),
+            _ => delete_with_upper(self.dirs, &self.record.name),
         };
         cgroup_removed.and(state)
     }
@@ -553,5 +553,17 @@ pub fn remove(dirs: &StateDirs, name: &str, force: bool) -> Result<()> {
         }
         cgroup::remove_dirs(&record.cgroup_dirs)?;
     }
-    dirs.delete(name, true)
+    delete_with_upper(dirs, name)
+}
+
+/// Deletes a container's state and upper. A rootless container mapped with subordinate ids can
+/// leave files its caller may not delete: those go from inside a user namespace mapped the same way.
+fn delete_with_upper(dirs: &StateDirs, name: &str) -> Result<()> {
+    match dirs.delete(name, true) {
+        Err(_) if !nix::unistd::geteuid().is_root() && dirs.data_dir(name).exists() => {
+            idmap::remove_as_mapped_root(&dirs.data_dir(name))?;
+            dirs.delete(name, true)
+        }
+        other => other,
+    }
 }

@@ -73,6 +73,47 @@ pub fn write_maps(pid: i32) -> Result<Mapped> {
     Ok(Mapped { setgroups: false, subordinate: false })
 }
 
+/// Removes `dir` from inside a user namespace mapped like a rootless container's, where the
+/// caller is root over every id the container could give its files (the subordinate ranges): an
+/// unprivileged caller cannot delete an upper holding files of those ids from the outside.
+pub fn remove_as_mapped_root(dir: &Path) -> Result<()> {
+    use nix::unistd::{fork, ForkResult};
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| Error::sys("pipe", e))?;
+    let (go_r, go_w) = nix::unistd::pipe().map_err(|e| Error::sys("pipe", e))?;
+    // SAFETY: the child only makes system calls and removes files before _exit.
+    match unsafe { fork() }.map_err(|e| Error::sys("fork", e))? {
+        ForkResult::Child => {
+            drop((ready_r, go_w));
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok()
+                && nix::unistd::write(&ready_w, b"u").is_ok()
+                && nix::unistd::read(&go_r, &mut [0u8; 1]).is_ok_and(|n| n == 1)
+                && std::fs::remove_dir_all(dir).is_ok();
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_w, go_r));
+            let mapped = match nix::unistd::read(&ready_r, &mut [0u8; 1]) {
+                Ok(1) => write_maps(child.as_raw()).map(|_| ()),
+                _ => Err(Error::invalid("the helper could not create a user namespace")),
+            };
+            if mapped.is_ok() {
+                let _ = nix::unistd::write(&go_w, b"g");
+            }
+            drop(go_w);
+            let status = nix::sys::wait::waitpid(child, None).map_err(|e| Error::sys("waiting for the helper", e))?;
+            mapped?;
+            match status {
+                nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+                _ => Err(Error::invalid(format!(
+                    "{}: could not be removed even as root of a user namespace mapping the subordinate ids",
+                    dir.display()
+                ))),
+            }
+        }
+    }
+}
+
 fn run_helper(helper: &Path, pid: i32, maps: &[IdRange]) -> Result<()> {
     let mut cmd = Command::new(helper);
     cmd.arg(pid.to_string());
