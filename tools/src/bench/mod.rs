@@ -9,10 +9,14 @@
 //!
 //! With `--writable`, [`writable`] measures the write paths instead (kernel overlayfs, strata
 //! and fuse-overlayfs over a fresh upper) and writes `WORK/results-writable-<dataset>.md`.
+//!
+//! With `--runner`, [`runner`] times containers from start to exit instead (strata run, bwrap,
+//! unshare + chroot and runc on the same image) and writes `WORK/results-runner.md`.
 
 pub mod dataset;
 pub mod host;
 pub mod report;
+pub mod runner;
 pub mod systems;
 pub mod workloads;
 pub mod writable;
@@ -59,10 +63,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if shown.contains([':', ',', ' ', '\\']) {
         bail!("the work directory must not contain ':', ',', spaces or backslashes (overlay mount options): {shown}");
     }
-    let strata = match &opts.strata {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("strata"),
-    };
+    let strata = strata_binary(opts.strata.as_deref())?;
     let tools = Tools {
         strata,
         strata_cache: work.join("strata-cache"),
@@ -245,7 +246,7 @@ fn render(opts: &Options, tools: &Tools, ds: &DataSet, results: &Results, error:
     doc += &format!("- host: {}\n", host::describe_host());
     doc += &format!(
         "- versions: {}, {}, {}, {}\n",
-        strata_version(tools),
+        strata_version(&tools.strata),
         host::line_matching("fuse-overlayfs", &["--version"], "fuse-overlayfs:").unwrap_or_default(),
         host::line_matching("ratarmount", &["--version"], "ratarmount").unwrap_or_default(),
         host::line_matching("tar", &["--version"], "tar").unwrap_or_default(),
@@ -275,16 +276,24 @@ fn render(opts: &Options, tools: &Tools, ds: &DataSet, results: &Results, error:
     doc
 }
 
+/// The strata binary to measure: `--strata`, else `strata` next to this executable.
+pub(crate) fn strata_binary(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => Ok(std::env::current_exe()?.with_file_name("strata")),
+    }
+}
+
 /// `strata 0.1.0 (PATH, built N min ago, default --threads)`, for the reports.
-pub(crate) fn strata_version(tools: &Tools) -> String {
-    let version = host::line_matching(tools.strata.to_str().unwrap_or("strata"), &["--version"], "strata");
-    let built = fs::metadata(&tools.strata)
+pub(crate) fn strata_version(strata: &Path) -> String {
+    let version = host::line_matching(strata.to_str().unwrap_or("strata"), &["--version"], "strata");
+    let built = fs::metadata(strata)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.elapsed().ok())
         .map(|age| format!(", built {} min ago", age.as_secs() / 60))
         .unwrap_or_default();
-    format!("{} ({}{built}, default --threads)", version.unwrap_or_else(|| "strata ?".into()), tools.strata.display())
+    format!("{} ({}{built}, default --threads)", version.unwrap_or_else(|| "strata ?".into()), strata.display())
 }
 
 /// What follows a report's table: warnings, notes, the error that stopped the run, raw samples.

@@ -711,7 +711,7 @@ fn render(opts: &Options, setup: &Setup, results: &Results, error: Option<&anyho
     doc += &format!("- host: {}\n", host::describe_host());
     doc += &format!(
         "- versions: {}, {}, {}, {}, {}\n",
-        super::strata_version(setup.tools),
+        super::strata_version(&setup.tools.strata),
         host::line_matching("fuse-overlayfs", &["--version"], "fuse-overlayfs:").unwrap_or_default(),
         host::line_matching("fio", &["--version"], "fio").unwrap_or_else(|| "fio not installed".into()),
         host::line_matching("git", &["--version"], "git").unwrap_or_default(),

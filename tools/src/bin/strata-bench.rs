@@ -1,12 +1,14 @@
 //! `strata-bench`: the macro benchmark. Mounts the same layers with kernel overlayfs, strata,
 //! fuse-overlayfs and ratarmount and prints a markdown table of medians and ratios to the
-//! kernel (see `strata_tools::bench`). Needs root, /dev/fuse and `target/release/strata`.
+//! kernel (see `strata_tools::bench`). Needs root, /dev/fuse and `target/release/strata`. With
+//! `--runner`, times `strata run` against bwrap, unshare + chroot and runc instead
+//! (`strata_tools::bench::runner`).
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
-use strata_tools::bench::{self, dataset::Kind};
+use strata_tools::bench::{self, dataset::Kind, runner};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Rootfs {
@@ -21,7 +23,7 @@ struct Cli {
     /// Which tree layer 1 holds
     #[arg(long, value_enum, default_value_t = Rootfs::Both)]
     rootfs: Rootfs,
-    /// Runs per system (the table shows medians)
+    /// Runs per system (the table shows medians); with --runner, rounds of 20 starts per system
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// Where data sets are built (once) and results written
@@ -39,12 +41,29 @@ struct Cli {
     /// writes WORK/results-writable-<dataset>.md. With --quick: small sizes.
     #[arg(long)]
     writable: bool,
+    /// Time containers from start to exit of `/bin/true` instead: `strata run --rm` against bwrap,
+    /// unshare + chroot and runc on the same image, plus the memory of strata's filesystem daemon
+    /// per container; writes WORK/results-runner.md. With --quick: one round of 5 starts.
+    #[arg(long, conflicts_with_all = ["writable", "rootfs"])]
+    runner: bool,
 }
+
+/// Timed starts per system in each round of --runner.
+const RUNNER_STARTS: usize = 20;
 
 fn main() {
     let cli = Cli::parse();
     let command_line =
         std::iter::once("strata-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    if cli.runner {
+        let (rounds, starts) = if cli.quick { (1, 5) } else { (cli.runs, RUNNER_STARTS) };
+        let opts = runner::Options { rounds, starts, work: cli.work, strata: cli.strata, command_line };
+        if let Err(err) = runner::run(&opts) {
+            eprintln!("strata-bench: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let (datasets, runs) = if cli.quick {
         (vec![Kind::Quick], 1)
     } else {
