@@ -103,7 +103,12 @@ impl Supervisor<'_> {
     fn start_and_wait(&mut self, launch: Launch) -> Result<i32> {
         let Launch { name, image, view, spec, remove: _ } = launch;
         let (spec, name) = (&spec, &name);
-        let placement = cgroup::create(name, &spec.limits, spec.rootless)?;
+        // No limits, no cgroup: the pid namespace already ends every process with the container, and
+        // moving a process between cgroups costs milliseconds on v1 (an RCU grace period).
+        let placement = match spec.limits.is_empty() {
+            true => cgroup::Placement { cgroup: None, warnings: Vec::new() },
+            false => cgroup::create(name, &spec.limits, spec.rootless)?,
+        };
         for warning in &placement.warnings {
             eprintln!("strata: warning: {warning}");
         }

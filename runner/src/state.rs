@@ -314,10 +314,9 @@ impl StateDirs {
             .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&temp)
-            .and_then(|mut f| {
-                f.write_all(&json)?;
-                f.sync_all()
-            });
+            // No fsync: the record must survive a crash of strata, which the rename alone ensures;
+            // after a crash of the machine the runtime directory is gone anyway.
+            .and_then(|mut f| f.write_all(&json));
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
             if e.kind() == io::ErrorKind::NotFound {
