@@ -101,7 +101,7 @@ struct Channels {
 
 impl Supervisor<'_> {
     fn start_and_wait(&mut self, launch: Launch) -> Result<i32> {
-        let Launch { name, image, view, spec, remove: _ } = launch;
+        let Launch { name, image, view, spec, remove } = launch;
         let (spec, name) = (&spec, &name);
         // No limits, no cgroup: the pid namespace already ends every process with the container, and
         // moving a process between cgroups costs milliseconds on v1 (an RCU grace period).
@@ -139,6 +139,7 @@ impl Supervisor<'_> {
         let data = self.dirs.data_dir(name);
         let daemon_job = DaemonJob {
             view,
+            keep_upper: !remove,
             upper: data.join("upper"),
             work: data.join("work"),
             source: format!("{image}:{name}"),
@@ -309,6 +310,8 @@ impl Supervisor<'_> {
 /// What the filesystem daemon needs, carried across fork.
 struct DaemonJob<'a> {
     view: ImageView,
+    /// Flush the upper at the end (unmount) rather than discarding it (`--rm`).
+    keep_upper: bool,
     upper: PathBuf,
     work: PathBuf,
     source: String,
@@ -396,10 +399,20 @@ impl DaemonJob<'_> {
         detach_stdio();
 
         let mut unmounter = mounted.unmounter();
+        let keep_upper = self.keep_upper;
+        let mut early_status = status.try_clone().at("the status pipe")?;
         let waiter = std::thread::Builder::new()
             .name("strata-wait".into())
             .spawn(move || {
                 let code = waitpid(container, None).ok().and_then(process::exit_code_of);
+                if !keep_upper {
+                    // The upper is about to be deleted: nothing to flush, so report and leave at
+                    // once; the kernel drops the mount with this process's namespace.
+                    let code = code.unwrap_or(exit_code::RUNNER_FAILED);
+                    let _ = writeln!(early_status, "exit {code}");
+                    // SAFETY: ending the daemon from its waiter thread, as a process exit would.
+                    unsafe { libc::_exit(0) };
+                }
                 // The container's mount namespace is gone with it: unmounting here flushes
                 // what it wrote and ends the session.
                 let _ = unmounter.unmount();

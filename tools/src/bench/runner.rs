@@ -9,8 +9,8 @@
 //!
 //! - strata: `strata run --rm IMAGE /bin/true` with `STRATA_CACHE`, `STRATA_RUN_DIR` and
 //!   `STRATA_DATA_DIR` under `WORK/runner`. The warm-ups fill the index cache, so every timed start
-//!   finds it warm. Each start mounts its own FUSE rootfs over a fresh upper and, as root, makes
-//!   a cgroup, as runc does.
+//!   finds it warm. Each start mounts its own FUSE rootfs over a fresh upper; without limits it
+//!   makes no cgroup (runc always makes one).
 //! - bwrap: `bwrap --unshare-all --bind ROOTFS / --proc /proc --dev /dev /bin/true`.
 //! - unshare + chroot: `unshare -Urmpfiun chroot ROOTFS /bin/true`, the floor: new namespaces and
 //!   nothing else.
