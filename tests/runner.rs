@@ -451,3 +451,38 @@ fn stdin_reaches_the_container_only_with_interactive() {
     let out = feed(&["run", "--rm", image_path, "cat"]);
     assert_eq!(assert_ok(&out), "", "without -i the container reads /dev/null");
 }
+
+#[test]
+fn limits_land_in_the_containers_cgroup_and_its_namespace_hides_the_path() {
+    let Some(env) = Env::new() else { return };
+    let name = unique("limits");
+    let image_path = image().to_str().unwrap();
+    let limits = ["--memory", "32m", "--memory-swap", "64m", "--pids-limit", "20", "--cpus", "0.5"];
+    let mut args = vec!["run", "--rm", "--name", &name];
+    args.extend(limits);
+    args.extend([image_path, "sh", "-c", "cat /proc/self/cgroup; sleep 5"]);
+    let child = env.command(&args).stdout(Stdio::piped()).spawn().unwrap();
+    container_pid(&env, &name);
+    // The v1 hierarchy of a controller: `cpu`, or `cpu,cpuacct` where they are mounted together.
+    let read = |controller: &str, file: &str| {
+        let hierarchy = std::fs::read_dir("/sys/fs/cgroup")
+            .unwrap()
+            .flatten()
+            .find(|h| h.file_name().to_string_lossy().split(',').any(|c| c == controller))
+            .unwrap_or_else(|| panic!("no v1 hierarchy with {controller} (this test covers hybrid and v1 hosts)"));
+        let path = hierarchy.path().join("strata").join(&name).join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    };
+    assert_eq!(read("memory", "memory.limit_in_bytes"), (32u64 << 20).to_string());
+    assert_eq!(read("memory", "memory.memsw.limit_in_bytes"), (64u64 << 20).to_string());
+    assert_eq!(read("pids", "pids.max"), "20");
+    assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+    let out = child.wait_with_output().unwrap();
+    let text = assert_ok(&out);
+    for controller in ["memory", "pids", "cpu"] {
+        let line = text.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == controller)));
+        assert_eq!(line.map(|l| l.rsplit(':').next().unwrap()), Some("/"), "{controller} in {text}");
+    }
+    assert!(cgroup_dirs_named(&name).is_empty());
+}
