@@ -56,11 +56,11 @@ pub enum Step {
         flags: MsFlags,
         data: String,
     },
-    /// A host path bind-mounted onto a container path, created as `kind` when missing.
+    /// A host path bind-mounted onto a container path, created (as a directory or a file, like the
+    /// source) when missing.
     Bind {
         source: PathBuf,
         target: String,
-        kind: TargetKind,
         read_only: bool,
     },
     /// A character device node created with mknod (allowed to real root only).
@@ -97,8 +97,7 @@ pub fn plan(spec: &Spec, inputs: &PlanInputs) -> Vec<Step> {
         flags,
         data: data.into(),
     };
-    let bind =
-        |source: PathBuf, target: &str, kind, read_only| Step::Bind { source, target: target.into(), kind, read_only };
+    let bind = |source: PathBuf, target: &str, read_only| Step::Bind { source, target: target.into(), read_only };
     let no_all = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mut steps = vec![
         mount("proc", "/proc", no_all, ""),
@@ -108,7 +107,7 @@ pub fn plan(spec: &Spec, inputs: &PlanInputs) -> Vec<Step> {
         let target = format!("/dev/{name}");
         // A user namespace may not create device nodes: bind the host's instead (as rootless runc does).
         steps.push(if spec.rootless {
-            bind(PathBuf::from(&target), &target, TargetKind::File, false)
+            bind(PathBuf::from(&target), &target, false)
         } else {
             Step::Device { target, major, minor }
         });
@@ -123,21 +122,20 @@ pub fn plan(spec: &Spec, inputs: &PlanInputs) -> Vec<Step> {
         steps.push(Step::Symlink { target: target.into(), link: link.into() });
     }
     if let Some(console) = inputs.console {
-        steps.push(bind(console.to_path_buf(), "/dev/console", TargetKind::File, false));
+        steps.push(bind(console.to_path_buf(), "/dev/console", false));
     }
     // sysfs may only be mounted by the owner of the network namespace: a rootless container
     // sharing the host's network gets the host's /sys, read-only, instead.
     if spec.rootless && spec.network == Network::Host {
-        steps.push(bind("/sys".into(), "/sys", TargetKind::Dir, true));
+        steps.push(bind("/sys".into(), "/sys", true));
     } else {
         steps.push(mount("sysfs", "/sys", no_all | MsFlags::MS_RDONLY, ""));
     }
     for name in ["hosts", "hostname", "resolv.conf"] {
-        steps.push(bind(inputs.etc_files.join(name), &format!("/etc/{name}"), TargetKind::File, false));
+        steps.push(bind(inputs.etc_files.join(name), &format!("/etc/{name}"), false));
     }
     for volume in &spec.volumes {
-        let kind = if volume.source.is_dir() { TargetKind::Dir } else { TargetKind::File };
-        steps.push(bind(volume.source.clone(), &volume.target, kind, volume.read_only));
+        steps.push(bind(volume.source.clone(), &volume.target, volume.read_only));
     }
     for path in &spec.tmpfs {
         steps.push(mount("tmpfs", path, MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=1777"));
@@ -167,14 +165,16 @@ fn apply_step(root: &Root, step: &Step) -> Result<()> {
             mount(Some(*fstype), &fd_link(&fd), Some(*fstype), *flags, Some(data.as_str()))
                 .map_err(|e| failed(&format!("mounting {fstype}"), target, e))
         }
-        Step::Bind { source, target, kind, read_only } => {
-            let fd = root.ensure(target, *kind)?;
+        Step::Bind { source, target, read_only } => {
+            let is_dir = std::fs::metadata(source).map_err(|e| Error::io(source, e))?.is_dir();
+            let kind = if is_dir { TargetKind::Dir } else { TargetKind::File };
+            let fd = root.ensure(target, kind)?;
             let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
             mount(Some(source.as_path()), &fd_link(&fd), None::<&str>, flags, None::<&str>)
                 .map_err(|e| failed(&format!("bind-mounting {}", source.display()), target, e))?;
             if *read_only {
                 // The descriptor still names the covered directory: reopen to reach the new mount.
-                let fd = root.ensure(target, *kind)?;
+                let fd = root.ensure(target, kind)?;
                 remount_read_only(&fd).map_err(|e| failed("making read-only", target, e))?;
             }
             Ok(())
@@ -275,7 +275,7 @@ pub fn etc_files(hostname: &str, network: Network, host_resolv_conf: Option<&str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{RunOptions, Volume};
+    use crate::spec::RunOptions;
     use strata_fs::image::ImageConfig;
 
     fn spec(options: RunOptions, root: bool) -> Spec {
@@ -300,7 +300,6 @@ mod tests {
         assert!(steps.contains(&Step::Bind {
             source: "/dev/null".into(),
             target: "/dev/null".into(),
-            kind: TargetKind::File,
             read_only: false
         }));
     }
@@ -328,7 +327,6 @@ mod tests {
         assert!(proc < kcore && volume < steps.len() - 1);
         assert_eq!(steps.last(), Some(&Step::ReadOnlyRoot));
         assert!(steps.contains(&Step::ReadOnly("/proc/sys".into())));
-        let _ = Volume { source: "/srv".into(), target: "/data".into(), read_only: true };
     }
 
     #[test]
