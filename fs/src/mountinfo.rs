@@ -8,6 +8,8 @@ use std::path::PathBuf;
 /// The fields of one mountinfo line strata uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MountLine<'a> {
+    /// `major:minor` of the filesystem (field 3).
+    pub device: &'a str,
     /// The root of the mount within its filesystem (field 4).
     pub root: PathBuf,
     /// Where it is mounted (field 5).
@@ -24,6 +26,7 @@ pub fn parse_line(line: &str) -> Option<MountLine<'_>> {
     let fields: Vec<&str> = line.split(' ').collect();
     let sep = fields.iter().position(|f| *f == "-")?;
     Some(MountLine {
+        device: fields.get(2)?,
         root: PathBuf::from(unescape(fields.get(3)?)),
         mount_point: PathBuf::from(unescape(fields.get(4)?)),
         fstype: fields.get(sep + 1)?,
@@ -74,6 +77,7 @@ mod tests {
         let line = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime shared:9 - cgroup cgroup rw,memory";
         let m = parse_line(line).unwrap();
         assert_eq!(m.mount_point, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(m.device, "0:32");
         assert_eq!((m.fstype, m.source, m.super_options), ("cgroup", "cgroup", "rw,memory"));
         assert!(parse_line("garbage").is_none());
     }
