@@ -312,3 +312,120 @@ fn fuse_overlayfs_command_line_and_mount_helper() {
     let _guard = Mounted { dir: mnt.clone() };
     assert_eq!(std::fs::read_to_string(mnt.join("written")).unwrap(), "x");
 }
+
+/// Raw file APIs beyond read and write through the writable mount: shared mappings (of a lower
+/// file, so through a copy-up, and of a new file), fallocate, copy_file_range, O_APPEND, and
+/// flock/POSIX locks (kernel-local: strata implements no lock operations, so the kernel keeps
+/// them, which is right for one mount).
+#[test]
+fn mmap_fallocate_copy_file_range_append_and_locks() {
+    use std::fs::OpenOptions;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let before = lower_snapshot(&lower);
+    let mnt = writable(w, &lower);
+    let m = &mnt.dir;
+
+    // A shared writable mapping of a lower file: the copy-up happens at open, the stores reach the upper.
+    let file = OpenOptions::new().read(true).write(true).open(m.join("a/f1")).unwrap();
+    // SAFETY: a 3-byte shared mapping of a 3-byte file we hold open; unmapped below.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            3,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        std::ptr::copy_nonoverlapping(b"ONE".as_ptr(), p as *mut u8, 3);
+        assert_eq!(libc::msync(p, 3, libc::MS_SYNC), 0);
+        libc::munmap(p, 3);
+    }
+    drop(file);
+    assert_eq!(std::fs::read_to_string(m.join("a/f1")).unwrap(), "ONE");
+
+    // A new file sized by ftruncate and filled through a mapping.
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(m.join("mapped")).unwrap();
+    file.set_len(8192).unwrap();
+    // SAFETY: an 8 KiB shared mapping of the 8 KiB file; unmapped below.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            8192,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        assert_ne!(p, libc::MAP_FAILED);
+        std::ptr::write_bytes(p as *mut u8, b'x', 8192);
+        assert_eq!(libc::msync(p, 8192, libc::MS_SYNC), 0);
+        libc::munmap(p, 8192);
+    }
+    drop(file);
+
+    // fallocate: allocate 1 MiB (reads back as zeros), then grow the allocation without the size.
+    let file = OpenOptions::new().read(true).write(true).create_new(true).open(m.join("falloc")).unwrap();
+    // SAFETY: fallocate on a descriptor we own.
+    assert_eq!(unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, 1 << 20) }, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(file.metadata().unwrap().len(), 1 << 20);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 2 << 20) }, 0);
+    assert_eq!(file.metadata().unwrap().len(), 1 << 20, "KEEP_SIZE leaves the size alone");
+    drop(file);
+    assert!(std::fs::read(m.join("falloc")).unwrap().iter().all(|&b| b == 0));
+
+    // copy_file_range from a lower file into a new one.
+    let src = std::fs::File::open(m.join("c/f3")).unwrap();
+    let dst = OpenOptions::new().write(true).create_new(true).open(m.join("copied")).unwrap();
+    // SAFETY: copy_file_range between two descriptors we own, null offsets (use the file positions).
+    let copied = unsafe {
+        libc::copy_file_range(src.as_raw_fd(), std::ptr::null_mut(), dst.as_raw_fd(), std::ptr::null_mut(), 5, 0)
+    };
+    assert_eq!(copied, 5, "{}", std::io::Error::last_os_error());
+    drop((src, dst));
+    assert_eq!(std::fs::read_to_string(m.join("copied")).unwrap(), "three");
+
+    // O_APPEND on a lower file appends after the copied-up content.
+    let mut file = OpenOptions::new().append(true).open(m.join("d")).unwrap();
+    file.write_all(b"+more").unwrap();
+    drop(file);
+    assert_eq!(std::fs::read_to_string(m.join("d")).unwrap(), "dee+more");
+
+    // flock and POSIX record locks conflict between holders as on any local filesystem.
+    let a = OpenOptions::new().read(true).write(true).open(m.join("mapped")).unwrap();
+    let b = OpenOptions::new().read(true).write(true).open(m.join("mapped")).unwrap();
+    // SAFETY: flock on descriptors we own.
+    unsafe {
+        assert_eq!(libc::flock(a.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+        assert_eq!(libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), -1);
+        assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EWOULDBLOCK));
+        assert_eq!(libc::flock(a.as_raw_fd(), libc::LOCK_UN), 0);
+        assert_eq!(libc::flock(b.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB), 0);
+    }
+    let lock =
+        libc::flock { l_type: libc::F_WRLCK as i16, l_whence: libc::SEEK_SET as i16, l_start: 0, l_len: 10, l_pid: 0 };
+    // SAFETY: F_SETLK with a lock description we own.
+    assert_eq!(unsafe { libc::fcntl(a.as_raw_fd(), libc::F_SETLK, &lock) }, 0);
+    // Another process sees the flock held (util-linux flock(1)).
+    let out = Command::new("flock").args(["--nonblock", "--exclusive"]).arg(m.join("mapped")).arg("true").output();
+    assert!(!out.expect("running flock(1)").status.success(), "flock(1) got the lock b holds");
+    drop((a, b));
+    drop(mnt);
+
+    let upper = w.join("upper");
+    assert_eq!(std::fs::read_to_string(upper.join("a/f1")).unwrap(), "ONE");
+    assert_eq!(std::fs::read(upper.join("mapped")).unwrap(), vec![b'x'; 8192]);
+    assert_eq!(std::fs::metadata(upper.join("falloc")).unwrap().len(), 1 << 20);
+    assert_eq!(std::fs::read_to_string(upper.join("copied")).unwrap(), "three");
+    assert_eq!(std::fs::read_to_string(upper.join("d")).unwrap(), "dee+more");
+    assert_eq!(lower_snapshot(&lower), before, "the lower layer is never written");
+}
