@@ -97,6 +97,8 @@ pub struct MountLayers {
     pub view: strata_fs::view::ImageView,
     /// (upper, work) directories of a writable mount.
     pub upper: Option<(PathBuf, PathBuf)>,
+    /// Owners as shown through a writable mount (fuse-overlayfs' uidmapping/squash options).
+    pub ids: strata_fs::idshift::IdShift,
 }
 
 impl MountLayers {
@@ -106,7 +108,7 @@ impl MountLayers {
             Some((upper, work)) => {
                 let overlay = strata_fs::overlay::open(self.view, &upper, &work)?;
                 config.writable = true;
-                serve(OverlayFs::new(overlay), mountpoint, &config, foreground)
+                serve(OverlayFs::new(overlay).with_id_shift(self.ids), mountpoint, &config, foreground)
             }
         }
     }
@@ -148,7 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             let mountpoint = image.mountpoint()?;
             mount::check_mountpoint(&mountpoint)?;
             let view = image.load()?;
-            let layers = MountLayers { view, upper: upper.zip(work) };
+            let layers = MountLayers { view, upper: upper.zip(work), ids: Default::default() };
             let config =
                 MountConfig { source: image.source_name(), allow_other, dev_suid: false, threads, writable: false };
             layers.mount(&mountpoint, config, foreground)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use strata_fs::fuse::mount::MountConfig;
+use strata_fs::idshift::{parse_ranges, IdShift};
 use strata_fs::image;
 
 /// Options fuse-overlayfs users pass that strata accepts without acting on, and why.
@@ -18,7 +19,7 @@ const ACCEPTED_AS_IS: &[(&str, &str)] = &[
     ("volatile", "strata does not sync the upper unless asked"),
     ("timeout", "strata uses its own cache lifetimes"),
     ("threaded", "strata always serves on several threads"),
-    ("writeback", "no writeback cache"),
+    ("writeback", "strata always uses the kernel's writeback cache"),
     ("xino", "inode numbers are always unique within the mount"),
     ("default_permissions", "always on"),
     ("noatime", "always on"),
@@ -28,10 +29,6 @@ const ACCEPTED_AS_IS: &[(&str, &str)] = &[
     ("defcontext", "SELinux contexts are passed to nothing"),
     ("rootcontext", "SELinux contexts are passed to nothing"),
 ];
-
-/// Options that change ownership as seen through the mount; not implemented yet, so refused
-/// rather than silently giving a different view.
-const REFUSED: &[&str] = &["uidmapping", "gidmapping", "squash_to_root", "squash_to_uid", "squash_to_gid"];
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct OverlayArgs {
@@ -43,6 +40,8 @@ pub struct OverlayArgs {
     pub foreground: bool,
     pub allow_other: bool,
     pub dev_suid: bool,
+    /// uidmapping=, gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=.
+    pub ids: IdShift,
 }
 
 pub fn called_as_overlayfs() -> bool {
@@ -97,9 +96,15 @@ pub fn parse(args: &[String]) -> Result<OverlayArgs> {
             "allow_other" | "allow_root" => parsed.allow_other = true,
             "suid" | "dev" => parsed.dev_suid = true,
             "nosuid" | "nodev" | "exec" | "noexec" | "ro" => {}
-            k if REFUSED.contains(&k) => {
-                bail!("option {k} (uid/gid remapping) is not supported by strata yet; map ids with a user namespace instead")
+            "uidmapping" => parsed.ids.uids = parse_ranges(value).map_err(|e| anyhow::anyhow!("uidmapping={e}"))?,
+            "gidmapping" => parsed.ids.gids = parse_ranges(value).map_err(|e| anyhow::anyhow!("gidmapping={e}"))?,
+            "squash_to_root" => {
+                // squash_to_uid/gid take precedence, whichever order the options come in.
+                parsed.ids.squash_uid.get_or_insert(0);
+                parsed.ids.squash_gid.get_or_insert(0);
             }
+            "squash_to_uid" => parsed.ids.squash_uid = Some(value.parse().context("squash_to_uid= needs a uid")?),
+            "squash_to_gid" => parsed.ids.squash_gid = Some(value.parse().context("squash_to_gid= needs a gid")?),
             k if ACCEPTED_AS_IS.iter().any(|(name, _)| *name == k) => {}
             k => bail!("unknown option {k}"),
         }
@@ -125,7 +130,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let source = parsed.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     let config =
         MountConfig { source, allow_other: parsed.allow_other, dev_suid: parsed.dev_suid, threads: 4, writable: false };
-    crate::MountLayers { view, upper: parsed.upper.zip(parsed.work) }.mount(
+    if !parsed.ids.is_identity() && parsed.upper.is_none() {
+        bail!("uidmapping=, gidmapping= and squash_to_* need a writable mount (upperdir=, workdir=)");
+    }
+    crate::MountLayers { view, upper: parsed.upper.zip(parsed.work), ids: parsed.ids }.mount(
         &parsed.mountpoint,
         config,
         parsed.foreground,
@@ -157,11 +165,17 @@ mod tests {
     }
 
     #[test]
+    fn parses_ownership_options() {
+        let p = parse(&args("-o lowerdir=/l,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1 /mnt")).unwrap();
+        assert_eq!(p.ids.uids.len(), 2);
+        assert_eq!(p.ids.shown_gid(0), 1000);
+        let p = parse(&args("-o lowerdir=/l,squash_to_uid=5,squash_to_root /mnt")).unwrap();
+        assert_eq!((p.ids.squash_uid, p.ids.squash_gid), (Some(5), Some(0)), "squash_to_uid wins over squash_to_root");
+        assert!(parse(&args("-o lowerdir=/l,uidmapping=0:1000 /mnt")).unwrap_err().to_string().contains("uidmapping"));
+    }
+
+    #[test]
     fn refuses_what_it_cannot_honour() {
-        assert!(parse(&args("-o lowerdir=/l,uidmapping=0:1000:1 /mnt"))
-            .unwrap_err()
-            .to_string()
-            .contains("uidmapping"));
         assert!(parse(&args("-o lowerdir=/l,bogus /mnt")).unwrap_err().to_string().contains("bogus"));
         assert!(parse(&args("-o upperdir=/u,workdir=/w /mnt")).is_err());
         assert!(parse(&args("-o lowerdir=/l,upperdir=/u /mnt")).is_err());

@@ -429,3 +429,65 @@ fn mmap_fallocate_copy_file_range_append_and_locks() {
     assert_eq!(std::fs::read_to_string(upper.join("d")).unwrap(), "dee+more");
     assert_eq!(lower_snapshot(&lower), before, "the lower layer is never written");
 }
+
+/// fuse-overlayfs' ownership options through `strata overlayfs`: `uidmapping=`/`gidmapping=` show
+/// stored ids shifted and store a caller's (and a chown's) ids shifted back; `squash_to_root`
+/// shows every file as root and applies no chown.
+#[test]
+fn uid_gid_mapping_and_squash_options() {
+    use std::os::unix::fs::{chown, lchown};
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    chown(lower.join("a/f1"), Some(1), Some(1)).unwrap();
+    std::fs::set_permissions(w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mount = |name: &str, ownership: &str| -> (PathBuf, PathBuf, Mounted) {
+        let (upper, workdir, mnt) = (w.join(format!("{name}-upper")), w.join(format!("{name}-work")), w.join(name));
+        for d in [&upper, &workdir, &mnt] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={},allow_other,{ownership}",
+            lower.display(),
+            upper.display(),
+            workdir.display()
+        );
+        let out = run_strata(&w.join("cache"), &["overlayfs", "-o", &options, mnt.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (upper, mnt.clone(), Mounted { dir: mnt })
+    };
+    let owner = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+
+    let (upper, mnt, guard) = mount("mapped", "uidmapping=0:1000:1:1:110000:65536,gidmapping=0:1000:1:1:110000:65536");
+    assert_eq!(owner(&mnt.join("d")), (1000, 1000), "stored 0 shows as 1000");
+    assert_eq!(owner(&mnt.join("a/f1")), (110000, 110000), "stored 1 shows as 110000");
+    std::fs::write(mnt.join("new"), "n").unwrap();
+    lchown(mnt.join("new"), Some(110004), Some(1000)).unwrap();
+    assert_eq!(owner(&mnt.join("new")), (110004, 1000));
+    // A caller whose id is shown as 1000 creates files stored as 0.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "touch"])
+        .arg(mnt.join("by-1000"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(owner(&mnt.join("by-1000")), (1000, 1000));
+    drop(guard);
+    assert_eq!(owner(&upper.join("new")), (5, 0), "110004 is stored as 5, 1000 as 0");
+    assert_eq!(owner(&upper.join("by-1000")), (0, 0));
+
+    let (upper, mnt, guard) = mount("squashed", "squash_to_root");
+    assert_eq!(owner(&mnt.join("a/f1")), (0, 0));
+    std::fs::write(mnt.join("new"), "n").unwrap();
+    lchown(mnt.join("new"), Some(77), Some(77)).unwrap();
+    assert_eq!(owner(&mnt.join("new")), (0, 0));
+    drop(guard);
+    assert_eq!(owner(&upper.join("new")), (0, 0), "a chown under squash_to_root is not applied");
+    assert_eq!(owner(&lower.join("a/f1")), (1, 1), "the lower keeps its owners");
+}

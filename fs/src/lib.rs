@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod fuse;
+pub mod idshift;
 pub mod image;
 pub mod inspect;
 pub mod layer;

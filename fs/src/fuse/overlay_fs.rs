@@ -19,6 +19,7 @@ use fuser::{
 
 use super::handles::Handles;
 use super::{attr, errno, read_into_reply, reply_xattr};
+use crate::idshift::IdShift;
 use crate::layer::index::Kind;
 use crate::overlay::{AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
 
@@ -29,22 +30,43 @@ pub struct OverlayFs {
     overlay: Overlay,
     files: Handles<OpenFile>,
     listings: Handles<Vec<DirEntry>>,
+    /// Owners as shown through the mount (fuse-overlayfs' uidmapping/squash options).
+    ids: IdShift,
 }
 
 impl OverlayFs {
     pub fn new(overlay: Overlay) -> OverlayFs {
-        OverlayFs { overlay, files: Handles::default(), listings: Handles::default() }
+        OverlayFs { overlay, files: Handles::default(), listings: Handles::default(), ids: IdShift::default() }
     }
-}
 
-fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
-}
+    /// Shows owners through `ids` and stores the callers' ids back through it.
+    pub fn with_id_shift(mut self, ids: IdShift) -> OverlayFs {
+        self.ids = ids;
+        self
+    }
 
-fn entry(reply: ReplyEntry, result: io::Result<FileAttr>) {
-    match result {
-        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
-        Err(e) => reply.error(errno::from_io(&e)),
+    fn shown(&self, mut attr: FileAttr) -> FileAttr {
+        attr.uid = self.ids.shown_uid(attr.uid);
+        attr.gid = self.ids.shown_gid(attr.gid);
+        attr
+    }
+
+    fn caller(&self, req: &Request) -> Caller {
+        Caller { uid: self.ids.stored_uid(req.uid()), gid: self.ids.stored_gid(req.gid()) }
+    }
+
+    fn entry(&self, reply: ReplyEntry, result: io::Result<FileAttr>) {
+        match result {
+            Ok(attr) => reply.entry(&TTL, &self.shown(attr), Generation(0)),
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn attr(&self, reply: ReplyAttr, result: io::Result<FileAttr>) {
+        match result {
+            Ok(attr) => reply.attr(&TTL, &self.shown(attr)),
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
     }
 }
 
@@ -98,7 +120,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.overlay.lookup(parent.0, name.as_bytes()));
+        self.entry(reply, self.overlay.lookup(parent.0, name.as_bytes()));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -108,15 +130,9 @@ impl Filesystem for OverlayFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         // An open upper file answers for itself, even once unlinked (st_nlink 0).
         if let Some(OpenFile::Upper(file)) = fh.and_then(|fh| self.files.get(fh.0)).as_deref() {
-            return match file.metadata() {
-                Ok(meta) => reply.attr(&TTL, &attr::from_metadata(&meta, ino.0)),
-                Err(e) => reply.error(errno::from_io(&e)),
-            };
+            return self.attr(reply, file.metadata().map(|meta| attr::from_metadata(&meta, ino.0)));
         }
-        match self.overlay.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(errno::from_io(&e)),
-        }
+        self.attr(reply, self.overlay.getattr(ino.0))
     }
 
     fn setattr(
@@ -143,12 +159,12 @@ impl Filesystem for OverlayFs {
                 return reply.error(errno::from_io(&e));
             }
         }
+        let (uid, gid) = match self.ids.squashes() {
+            true => (None, None),
+            false => (uid.map(|u| self.ids.stored_uid(u)), gid.map(|g| self.ids.stored_gid(g))),
+        };
         let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
-        let result = self.overlay.setattr(ino.0, &change);
-        match result {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(errno::from_io(&e)),
-        }
+        self.attr(reply, self.overlay.setattr(ino.0, &change))
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -170,19 +186,22 @@ impl Filesystem for OverlayFs {
     ) {
         let kind = kind_of_mode(mode);
         let dev = libc::makedev((rdev >> 8) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & 0xfff00));
-        entry(
+        self.entry(
             reply,
             self.overlay.make(
                 parent.0,
                 name.as_bytes(),
                 &NewObject { rdev: dev, ..NewObject::of(kind, mode) },
-                caller(req),
+                self.caller(req),
             ),
         );
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        entry(reply, self.overlay.make(parent.0, name.as_bytes(), &NewObject::of(Kind::Dir, mode), caller(req)));
+        self.entry(
+            reply,
+            self.overlay.make(parent.0, name.as_bytes(), &NewObject::of(Kind::Dir, mode), self.caller(req)),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -195,13 +214,13 @@ impl Filesystem for OverlayFs {
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let target = target.as_os_str().as_bytes();
-        entry(
+        self.entry(
             reply,
             self.overlay.make(
                 parent.0,
                 link_name.as_bytes(),
                 &NewObject { target, ..NewObject::of(Kind::Symlink, 0o777) },
-                caller(req),
+                self.caller(req),
             ),
         );
     }
@@ -220,7 +239,7 @@ impl Filesystem for OverlayFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        entry(reply, self.overlay.link(ino.0, newparent.0, newname.as_bytes()));
+        self.entry(reply, self.overlay.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -240,12 +259,12 @@ impl Filesystem for OverlayFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.overlay.make(parent.0, name.as_bytes(), &NewObject::of(Kind::File, mode), caller(req));
+        let made = self.overlay.make(parent.0, name.as_bytes(), &NewObject::of(Kind::File, mode), self.caller(req));
         let opened = made.and_then(|attr| Ok((attr, self.overlay.open(attr.ino.0, flags & !libc::O_TRUNC)?)));
         match opened {
             Ok((attr, file)) => {
                 let fh = self.files.insert(file);
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                reply.created(&TTL, &self.shown(attr), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
             Err(e) => reply.error(errno::from_io(&e)),
         }
