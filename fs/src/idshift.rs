@@ -105,7 +105,7 @@ mod tests {
         let ids = IdShift { uids: ranges.clone(), gids: ranges, ..IdShift::default() };
         assert_eq!((ids.shown_uid(0), ids.shown_uid(1), ids.shown_uid(65536)), (1000, 110000, 175535));
         assert_eq!(ids.shown_uid(65537), OVERFLOW_ID, "unmapped");
-        assert_eq!((ids.stored_uid(1000), ids.stored_uid(110005)), (0, 5));
+        assert_eq!((ids.stored_uid(1000), ids.stored_uid(110005)), (0, 6));
         assert_eq!(ids.stored_gid(5), OVERFLOW_ID);
     }
 
