@@ -144,10 +144,10 @@ pub fn ps(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("{:<24} {:<14} {:<30} COMMAND", "NAME", "STATUS", "IMAGE");
+    println!("{:<24} {:<16} {:<30} COMMAND", "NAME", "STATUS", "IMAGE");
     for l in listed {
         let (image, command) = l.record.as_ref().map(|r| (r.image.clone(), r.command.join(" "))).unwrap_or_default();
-        println!("{:<24} {:<14} {:<30} {}", l.name, describe(&l.liveness), image, command);
+        println!("{:<24} {:<16} {:<30} {}", l.name, describe(&l.liveness), image, command);
     }
     Ok(())
 }
