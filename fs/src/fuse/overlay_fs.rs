@@ -11,10 +11,14 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
 use fuser::{
-    Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::handles::Handles;
@@ -32,11 +36,72 @@ pub struct OverlayFs {
     listings: Handles<Vec<DirEntry>>,
     /// Owners as shown through the mount (fuse-overlayfs' uidmapping/squash options).
     ids: IdShift,
+    /// Upper files are opened in FUSE passthrough (the kernel reads and writes the upper file
+    /// itself); decided at init: it needs root and excludes the writeback cache.
+    passthrough: bool,
+    io: IoModes,
+}
+
+/// The FUSE io mode of each open inode. The kernel refuses to mix passthrough and cached opens of
+/// one inode, and wants every passthrough open of an inode to name the same backing file.
+#[derive(Default)]
+struct IoModes {
+    inodes: Mutex<HashMap<u64, InodeIo>>,
+    /// Open file handle -> (inode, opened in passthrough).
+    handles: DashMap<u64, (u64, bool)>,
+}
+
+#[derive(Default)]
+struct InodeIo {
+    cached: u32,
+    passthrough: u32,
+    backing: Option<Arc<BackingId>>,
+}
+
+impl IoModes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InodeIo>> {
+        self.inodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn opened(&self, fh: u64, ino: u64, passthrough: bool) {
+        let mut inodes = self.lock();
+        let io = inodes.entry(ino).or_default();
+        if passthrough {
+            io.passthrough += 1;
+        } else {
+            io.cached += 1;
+        }
+        self.handles.insert(fh, (ino, passthrough));
+    }
+
+    fn released(&self, fh: u64) {
+        let Some((_, (ino, passthrough))) = self.handles.remove(&fh) else { return };
+        let mut inodes = self.lock();
+        let Some(io) = inodes.get_mut(&ino) else { return };
+        if passthrough {
+            io.passthrough -= 1;
+            if io.passthrough == 0 {
+                io.backing = None;
+            }
+        } else {
+            io.cached -= 1;
+        }
+        if io.passthrough == 0 && io.cached == 0 {
+            inodes.remove(&ino);
+        }
+    }
 }
 
 impl OverlayFs {
     pub fn new(overlay: Overlay) -> OverlayFs {
-        OverlayFs { overlay, files: Handles::default(), listings: Handles::default(), ids: IdShift::default() }
+        OverlayFs {
+            overlay,
+            files: Handles::default(),
+            listings: Handles::default(),
+            ids: IdShift::default(),
+            passthrough: false,
+            io: IoModes::default(),
+        }
     }
 
     /// Shows owners through `ids` and stores the callers' ids back through it.
@@ -60,6 +125,32 @@ impl OverlayFs {
             Ok(attr) => reply.entry(&TTL, &self.shown(attr), Generation(0)),
             Err(e) => reply.error(errno::from_io(&e)),
         }
+    }
+
+    /// The backing file of `ino` for a passthrough open, if this open can be one: none while
+    /// cached opens of the inode exist (the kernel would refuse the mix). `register` turns an open
+    /// file into a backing id (the reply's `open_backing`).
+    fn backing_for(
+        &self,
+        ino: u64,
+        register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        if !self.passthrough {
+            return None;
+        }
+        let mut inodes = self.io.lock();
+        let io = inodes.entry(ino).or_default();
+        if io.cached > 0 {
+            return None;
+        }
+        if let Some(backing) = &io.backing {
+            return Some(Arc::clone(backing));
+        }
+        // Read-write whatever this open asks: later opens of the inode share this backing file.
+        let OpenFile::Upper(file) = self.overlay.open(ino, libc::O_RDWR).ok()? else { return None };
+        let backing = Arc::new(register(&file).ok()?);
+        io.backing = Some(Arc::clone(&backing));
+        Some(backing)
     }
 
     fn attr(&self, reply: ReplyAttr, result: io::Result<FileAttr>) {
@@ -111,10 +202,13 @@ fn kind_of_mode(mode: u32) -> Kind {
 
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let wanted = InitFlags::FUSE_ASYNC_READ
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_WRITEBACK_CACHE;
+        let mut wanted = InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_CACHE_SYMLINKS | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        // Passthrough needs CAP_SYS_ADMIN for its backing files, and the kernel does not combine
+        // it with the writeback cache: root gets passthrough, others the writeback cache.
+        self.passthrough = crate::upper::privileged()
+            && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
+            && config.set_max_stack_depth(1).is_ok();
+        wanted |= if self.passthrough { InitFlags::FUSE_PASSTHROUGH } else { InitFlags::FUSE_WRITEBACK_CACHE };
         super::negotiate(config, wanted);
         Ok(())
     }
@@ -243,9 +337,20 @@ impl Filesystem for OverlayFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.overlay.open(ino.0, flags.0) {
-            Ok(file) => self.files.reply_opened(file, reply),
-            Err(e) => reply.error(errno::from_io(&e)),
+        let file = match self.overlay.open(ino.0, flags.0) {
+            Ok(file) => file,
+            Err(e) => return reply.error(errno::from_io(&e)),
+        };
+        let backing = match &file {
+            OpenFile::Upper(_) => self.backing_for(ino.0, |f| reply.open_backing(f)),
+            OpenFile::Lower(_) => None,
+        };
+        let fh = self.files.insert(file);
+        self.io.opened(fh, ino.0, backing.is_some());
+        match backing {
+            // Keep-cache is not allowed with passthrough: the page cache is the upper file's own.
+            Some(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
+            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 
@@ -263,8 +368,16 @@ impl Filesystem for OverlayFs {
         let opened = made.and_then(|attr| Ok((attr, self.overlay.open(attr.ino.0, flags & !libc::O_TRUNC)?)));
         match opened {
             Ok((attr, file)) => {
+                let backing = self.backing_for(attr.ino.0, |f| reply.open_backing(f));
                 let fh = self.files.insert(file);
-                reply.created(&TTL, &self.shown(attr), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+                self.io.opened(fh, attr.ino.0, backing.is_some());
+                let (shown, fh) = (self.shown(attr), FileHandle(fh));
+                match backing {
+                    Some(backing) => {
+                        reply.created_passthrough(&TTL, &shown, Generation(0), fh, FopenFlags::empty(), &backing)
+                    }
+                    None => reply.created(&TTL, &shown, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE),
+                }
             }
             Err(e) => reply.error(errno::from_io(&e)),
         }
@@ -320,6 +433,7 @@ impl Filesystem for OverlayFs {
         reply: ReplyEmpty,
     ) {
         self.files.remove(fh.0);
+        self.io.released(fh.0);
         reply.ok();
     }
 
