@@ -393,7 +393,9 @@ pub fn prepare_writable(kind: Kind, work: &Path) -> Result<WriteData> {
         let _ = fs::remove_file(&log);
         let git = |args: &[&str]| -> Result<()> {
             let mut cmd = Command::new("git");
-            cmd.arg("-C").arg(&repo).args(args).envs(GIT_CLEAN_ENV).envs(GIT_IDENTITY);
+            // No automatic gc: a detached one would still be rewriting packs while the tree is tarred.
+            cmd.arg("-C").arg(&repo).args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"]);
+            cmd.args(args).envs(GIT_CLEAN_ENV).envs(GIT_IDENTITY);
             host::run_logged(&mut cmd, &log)
         };
         git(&["init", "-q", "-b", "main"])?;
