@@ -1,7 +1,9 @@
 //! The FUSE adapter of a writable mount: a thin `fuser::Filesystem` over [`Overlay`]. Each
 //! method converts arguments, calls the overlay, and replies; errno mapping is `errno::from_io`.
 //! `flush` is deliberately not implemented: its ENOSYS makes the kernel stop sending one per
-//! close (it still writes dirty pages back itself), saving a round trip per file.
+//! close (it still writes dirty pages back itself), saving a round trip per file. As root, upper
+//! files are opened in FUSE passthrough ([`IoModes`] keeps the kernel's per-inode rules);
+//! otherwise the writeback cache batches writes.
 
 use std::ffi::OsStr;
 use std::io;
