@@ -162,36 +162,8 @@ impl Supervisor<'_> {
         drop((status.1, maps_done.0, start_error.1));
         let mut status = BufReader::new(File::from(status.0));
 
-        let mut line = read_message(&mut status, daemon)?;
-        if line == "userns" {
-            let mapped = idmap::write_maps(daemon.as_raw())?;
-            File::from(maps_done.1)
-                .write_all(if mapped.setgroups { b"1" } else { b"0" })
-                .at("the daemon's sync pipe")?;
-            line = read_message(&mut status, daemon)?;
-        } else {
-            drop(maps_done.1);
-        }
-        let container_pid = match line.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok()) {
-            Some(pid) => Pid::from_raw(pid),
-            None => return Err(self.daemon_failed(&line)),
-        };
-        self.record.container = ProcessId::of(container_pid.as_raw()).ok();
-        self.record.status = Status::Running;
-        self.dirs.save(&self.record)?;
-
-        let raw_mode = match &pty {
-            Some(_) => tty::raw_mode_if_tty(std::io::stdin().as_fd())?,
-            None => None,
-        };
-        let relay = match pty {
-            Some(pty) => {
-                drop(pty.slave);
-                let input = if spec.interactive { Some(dup(0)?) } else { None };
-                Some(tty::start_relay(pty.master, input, dup(1)?)?)
-            }
-            None => None,
-        };
+        let container_pid = self.await_container(&mut status, maps_done.1, daemon)?;
+        let terminal = Terminal::attach(pty, spec.interactive)?;
 
         // The container reports a failed start on this pipe; exec closes it.
         let mut report = String::new();
@@ -201,22 +173,16 @@ impl Supervisor<'_> {
             let code = code.parse().unwrap_or(exit_code::RUNNER_FAILED);
             let _ = waitpid(daemon, None);
             self.daemon = None;
-            if let Some(relay) = relay {
-                relay.finish();
-            }
-            drop(raw_mode);
+            terminal.finish();
             eprintln!("strata: {message}");
             return Ok(code);
         }
         self.started = true;
 
-        let code = self.forward_until_exit(daemon, container_pid, &signals, relay.as_ref().map(|r| r.master()))?;
+        let code = self.forward_until_exit(daemon, container_pid, &signals, terminal.master())?;
         let final_line = read_message(&mut status, daemon).unwrap_or_default();
         self.daemon = None;
-        if let Some(relay) = relay {
-            relay.finish();
-        }
-        drop(raw_mode);
+        terminal.finish();
         match (final_line.strip_prefix("exit ").and_then(|c| c.parse::<i32>().ok()), code) {
             (Some(exit), _) => Ok(exit),
             (None, daemon_code) => Err(Error::Container {
@@ -227,6 +193,25 @@ impl Supervisor<'_> {
                 ),
             }),
         }
+    }
+
+    /// Follows the daemon's start-up: writes the id maps when it has entered its user namespace,
+    /// then records the container's pid it reports.
+    fn await_container(&mut self, status: &mut BufReader<File>, maps_done: OwnedFd, daemon: Pid) -> Result<Pid> {
+        let mut line = read_message(status, daemon)?;
+        if line == "userns" {
+            let mapped = idmap::write_maps(daemon.as_raw())?;
+            File::from(maps_done).write_all(if mapped.setgroups { b"1" } else { b"0" }).at("the daemon's sync pipe")?;
+            line = read_message(status, daemon)?;
+        }
+        let container_pid = match line.strip_prefix("pid ").and_then(|p| p.parse::<i32>().ok()) {
+            Some(pid) => Pid::from_raw(pid),
+            None => return Err(self.daemon_failed(&line)),
+        };
+        self.record.container = ProcessId::of(container_pid.as_raw()).ok();
+        self.record.status = Status::Running;
+        self.dirs.save(&self.record)?;
+        Ok(container_pid)
     }
 
     /// Forwards signals to the container until the daemon (which outlives the container) exits.
@@ -304,6 +289,35 @@ impl Supervisor<'_> {
             _ => delete_with_upper(self.dirs, &self.record.name),
         };
         cgroup_removed.and(state)
+    }
+}
+
+/// The caller's side of `-t`: its terminal in raw mode and the relay to the pty; `finish`
+/// drains the container's output and restores the terminal.
+struct Terminal {
+    raw_mode: Option<tty::RawMode>,
+    relay: Option<tty::Relay>,
+}
+
+impl Terminal {
+    fn attach(pty: Option<tty::Pty>, interactive: bool) -> Result<Terminal> {
+        let Some(pty) = pty else { return Ok(Terminal { raw_mode: None, relay: None }) };
+        let raw_mode = tty::raw_mode_if_tty(std::io::stdin().as_fd())?;
+        drop(pty.slave);
+        let input = if interactive { Some(dup(0)?) } else { None };
+        let relay = tty::start_relay(pty.master, input, dup(1)?)?;
+        Ok(Terminal { raw_mode, relay: Some(relay) })
+    }
+
+    fn master(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.relay.as_ref().map(|r| r.master())
+    }
+
+    fn finish(self) {
+        if let Some(relay) = self.relay {
+            relay.finish();
+        }
+        drop(self.raw_mode);
     }
 }
 
