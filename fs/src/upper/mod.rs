@@ -38,6 +38,10 @@ pub struct Upper {
     work: PathBuf,
     mode: XattrMode,
     next_temp: AtomicU64,
+    /// Write whiteouts in overlayfs' xattr form even where mknod is allowed
+    /// (`STRATA_XATTR_WHITEOUTS=1`, as fuse-overlayfs' `FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT`):
+    /// for hosts whose consumers of the upper want that form, and to test it where mknod works.
+    xattr_whiteouts: bool,
 }
 
 /// An upper directory's entries: (name, lstat) of visible ones, and names it whites out.
@@ -80,8 +84,13 @@ impl Upper {
                 ),
             ));
         }
-        let upper =
-            Upper { root: fs::canonicalize(root)?, work: fs::canonicalize(work)?, mode, next_temp: AtomicU64::new(0) };
+        let upper = Upper {
+            root: fs::canonicalize(root)?,
+            work: fs::canonicalize(work)?,
+            mode,
+            next_temp: AtomicU64::new(0),
+            xattr_whiteouts: std::env::var_os("STRATA_XATTR_WHITEOUTS").is_some_and(|v| v == "1"),
+        };
         upper.clean_work()?;
         Ok(upper)
     }
@@ -199,7 +208,11 @@ impl Upper {
     /// mknod is not allowed (unprivileged, outside a user namespace), overlayfs' xattr form: a
     /// zero-size file marked `*.overlay.whiteout`, in a directory marked `*.overlay.opaque=x`.
     fn make_whiteout(&self, temp: &Path, rel: &[u8]) -> io::Result<()> {
-        match mknod(temp, SFlag::S_IFCHR, 0, 0) {
+        let made = match self.xattr_whiteouts {
+            true => Err(io::Error::from_raw_os_error(libc::EPERM)),
+            false => mknod(temp, SFlag::S_IFCHR, 0, 0),
+        };
+        match made {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 fs::OpenOptions::new().write(true).create_new(true).open(temp)?;
                 set_xattr(temp, self.whiteout_xattr(), b"y")?;
@@ -283,7 +296,11 @@ impl Upper {
     /// Renames within the upper; `flags` are renameat2's (RENAME_NOREPLACE, RENAME_EXCHANGE,
     /// RENAME_WHITEOUT to leave a whiteout at the source atomically).
     pub fn rename(&self, from: &[u8], to: &[u8], flags: u32) -> io::Result<()> {
-        match rename2(&self.host(from), &self.host(to), flags) {
+        let renamed = match self.xattr_whiteouts && flags & libc::RENAME_WHITEOUT != 0 {
+            true => Err(io::Error::from_raw_os_error(libc::EPERM)),
+            false => rename2(&self.host(from), &self.host(to), flags),
+        };
+        match renamed {
             // RENAME_WHITEOUT needs CAP_MKNOD: rename, then leave the xattr form of whiteout.
             Err(e) if flags & libc::RENAME_WHITEOUT != 0 && e.raw_os_error() == Some(libc::EPERM) => {
                 rename2(&self.host(from), &self.host(to), flags & !libc::RENAME_WHITEOUT)?;
