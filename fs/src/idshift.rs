@@ -46,24 +46,21 @@ pub struct IdShift {
     pub squash_gid: Option<u32>,
 }
 
-fn show(ranges: &[IdRange], stored: u32) -> u32 {
+/// Maps `id` from one side of the ranges to the other (`from`/`to` pick the side); ids outside
+/// every range become [`OVERFLOW_ID`], and no ranges at all means ids pass unchanged.
+fn translate(ranges: &[IdRange], id: u32, from: fn(&IdRange) -> u32, to: fn(&IdRange) -> u32) -> u32 {
     if ranges.is_empty() {
-        return stored;
+        return id;
     }
-    ranges
-        .iter()
-        .find(|r| stored >= r.stored && stored - r.stored < r.count)
-        .map_or(OVERFLOW_ID, |r| r.shown + (stored - r.stored))
+    ranges.iter().find(|r| id >= from(r) && id - from(r) < r.count).map_or(OVERFLOW_ID, |r| to(r) + (id - from(r)))
+}
+
+fn show(ranges: &[IdRange], stored: u32) -> u32 {
+    translate(ranges, stored, |r| r.stored, |r| r.shown)
 }
 
 fn store(ranges: &[IdRange], shown: u32) -> u32 {
-    if ranges.is_empty() {
-        return shown;
-    }
-    ranges
-        .iter()
-        .find(|r| shown >= r.shown && shown - r.shown < r.count)
-        .map_or(OVERFLOW_ID, |r| r.stored + (shown - r.shown))
+    translate(ranges, shown, |r| r.shown, |r| r.stored)
 }
 
 impl IdShift {
