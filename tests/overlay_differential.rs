@@ -1387,3 +1387,91 @@ fn upper_is_kernel_overlayfs_compatible() {
         failures.join("\n\n")
     );
 }
+
+/// Writes and truncations by a caller without CAP_FSETID drop set-user-id and executable
+/// set-group-id bits, a root writer keeps them, and a write drops file capabilities: checked
+/// through kernel overlayfs and strata side by side, on lower files (copied up by the write) and
+/// on a file made in the mount. strata drops the bits itself (FUSE_HANDLE_KILLPRIV_V2), so this
+/// is the test that its choice of which opens may bypass it (passthrough) is right.
+#[test]
+fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
+    if !require_fuse() || !require_command("setpriv") {
+        return;
+    }
+    let work = scratch();
+    let w = work.path();
+    chmod(w, 0o755);
+    let lower = w.join("lower");
+    std::fs::create_dir(&lower).unwrap();
+    let files = [
+        ("append-suid", 0o4777),
+        ("append-sgid", 0o2777),
+        ("append-sgid-no-group-exec", 0o2767),
+        ("append-sgid-no-group-exec-own-group", 0o2767),
+        ("truncate-suid", 0o4777),
+        ("open-trunc-suid", 0o4777),
+        ("root-appends-suid", 0o4777),
+        ("root-appends-capability", 0o755),
+    ];
+    for (name, mode) in files {
+        std::fs::write(lower.join(name), b"lower\n").unwrap();
+        chmod(&lower.join(name), mode);
+    }
+    lchown(&lower.join("append-sgid-no-group-exec-own-group"), 0, 65534);
+    // security.capability, VFS_CAP_REVISION_2 with the effective bit: cap_net_raw=ep.
+    let caps: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    set_xattr(&lower.join("root-appends-capability"), "security.capability", &caps);
+
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let kernel_dir = w.join("k-mnt");
+    for d in ["k-upper", "k-work", "k-mnt"] {
+        std::fs::create_dir(w.join(d)).unwrap();
+    }
+    let options = format!("lowerdir={},upperdir={},workdir={}", s(&lower), s(&w.join("k-upper")), s(&w.join("k-work")));
+    let out =
+        Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&kernel_dir).output().unwrap();
+    assert!(out.status.success(), "kernel overlay mount failed: {}", String::from_utf8_lossy(&out.stderr));
+    let _kernel = KernelOverlay { dir: kernel_dir.clone() };
+    let args =
+        ["--allow-other", "--upper", &s(&w.join("s-upper")), "--work", &s(&w.join("s-work")), "--layer", &s(&lower)];
+    let strata_mount = Mounted::new(&w.join("cache"), &args, &w.join("s-mnt"));
+
+    let observe = |mnt: &Path| -> BTreeMap<String, (u32, bool)> {
+        std::fs::write(mnt.join("made-suid"), b"made\n").unwrap();
+        chmod(&mnt.join("made-suid"), 0o4777);
+        let as_nobody = |script: &str| {
+            let out = Command::new("setpriv")
+                .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", script])
+                .current_dir(mnt)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "as nobody in {}: {}", mnt.display(), String::from_utf8_lossy(&out.stderr));
+        };
+        as_nobody(
+            "echo x >> append-suid && echo x >> append-sgid && echo x >> append-sgid-no-group-exec && \
+             echo x >> append-sgid-no-group-exec-own-group && \
+             truncate -s 2 truncate-suid && : > open-trunc-suid && echo x >> made-suid",
+        );
+        for name in ["root-appends-suid", "root-appends-capability"] {
+            let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join(name)).unwrap();
+            std::io::Write::write_all(&mut f, b"root\n").unwrap();
+        }
+        let mut seen = BTreeMap::new();
+        for entry in std::fs::read_dir(mnt).unwrap() {
+            let path = entry.unwrap().path();
+            let mode = std::fs::metadata(&path).unwrap().mode() & 0o7777;
+            let name = CString::new("security.capability").unwrap();
+            let has_caps = unsafe { libc::lgetxattr(c(&path).as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) } > 0;
+            seen.insert(path.file_name().unwrap().to_string_lossy().into_owned(), (mode, has_caps));
+        }
+        seen
+    };
+    let kernel = observe(&kernel_dir);
+    let strata = observe(&strata_mount.dir);
+    assert_eq!(kernel["append-suid"], (0o777, false), "the oracle drops set-user-id on an unprivileged write");
+    assert_eq!(kernel["append-sgid-no-group-exec"], (0o767, false), "the oracle drops another group's set-group-id");
+    assert_eq!(kernel["append-sgid-no-group-exec-own-group"], (0o2767, false), "the oracle keeps a locking one");
+    assert_eq!(kernel["root-appends-suid"], (0o4777, false), "the oracle keeps set-user-id on a root write");
+    assert_eq!(kernel["root-appends-capability"], (0o755, false), "the oracle drops capabilities on a write");
+    assert_eq!(kernel, strata, "modes and capabilities after the writes: kernel overlayfs, then strata");
+}

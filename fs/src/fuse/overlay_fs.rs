@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,7 +27,7 @@ use super::handles::Handles;
 use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::idshift::IdShift;
 use crate::layer::index::Kind;
-use crate::overlay::{AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
+use crate::overlay::{has_privilege_bits, AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
 const TTL: Duration = Duration::from_secs(3600);
@@ -130,13 +130,17 @@ impl OverlayFs {
     }
 
     /// The backing file of `ino` for a passthrough open, if this open can be one: none while
-    /// cached opens of the inode exist (the kernel would refuse the mix). `register` turns an open
-    /// file into a backing id (the reply's `open_backing`).
+    /// cached opens of the inode exist (the kernel would refuse the mix), and none for a
+    /// set-user-id or set-group-id file, whose writes must come through the daemon to drop those
+    /// bits (the kernel writes a backing file with the mounter's credentials, which keep them).
+    /// `register` turns an open file into a backing id (the reply's `open_backing`).
     fn backing_for(
         &self,
         ino: u64,
+        file: &OpenFile,
         register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
+        let OpenFile::Upper(opened) = file else { return None };
         if !self.passthrough {
             return None;
         }
@@ -147,6 +151,9 @@ impl OverlayFs {
         }
         if let Some(backing) = &io.backing {
             return Some(Arc::clone(backing));
+        }
+        if opened.metadata().map_or(true, |meta| has_privilege_bits(meta.mode())) {
+            return None;
         }
         // Read-write whatever this open asks: later opens of the inode share this backing file.
         let OpenFile::Upper(file) = self.overlay.open(ino, libc::O_RDWR).ok()? else { return None };
@@ -161,6 +168,12 @@ impl OverlayFs {
             Err(e) => reply.error(errno::from_io(&e)),
         }
     }
+}
+
+/// Whether the caller may keep privilege bits while writing (CAP_FSETID): FUSE does not say, and
+/// the kernel flags only writes; for truncation by open or setattr, root stands for the capability.
+fn lacks_fsetid(req: &Request) -> bool {
+    req.uid() != 0
 }
 
 fn empty(reply: ReplyEmpty, result: io::Result<()>) {
@@ -204,7 +217,14 @@ fn kind_of_mode(mode: u32) -> Kind {
 
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let mut wanted = InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_CACHE_SYMLINKS | InitFlags::FUSE_ATOMIC_O_TRUNC;
+        // KILLPRIV_V2: the daemon drops set-user-id/set-group-id bits on unprivileged writes and
+        // truncations, so the kernel marks inodes S_NOSEC and stops sending a GETXATTR of
+        // `security.capability` before every write (a round trip per write(2) otherwise). The
+        // host drops file capabilities itself when the upper file is written.
+        let mut wanted = InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         // Passthrough needs CAP_SYS_ADMIN for its backing files, and the kernel does not combine
         // it with the writeback cache: root gets passthrough, others the writeback cache.
         self.passthrough = crate::upper::privileged()
@@ -233,7 +253,7 @@ impl Filesystem for OverlayFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -260,7 +280,12 @@ impl Filesystem for OverlayFs {
             false => (uid.map(|u| self.ids.stored_uid(u)), gid.map(|g| self.ids.stored_gid(g))),
         };
         let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
-        self.attr(reply, self.overlay.setattr(ino.0, &change))
+        let mut result = self.overlay.setattr(ino.0, &change);
+        if result.is_ok() && size.is_some() && mode.is_none() && lacks_fsetid(req) {
+            result =
+                self.overlay.drop_privilege_bits(ino.0, self.caller(req)).and_then(|()| self.overlay.getattr(ino.0));
+        }
+        self.attr(reply, result)
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -338,15 +363,17 @@ impl Filesystem for OverlayFs {
         self.entry(reply, self.overlay.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let file = match self.overlay.open(ino.0, flags.0) {
             Ok(file) => file,
             Err(e) => return reply.error(errno::from_io(&e)),
         };
-        let backing = match &file {
-            OpenFile::Upper(_) => self.backing_for(ino.0, |f| reply.open_backing(f)),
-            OpenFile::Lower(_) => None,
-        };
+        if flags.0 & libc::O_TRUNC != 0 && lacks_fsetid(req) {
+            if let Err(e) = self.overlay.drop_privilege_bits(ino.0, self.caller(req)) {
+                return reply.error(errno::from_io(&e));
+            }
+        }
+        let backing = self.backing_for(ino.0, &file, |f| reply.open_backing(f));
         let fh = self.files.insert(file);
         self.io.opened(fh, ino.0, backing.is_some());
         match backing {
@@ -370,7 +397,7 @@ impl Filesystem for OverlayFs {
         let opened = made.and_then(|attr| Ok((attr, self.overlay.open(attr.ino.0, flags & !libc::O_TRUNC)?)));
         match opened {
             Ok((attr, file)) => {
-                let backing = self.backing_for(attr.ino.0, |f| reply.open_backing(f));
+                let backing = self.backing_for(attr.ino.0, &file, |f| reply.open_backing(f));
                 let fh = self.files.insert(file);
                 self.io.opened(fh, attr.ino.0, backing.is_some());
                 let (shown, fh) = (self.shown(attr), FileHandle(fh));
@@ -405,21 +432,27 @@ impl Filesystem for OverlayFs {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         match self.files.get(fh.0).as_deref() {
-            Some(OpenFile::Upper(file)) => match file.write_all_at(data, offset) {
-                Ok(()) => reply.written(data.len() as u32),
-                Err(e) => reply.error(errno::from_io(&e)),
-            },
+            Some(OpenFile::Upper(file)) => {
+                let mut result = file.write_all_at(data, offset);
+                if result.is_ok() && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                    result = self.overlay.drop_privilege_bits(ino.0, self.caller(req));
+                }
+                match result {
+                    Ok(()) => reply.written(data.len() as u32),
+                    Err(e) => reply.error(errno::from_io(&e)),
+                }
+            }
             _ => reply.error(Errno::EBADF),
         }
     }

@@ -76,6 +76,23 @@ pub struct Caller {
     pub gid: u32,
 }
 
+/// The mode a write or truncation by a caller without CAP_FSETID leaves, as the kernel's
+/// `setattr_should_drop_suidgid`: without set-user-id, and without set-group-id when group
+/// execution is allowed or the caller is not in the file's group (otherwise the bit marks
+/// mandatory locking and stays). None when nothing changes.
+pub fn without_privilege_bits(mode: u32, caller_in_group: bool) -> Option<u32> {
+    let mut kept = mode & !libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 || !caller_in_group {
+        kept &= !libc::S_ISGID;
+    }
+    (kept != mode).then_some(kept)
+}
+
+/// True for a mode whose writes may have to drop privilege bits ([`without_privilege_bits`]).
+pub fn has_privilege_bits(mode: u32) -> bool {
+    mode & (libc::S_ISUID | libc::S_ISGID) != 0
+}
+
 pub struct Overlay {
     view: ImageView,
     upper: Upper,
@@ -648,7 +665,41 @@ impl Overlay {
         })
     }
 
+    /// Drops the set-user-id bit and an executable set-group-id bit of `ino`, as the kernel does
+    /// when a caller without CAP_FSETID writes or truncates a file. Under FUSE_HANDLE_KILLPRIV_V2
+    /// the kernel leaves this to the filesystem (and, in exchange, stops asking for
+    /// `security.capability` before every write).
+    pub fn drop_privilege_bits(&self, ino: Ino, who: Caller) -> io::Result<()> {
+        let table = self.table();
+        let attr = self.attr_locked(&table, ino)?;
+        match without_privilege_bits(attr.perm as u32, attr.gid == who.gid) {
+            Some(mode) if table.get(ino)?.upper => self.upper.chmod(&table.path(ino)?, mode),
+            _ => Ok(()),
+        }
+    }
+
     pub fn statfs(&self) -> io::Result<nix::sys::statvfs::Statvfs> {
         self.upper.statvfs()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{has_privilege_bits, without_privilege_bits};
+
+    #[test]
+    fn writes_drop_setuid_and_setgid_as_the_kernel_does() {
+        for in_group in [true, false] {
+            assert_eq!(without_privilege_bits(0o4755, in_group), Some(0o755));
+            assert_eq!(without_privilege_bits(0o2755, in_group), Some(0o755));
+            assert_eq!(without_privilege_bits(0o6777, in_group), Some(0o777));
+            assert_eq!(without_privilege_bits(0o1777, in_group), None);
+            assert_eq!(without_privilege_bits(0o644, in_group), None);
+        }
+        // Set-group-id without group execution marks mandatory locking: a group member keeps it.
+        assert_eq!(without_privilege_bits(0o2745, true), None);
+        assert_eq!(without_privilege_bits(0o6745, true), Some(0o2745));
+        assert_eq!(without_privilege_bits(0o2745, false), Some(0o745));
+        assert!(has_privilege_bits(0o2745) && has_privilege_bits(0o4700) && !has_privilege_bits(0o1777));
     }
 }
