@@ -138,6 +138,7 @@ impl OverlayFs {
         &self,
         ino: u64,
         file: &OpenFile,
+        read_write: bool,
         register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let OpenFile::Upper(opened) = file else { return None };
@@ -156,7 +157,15 @@ impl OverlayFs {
             return None;
         }
         // Read-write whatever this open asks: later opens of the inode share this backing file.
-        let OpenFile::Upper(file) = self.overlay.open(ino, libc::O_RDWR).ok()? else { return None };
+        let reopened;
+        let file = match read_write {
+            true => opened,
+            false => {
+                let OpenFile::Upper(file) = self.overlay.open(ino, libc::O_RDWR).ok()? else { return None };
+                reopened = file;
+                &reopened
+            }
+        };
         let backing = Arc::new(register(&file).ok()?);
         io.backing = Some(Arc::clone(&backing));
         Some(backing)
@@ -373,7 +382,8 @@ impl Filesystem for OverlayFs {
                 return reply.error(errno::from_io(&e));
             }
         }
-        let backing = self.backing_for(ino.0, &file, |f| reply.open_backing(f));
+        let read_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let backing = self.backing_for(ino.0, &file, read_write, |f| reply.open_backing(f));
         let fh = self.files.insert(file);
         self.io.opened(fh, ino.0, backing.is_some());
         match backing {
@@ -390,14 +400,14 @@ impl Filesystem for OverlayFs {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
-        let made = self.overlay.make(parent.0, name.as_bytes(), &NewObject::of(Kind::File, mode), self.caller(req));
-        let opened = made.and_then(|attr| Ok((attr, self.overlay.open(attr.ino.0, flags & !libc::O_TRUNC)?)));
-        match opened {
+        // The new file comes back open read-write (the kernel checks this open's access mode).
+        match self.overlay.create(parent.0, name.as_bytes(), mode, self.caller(req)) {
             Ok((attr, file)) => {
-                let backing = self.backing_for(attr.ino.0, &file, |f| reply.open_backing(f));
+                let file = OpenFile::Upper(file);
+                let backing = self.backing_for(attr.ino.0, &file, true, |f| reply.open_backing(f));
                 let fh = self.files.insert(file);
                 self.io.opened(fh, attr.ino.0, backing.is_some());
                 let (shown, fh) = (self.shown(attr), FileHandle(fh));

@@ -93,6 +93,26 @@ pub fn has_privilege_bits(mode: u32) -> bool {
     mode & (libc::S_ISUID | libc::S_ISGID) != 0
 }
 
+/// The inode number of the upper object with host inode number `host_ino`: a copy-up keeps the
+/// number it had in the lower (recorded when this mount copied it up); any other upper object
+/// gets a number of its own.
+fn upper_ino(table: &mut Table, host_ino: u64) -> Ino {
+    table.origin(host_ino).unwrap_or_else(|| {
+        let ino = table.new_ino();
+        table.set_origin(host_ino, ino);
+        ino
+    })
+}
+
+/// What a name in a directory stands for.
+enum Probe {
+    Found(Ino, Inode),
+    /// Nothing; `whiteout` when the upper hides a lower object there.
+    Absent {
+        whiteout: bool,
+    },
+}
+
 pub struct Overlay {
     view: ImageView,
     upper: Upper,
@@ -158,6 +178,14 @@ impl Overlay {
 
     /// Resolves `name` in directory `parent`: (inode number, inode) without registering it.
     fn resolve(&self, table: &mut Table, parent: Ino, name: &[u8]) -> io::Result<(Ino, Inode)> {
+        match self.probe(table, parent, name)? {
+            Probe::Found(ino, inode) => Ok((ino, inode)),
+            Probe::Absent { .. } => Err(errno(libc::ENOENT)),
+        }
+    }
+
+    /// What `name` in directory `parent` is: an object, or nothing (possibly a whiteout).
+    fn probe(&self, table: &mut Table, parent: Ino, name: &[u8]) -> io::Result<Probe> {
         if name.len() > 255 {
             return Err(errno(libc::ENAMETOOLONG));
         }
@@ -170,28 +198,24 @@ impl Overlay {
         let lower_child = dir.lower.and_then(|d| self.view.tree.lookup_child(d, name));
         if dir.upper {
             match self.upper.entry(&path)? {
-                UpperEntry::Whiteout => return Err(errno(libc::ENOENT)),
+                UpperEntry::Whiteout => return Ok(Probe::Absent { whiteout: true }),
                 UpperEntry::Present(meta) => {
                     let kind = Kind::of_host(meta.file_type());
                     let merges = kind == Kind::Dir && !self.upper.is_opaque(&path);
                     let lower = lower_child.filter(|&c| merges && self.lower_kind(c) == Kind::Dir);
-                    // A copy-up keeps the number it had in the lower (recorded when this mount
-                    // copied it up); any other upper object gets a number of its own.
-                    let ino = match table.origin(meta.ino()) {
-                        Some(ino) => ino,
-                        None => {
-                            let ino = table.new_ino();
-                            table.set_origin(meta.ino(), ino);
-                            ino
-                        }
-                    };
-                    return Ok((ino, Inode::new(parent, name, lower, true, kind)));
+                    let inode = Inode::new(parent, name, lower, true, kind);
+                    return Ok(Probe::Found(upper_ino(table, meta.ino()), inode));
                 }
                 UpperEntry::Missing => {}
             }
         }
-        let child = lower_child.ok_or_else(|| errno(libc::ENOENT))?;
-        Ok((self.lower_ino(child), Inode::new(parent, name, Some(child), false, self.lower_kind(child))))
+        Ok(match lower_child {
+            Some(child) => Probe::Found(
+                self.lower_ino(child),
+                Inode::new(parent, name, Some(child), false, self.lower_kind(child)),
+            ),
+            None => Probe::Absent { whiteout: false },
+        })
     }
 
     /// Looks up a name and registers it with the kernel (one more lookup reference).
@@ -365,27 +389,46 @@ impl Overlay {
 
     /// Creates a non-directory object (or, with `Kind::Dir`, a directory) named `name`.
     pub fn make(&self, parent: Ino, name: &[u8], what: &NewObject, who: Caller) -> io::Result<FileAttr> {
+        self.make_in_upper(parent, name, what, who).map(|(attr, _)| attr)
+    }
+
+    /// Creates a regular file named `name` and returns it open for reading and writing.
+    pub fn create(&self, parent: Ino, name: &[u8], mode: u32, who: Caller) -> io::Result<(FileAttr, File)> {
+        let (attr, file) = self.make_in_upper(parent, name, &NewObject::of(Kind::File, mode), who)?;
+        Ok((attr, file.expect("a regular file is made open")))
+    }
+
+    fn make_in_upper(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        what: &NewObject,
+        who: Caller,
+    ) -> io::Result<(FileAttr, Option<File>)> {
         let NewObject { kind, mode, rdev, target } = *what;
         let mut table = self.table();
-        match self.resolve(&mut table, parent, name) {
-            Ok(_) => return Err(errno(libc::EEXIST)),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e),
-        }
+        // A deleted lower object leaves a whiteout; a directory made over it must be opaque.
+        let Probe::Absent { whiteout: replaces_whiteout } = self.probe(&mut table, parent, name)? else {
+            return Err(errno(libc::EEXIST));
+        };
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);
-        // A deleted lower object leaves a whiteout; a directory made over it must be opaque.
-        let replaces_whiteout = matches!(self.upper.entry(&path)?, UpperEntry::Whiteout);
         let (gid, mode) = self.inherit_setgid(&table, parent, who, kind, mode)?;
         let owner = (who.uid, gid);
-        if kind == Kind::Dir {
-            self.upper.mkdir(&path, mode, owner, replaces_whiteout)?;
-        } else {
-            self.upper.create(&path, kind, mode, rdev, target, owner)?;
-        }
-        let (ino, inode) = self.resolve(&mut table, parent, name)?;
-        table.remember(ino, inode);
-        self.attr_locked(&table, ino)
+        let file = match kind {
+            Kind::Dir => self.upper.mkdir(&path, mode, owner, replaces_whiteout).map(|()| None)?,
+            Kind::File => Some(self.upper.create_file(&path, mode, owner)?),
+            _ => self.upper.create(&path, kind, mode, rdev, target, owner).map(|()| None)?,
+        };
+        let meta = match &file {
+            Some(file) => file.metadata()?,
+            None => std::fs::symlink_metadata(self.upper.host(&path))?,
+        };
+        // Nothing of a lower layer shows through a new object: the name did not resolve, so the
+        // lower has none, or it is whited out (and a directory made there is opaque).
+        let ino = upper_ino(&mut table, meta.ino());
+        table.remember(ino, Inode::new(parent, name, None, true, kind));
+        Ok((attr::from_metadata(&meta, ino), file))
     }
 
     /// The group and mode of a new object: in a setgid directory it takes the directory's group,

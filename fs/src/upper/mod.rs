@@ -37,6 +37,8 @@ pub struct Upper {
     root: PathBuf,
     work: PathBuf,
     mode: XattrMode,
+    /// Temporary names in the work directory: this process' id and a counter.
+    pid: u32,
     next_temp: AtomicU64,
     /// Write whiteouts in overlayfs' xattr form even where mknod is allowed
     /// (`STRATA_XATTR_WHITEOUTS=1`, as fuse-overlayfs' `FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT`):
@@ -88,6 +90,7 @@ impl Upper {
             root: fs::canonicalize(root)?,
             work: fs::canonicalize(work)?,
             mode,
+            pid: std::process::id(),
             next_temp: AtomicU64::new(0),
             xattr_whiteouts: std::env::var_os("STRATA_XATTR_WHITEOUTS").is_some_and(|v| v == "1"),
         };
@@ -122,7 +125,7 @@ impl Upper {
     }
 
     fn temp(&self) -> PathBuf {
-        self.work.join(format!("#{}-{}", std::process::id(), self.next_temp.fetch_add(1, Ordering::Relaxed)))
+        self.work.join(format!("#{}-{}", self.pid, self.next_temp.fetch_add(1, Ordering::Relaxed)))
     }
 
     pub fn opaque_xattr(&self) -> &'static [u8] {
@@ -177,20 +180,21 @@ impl Upper {
     /// Builds an object in the work directory with `make`, then renames it onto `rel`,
     /// atomically replacing a whiteout (or anything) there. Where rename cannot replace the old
     /// object (a directory over a whiteout), the two are exchanged and the old one removed.
-    fn place(&self, rel: &[u8], make: impl FnOnce(&Path) -> io::Result<()>) -> io::Result<()> {
+    fn place<T>(&self, rel: &[u8], make: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
         let temp = self.temp();
         let host = self.host(rel);
-        let placed = make(&temp).and_then(|()| match fs::rename(&temp, &host) {
+        let placed = make(&temp).and_then(|made| match fs::rename(&temp, &host) {
+            Ok(()) => Ok((made, false)),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::EISDIR)) => {
-                rename2(&temp, &host, libc::RENAME_EXCHANGE)
+                rename2(&temp, &host, libc::RENAME_EXCHANGE).map(|()| (made, true))
             }
-            other => other,
+            Err(e) => Err(e),
         });
         // After an exchange the old object is at `temp`; after a failure, the unfinished new one.
-        if fs::symlink_metadata(&temp).is_ok() {
+        if !matches!(placed, Ok((_, false))) && fs::symlink_metadata(&temp).is_ok() {
             let _ = fs::remove_dir_all(&temp).or_else(|_| fs::remove_file(&temp));
         }
-        placed
+        placed.map(|(made, _)| made)
     }
 
     /// Deletes whatever the upper has at `rel` and leaves a whiteout in its place, atomically.
@@ -273,6 +277,18 @@ impl Upper {
                 fs::set_permissions(temp, fs::Permissions::from_mode(mode & 0o7777))?;
             }
             lchown(temp, owner.0, owner.1)
+        })
+    }
+
+    /// Creates a regular file at `rel` and returns it open for reading and writing.
+    pub fn create_file(&self, rel: &[u8], mode: u32, owner: (u32, u32)) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.place(rel, |temp| {
+            let file = fs::OpenOptions::new().read(true).write(true).create_new(true).mode(mode & 0o7777).open(temp)?;
+            // The mode again: the daemon's umask applies to open(2), the caller's already has.
+            file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+            unprivileged_may_skip(std::os::unix::fs::fchown(&file, Some(owner.0), Some(owner.1)))?;
+            Ok(file)
         })
     }
 
