@@ -540,3 +540,64 @@ fn xattr_form_whiteouts_hide_what_they_delete() {
     assert_eq!(visible(&again.dir), expected, "a remount reads the xattr whiteouts back");
     drop(again);
 }
+
+/// Pages of `path` in the page cache.
+fn resident_pages(path: &Path) -> usize {
+    let file = std::fs::File::open(path).unwrap();
+    let len = file.metadata().unwrap().len() as usize;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: a read-only shared mapping of an open file, unmapped before returning.
+    unsafe {
+        let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0);
+        assert_ne!(map, libc::MAP_FAILED);
+        let mut pages = vec![0u8; len.div_ceil(4096)];
+        assert_eq!(libc::mincore(map, len, pages.as_mut_ptr()), 0);
+        libc::munmap(map, len);
+        pages.iter().filter(|&&p| p & 1 == 1).count()
+    }
+}
+
+fn drop_from_page_cache(path: &Path) {
+    let file = std::fs::File::open(path).unwrap();
+    file.sync_all().unwrap(); // dirty pages would stay
+                              // SAFETY: an open descriptor and plain integers.
+    assert_eq!(
+        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&file), 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+}
+
+/// As root, a file still in a directory lower is read in FUSE passthrough: the kernel reads the
+/// lower file itself, so its page cache (not the mount's) holds the data. While such a read-only
+/// open lives, the file's data cannot change (ETXTBSY: the kernel names one backing file per open
+/// inode); once it is closed, the write copies up and later reads see it, the lower untouched.
+#[test]
+fn directory_lower_files_are_read_in_passthrough() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, true);
+    let m = writable(w, &lower);
+    let big = m.dir.join("big");
+    let expected = std::fs::read(lower.join("big")).unwrap();
+    assert_eq!(std::fs::read(&big).unwrap(), expected);
+    drop_from_page_cache(&lower.join("big"));
+    assert!(resident_pages(&lower.join("big")) < 16, "the lower file left the page cache");
+    // Read again: a cached FUSE open would be served from the mount's own page cache.
+    assert_eq!(std::fs::read(&big).unwrap(), expected);
+    let resident = resident_pages(&lower.join("big"));
+    assert!(resident > 15_000, "the read went to the lower file: {resident} of 16384 pages resident");
+
+    let reader = std::fs::File::open(m.dir.join("a/f1")).unwrap();
+    let write = std::fs::OpenOptions::new().write(true).open(m.dir.join("a/f1"));
+    assert_eq!(write.unwrap_err().raw_os_error(), Some(libc::ETXTBSY), "writing while read in passthrough");
+    let truncate = std::fs::OpenOptions::new().write(true).open(m.dir.join("a/f1")).and_then(|f| f.set_len(0));
+    assert_eq!(truncate.unwrap_err().raw_os_error(), Some(libc::ETXTBSY));
+    assert_eq!(std::fs::read_to_string(m.dir.join("a/f1")).unwrap(), "one", "other readers share the open");
+    drop(reader);
+    std::fs::write(m.dir.join("a/f1"), "changed").unwrap();
+    assert_eq!(std::fs::read_to_string(m.dir.join("a/f1")).unwrap(), "changed");
+    assert_eq!(std::fs::read_to_string(lower.join("a/f1")).unwrap(), "one", "the lower is untouched");
+}

@@ -6,6 +6,7 @@
 pub(crate) mod attr;
 pub mod errno;
 mod handles;
+mod io_modes;
 pub mod mount;
 pub mod overlay_fs;
 

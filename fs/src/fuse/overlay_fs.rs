@@ -9,14 +9,13 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use dashmap::DashMap;
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
@@ -24,10 +23,11 @@ use fuser::{
 };
 
 use super::handles::Handles;
+use super::io_modes::{InodeIo, IoModes, Open};
 use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::idshift::IdShift;
 use crate::layer::index::Kind;
-use crate::overlay::{has_privilege_bits, AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
+use crate::overlay::{AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
 const TTL: Duration = Duration::from_secs(3600);
@@ -38,60 +38,7 @@ pub struct OverlayFs {
     listings: Handles<Vec<DirEntry>>,
     /// Owners as shown through the mount (fuse-overlayfs' uidmapping/squash options).
     ids: IdShift,
-    /// Upper files are opened in FUSE passthrough (the kernel reads and writes the upper file
-    /// itself); decided at init: it needs root and excludes the writeback cache.
-    passthrough: bool,
     io: IoModes,
-}
-
-/// The FUSE io mode of each open inode. The kernel refuses to mix passthrough and cached opens of
-/// one inode, and wants every passthrough open of an inode to name the same backing file.
-#[derive(Default)]
-struct IoModes {
-    inodes: Mutex<HashMap<u64, InodeIo>>,
-    /// Open file handle -> (inode, opened in passthrough).
-    handles: DashMap<u64, (u64, bool)>,
-}
-
-#[derive(Default)]
-struct InodeIo {
-    cached: u32,
-    passthrough: u32,
-    backing: Option<Arc<BackingId>>,
-}
-
-impl IoModes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, InodeIo>> {
-        self.inodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn opened(&self, fh: u64, ino: u64, passthrough: bool) {
-        let mut inodes = self.lock();
-        let io = inodes.entry(ino).or_default();
-        if passthrough {
-            io.passthrough += 1;
-        } else {
-            io.cached += 1;
-        }
-        self.handles.insert(fh, (ino, passthrough));
-    }
-
-    fn released(&self, fh: u64) {
-        let Some((_, (ino, passthrough))) = self.handles.remove(&fh) else { return };
-        let mut inodes = self.lock();
-        let Some(io) = inodes.get_mut(&ino) else { return };
-        if passthrough {
-            io.passthrough -= 1;
-            if io.passthrough == 0 {
-                io.backing = None;
-            }
-        } else {
-            io.cached -= 1;
-        }
-        if io.passthrough == 0 && io.cached == 0 {
-            inodes.remove(&ino);
-        }
-    }
 }
 
 impl OverlayFs {
@@ -101,7 +48,6 @@ impl OverlayFs {
             files: Handles::default(),
             listings: Handles::default(),
             ids: IdShift::default(),
-            passthrough: false,
             io: IoModes::default(),
         }
     }
@@ -129,46 +75,26 @@ impl OverlayFs {
         }
     }
 
-    /// The backing file of `ino` for a passthrough open, if this open can be one: none while
-    /// cached opens of the inode exist (the kernel would refuse the mix), and none for a
-    /// set-user-id or set-group-id file, whose writes must come through the daemon to drop those
-    /// bits (the kernel writes a backing file with the mounter's credentials, which keep them).
-    /// `register` turns an open file into a backing id (the reply's `open_backing`).
-    fn backing_for(
+    /// Registers an open file under a new handle and picks its io mode ([`IoModes::adopt`]),
+    /// with the inodes' io state locked by the caller. Returns the handle and, for a passthrough
+    /// open, its backing.
+    fn adopt(
         &self,
+        inodes: &mut HashMap<u64, InodeIo>,
         ino: u64,
-        file: &OpenFile,
+        file: OpenFile,
         read_write: bool,
-        register: impl FnOnce(&std::fs::File) -> io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
-        let OpenFile::Upper(opened) = file else { return None };
-        if !self.passthrough {
-            return None;
-        }
-        let mut inodes = self.io.lock();
-        let io = inodes.entry(ino).or_default();
-        if io.cached > 0 {
-            return None;
-        }
-        if let Some(backing) = &io.backing {
-            return Some(Arc::clone(backing));
-        }
-        if opened.metadata().map_or(true, |meta| has_privilege_bits(meta.mode())) {
-            return None;
-        }
-        // Read-write whatever this open asks: later opens of the inode share this backing file.
-        let reopened;
-        let file = match read_write {
-            true => opened,
-            false => {
-                let OpenFile::Upper(file) = self.overlay.open(ino, libc::O_RDWR).ok()? else { return None };
-                reopened = file;
-                &reopened
-            }
+        register: impl Fn(&std::fs::File) -> io::Result<BackingId>,
+    ) -> (FileHandle, Option<Arc<BackingId>>) {
+        let reopen = || match self.overlay.open(ino, libc::O_RDWR)? {
+            OpenFile::Upper(file) => Ok(file),
+            OpenFile::Lower(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         };
-        let backing = Arc::new(register(&file).ok()?);
-        io.backing = Some(Arc::clone(&backing));
-        Some(backing)
+        let open = Open { ino, file: &file, read_write, reopen: &reopen, register: &register };
+        let backing = self.io.adopt(inodes, open);
+        let fh = self.files.insert(file);
+        self.io.track(fh, ino, backing.is_some());
+        (FileHandle(fh), backing)
     }
 
     fn attr(&self, reply: ReplyAttr, result: io::Result<FileAttr>) {
@@ -236,10 +162,10 @@ impl Filesystem for OverlayFs {
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         // Passthrough needs CAP_SYS_ADMIN for its backing files, and the kernel does not combine
         // it with the writeback cache: root gets passthrough, others the writeback cache.
-        self.passthrough = crate::upper::privileged()
+        self.io.passthrough = crate::upper::privileged()
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok();
-        wanted |= if self.passthrough { InitFlags::FUSE_PASSTHROUGH } else { InitFlags::FUSE_WRITEBACK_CACHE };
+        wanted |= if self.io.passthrough { InitFlags::FUSE_PASSTHROUGH } else { InitFlags::FUSE_WRITEBACK_CACHE };
         super::negotiate(config, wanted);
         Ok(())
     }
@@ -289,7 +215,13 @@ impl Filesystem for OverlayFs {
             false => (uid.map(|u| self.ids.stored_uid(u)), gid.map(|g| self.ids.stored_gid(g))),
         };
         let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
+        // A size change is a data change: not while opens read the lower file (see `open`).
+        let inodes = self.io.lock();
+        if size.is_some() && inodes.get(&ino.0).is_some_and(InodeIo::pinned_to_lower) {
+            return reply.error(Errno::ETXTBSY);
+        }
         let mut result = self.overlay.setattr(ino.0, &change);
+        drop(inodes);
         if result.is_ok() && size.is_some() && mode.is_none() && lacks_fsetid(req) {
             result =
                 self.overlay.drop_privilege_bits(ino.0, self.caller(req)).and_then(|()| self.overlay.getattr(ino.0));
@@ -373,6 +305,11 @@ impl Filesystem for OverlayFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let changes_data = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let mut inodes = self.io.lock();
+        if changes_data && inodes.get(&ino.0).is_some_and(InodeIo::pinned_to_lower) {
+            return reply.error(Errno::ETXTBSY);
+        }
         let file = match self.overlay.open(ino.0, flags.0) {
             Ok(file) => file,
             Err(e) => return reply.error(errno::from_io(&e)),
@@ -383,13 +320,11 @@ impl Filesystem for OverlayFs {
             }
         }
         let read_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        let backing = self.backing_for(ino.0, &file, read_write, |f| reply.open_backing(f));
-        let fh = self.files.insert(file);
-        self.io.opened(fh, ino.0, backing.is_some());
+        let (fh, backing) = self.adopt(&mut inodes, ino.0, file, read_write, |f| reply.open_backing(f));
         match backing {
-            // Keep-cache is not allowed with passthrough: the page cache is the upper file's own.
-            Some(backing) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing),
-            None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            // Keep-cache is not allowed with passthrough: the page cache is the backing file's.
+            Some(backing) => reply.opened_passthrough(fh, FopenFlags::empty(), &backing),
+            None => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 
@@ -406,11 +341,10 @@ impl Filesystem for OverlayFs {
         // The new file comes back open read-write (the kernel checks this open's access mode).
         match self.overlay.create(parent.0, name.as_bytes(), mode, self.caller(req)) {
             Ok((attr, file)) => {
-                let file = OpenFile::Upper(file);
-                let backing = self.backing_for(attr.ino.0, &file, true, |f| reply.open_backing(f));
-                let fh = self.files.insert(file);
-                self.io.opened(fh, attr.ino.0, backing.is_some());
-                let (shown, fh) = (self.shown(attr), FileHandle(fh));
+                let mut inodes = self.io.lock();
+                let (fh, backing) =
+                    self.adopt(&mut inodes, attr.ino.0, OpenFile::Upper(file), true, |f| reply.open_backing(f));
+                let shown = self.shown(attr);
                 match backing {
                     Some(backing) => {
                         reply.created_passthrough(&TTL, &shown, Generation(0), fh, FopenFlags::empty(), &backing)

@@ -1,0 +1,129 @@
+//! The FUSE io mode of every open inode of a writable mount, under the kernel's rules: an inode's
+//! opens are either all cached (page cache of the FUSE inode, data through the daemon) or all
+//! passthrough (the kernel reads and writes a backing file itself), and every passthrough open of
+//! an inode names the same backing file. Which backing that is: the upper file, or, for a file
+//! still in a directory lower, the lower file itself (opened read-only). Owns only this
+//! bookkeeping; opening files and registering backings are the caller's.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+use fuser::BackingId;
+
+use crate::layer::FileReader;
+use crate::overlay::{has_privilege_bits, OpenFile};
+
+#[derive(Default)]
+pub struct IoModes {
+    /// Passthrough was negotiated at init (it needs root, and excludes the writeback cache).
+    pub passthrough: bool,
+    inodes: Mutex<HashMap<u64, InodeIo>>,
+    /// Open file handle -> (inode, opened in passthrough).
+    handles: DashMap<u64, (u64, bool)>,
+}
+
+#[derive(Default)]
+pub struct InodeIo {
+    cached: u32,
+    passthrough: u32,
+    backing: Option<Backing>,
+}
+
+struct Backing {
+    id: Arc<BackingId>,
+    /// The backing file is the lower file: read-only, and stale once the inode's data changes.
+    lower: bool,
+}
+
+impl InodeIo {
+    /// True while the inode is served from its lower file: its data must not change until those
+    /// opens are closed (their reads would not see it, and no other backing can be named).
+    pub fn pinned_to_lower(&self) -> bool {
+        self.backing.as_ref().is_some_and(|b| b.lower)
+    }
+}
+
+/// What an open needs in order to become a passthrough open.
+pub struct Open<'a> {
+    pub ino: u64,
+    pub file: &'a OpenFile,
+    /// The upper file was opened read-write (it can back later writing opens as it is).
+    pub read_write: bool,
+    /// Opens the upper file read-write when `file` is a read-only one.
+    pub reopen: &'a dyn Fn() -> io::Result<File>,
+    /// Turns a file into a backing id (the reply's `open_backing`).
+    pub register: &'a dyn Fn(&File) -> io::Result<BackingId>,
+}
+
+impl IoModes {
+    /// The io state of every open inode, locked: opens of one inode decide their mode under it.
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<u64, InodeIo>> {
+        self.inodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Picks the mode of an open and counts it: passthrough when the inode has a backing already
+    /// or can get one, cached otherwise. No passthrough while cached opens exist (the kernel
+    /// would refuse the mix), for an archive-served lower file (no file of its own), or for a
+    /// set-user-id or set-group-id upper file, whose writes must come through the daemon to drop
+    /// those bits (the kernel writes a backing file with the mounter's credentials, which keep
+    /// them). Returns the backing of a passthrough open; [`IoModes::track`] then records the
+    /// handle the open is answered with.
+    pub fn adopt(&self, inodes: &mut HashMap<u64, InodeIo>, open: Open<'_>) -> Option<Arc<BackingId>> {
+        let io = inodes.entry(open.ino).or_default();
+        let backing = if io.cached > 0 || !self.passthrough { None } else { Self::backing(io, &open) };
+        match backing {
+            Some(_) => io.passthrough += 1,
+            None => io.cached += 1,
+        }
+        backing
+    }
+
+    pub fn track(&self, fh: u64, ino: u64, passthrough: bool) {
+        self.handles.insert(fh, (ino, passthrough));
+    }
+
+    fn backing(io: &mut InodeIo, open: &Open<'_>) -> Option<Arc<BackingId>> {
+        if let Some(backing) = &io.backing {
+            return Some(Arc::clone(&backing.id));
+        }
+        let (id, lower) = match open.file {
+            OpenFile::Lower(FileReader::Host(file)) => ((open.register)(file).ok()?, true),
+            OpenFile::Lower(FileReader::InArchive { .. }) => return None,
+            OpenFile::Upper(file) => {
+                if file.metadata().map_or(true, |meta| has_privilege_bits(meta.mode())) {
+                    return None;
+                }
+                // Read-write whatever this open asks: later opens of the inode share the backing.
+                let id = match open.read_write {
+                    true => (open.register)(file).ok()?,
+                    false => (open.register)(&(open.reopen)().ok()?).ok()?,
+                };
+                (id, false)
+            }
+        };
+        let id = Arc::new(id);
+        io.backing = Some(Backing { id: Arc::clone(&id), lower });
+        Some(id)
+    }
+
+    pub fn released(&self, fh: u64) {
+        let Some((_, (ino, passthrough))) = self.handles.remove(&fh) else { return };
+        let mut inodes = self.lock();
+        let Some(io) = inodes.get_mut(&ino) else { return };
+        if passthrough {
+            io.passthrough -= 1;
+            if io.passthrough == 0 {
+                io.backing = None;
+            }
+        } else {
+            io.cached -= 1;
+        }
+        if io.passthrough == 0 && io.cached == 0 {
+            inodes.remove(&ino);
+        }
+    }
+}
