@@ -106,11 +106,18 @@ fn upper_ino(table: &mut Table, host_ino: u64) -> Ino {
 
 /// What a name in a directory stands for.
 enum Probe {
-    Found(Ino, Inode),
+    /// An object, with the upper's lstat of it when it is in the upper.
+    Found(Ino, Inode, Option<std::fs::Metadata>),
     /// Nothing; `whiteout` when the upper hides a lower object there.
-    Absent {
-        whiteout: bool,
-    },
+    Absent { whiteout: bool },
+}
+
+/// The upper object `meta` describes is about to go (see `Overlay::forget_host_object`).
+fn forget_host_meta(table: &mut Table, meta: &std::fs::Metadata) {
+    // A hard-linked object lives on under its other names, and keeps its number.
+    if meta.is_dir() || meta.nlink() <= 1 {
+        table.forget_origin(meta.ino());
+    }
 }
 
 pub struct Overlay {
@@ -179,7 +186,7 @@ impl Overlay {
     /// Resolves `name` in directory `parent`: (inode number, inode) without registering it.
     fn resolve(&self, table: &mut Table, parent: Ino, name: &[u8]) -> io::Result<(Ino, Inode)> {
         match self.probe(table, parent, name)? {
-            Probe::Found(ino, inode) => Ok((ino, inode)),
+            Probe::Found(ino, inode, _) => Ok((ino, inode)),
             Probe::Absent { .. } => Err(errno(libc::ENOENT)),
         }
     }
@@ -204,7 +211,7 @@ impl Overlay {
                     let merges = kind == Kind::Dir && !self.upper.is_opaque(&path);
                     let lower = lower_child.filter(|&c| merges && self.lower_kind(c) == Kind::Dir);
                     let inode = Inode::new(parent, name, lower, true, kind);
-                    return Ok(Probe::Found(upper_ino(table, meta.ino()), inode));
+                    return Ok(Probe::Found(upper_ino(table, meta.ino()), inode, Some(meta)));
                 }
                 UpperEntry::Missing => {}
             }
@@ -213,6 +220,7 @@ impl Overlay {
             Some(child) => Probe::Found(
                 self.lower_ino(child),
                 Inode::new(parent, name, Some(child), false, self.lower_kind(child)),
+                None,
             ),
             None => Probe::Absent { whiteout: false },
         })
@@ -273,9 +281,9 @@ impl Overlay {
         if dir.upper {
             let (present, hidden) = self.upper.list(&table.path(ino)?)?;
             seen.extend(hidden);
-            for (name, _) in present {
-                let (child_ino, child) = self.resolve(&mut table, ino, &name)?;
-                out.push(DirEntry { name: name.clone(), ino: child_ino, kind: child.kind });
+            for (name, meta) in present {
+                let child_ino = upper_ino(&mut table, meta.ino());
+                out.push(DirEntry { name: name.clone(), ino: child_ino, kind: Kind::of_host(meta.file_type()) });
                 seen.insert(name);
             }
         }
@@ -467,7 +475,9 @@ impl Overlay {
     /// Removes a name: a file (`dir == false`) or an empty directory.
     pub fn remove(&self, parent: Ino, name: &[u8], dir: bool) -> io::Result<()> {
         let mut table = self.table();
-        let (ino, inode) = self.resolve(&mut table, parent, name)?;
+        let Probe::Found(ino, inode, in_upper) = self.probe(&mut table, parent, name)? else {
+            return Err(errno(libc::ENOENT));
+        };
         match (dir, inode.kind == Kind::Dir) {
             (true, false) => return Err(errno(libc::ENOTDIR)),
             (false, true) => return Err(errno(libc::EISDIR)),
@@ -479,7 +489,9 @@ impl Overlay {
         }
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);
-        self.forget_host_object(&mut table, &path);
+        if let Some(meta) = in_upper {
+            forget_host_meta(&mut table, &meta);
+        }
         if self.lower_shows(&table, parent, name)? {
             self.upper.whiteout(&path)?;
         } else {
@@ -509,10 +521,8 @@ impl Overlay {
     /// The upper object at `path` is about to go: its host inode number may be reused by the
     /// host for a new object, which must not inherit this one's overlay number.
     fn forget_host_object(&self, table: &mut Table, path: &[u8]) {
-        match self.upper.entry(path) {
-            // A hard-linked object lives on under its other names, and keeps its number.
-            Ok(UpperEntry::Present(meta)) if meta.is_dir() || meta.nlink() <= 1 => table.forget_origin(meta.ino()),
-            _ => {}
+        if let Ok(UpperEntry::Present(meta)) = self.upper.entry(path) {
+            forget_host_meta(table, &meta);
         }
     }
 

@@ -240,10 +240,9 @@ impl Upper {
     /// Removes an upper object that no lower layer shadows (no whiteout needed).
     pub fn remove(&self, rel: &[u8]) -> io::Result<()> {
         let host = self.host(rel);
-        if fs::symlink_metadata(&host)?.is_dir() {
-            fs::remove_dir_all(host)
-        } else {
-            fs::remove_file(host)
+        match fs::remove_file(&host) {
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => fs::remove_dir_all(host),
+            other => other,
         }
     }
 
