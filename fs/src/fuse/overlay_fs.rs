@@ -139,17 +139,6 @@ fn timespec(t: TimeOrNow) -> libc::timespec {
     }
 }
 
-fn kind_of_mode(mode: u32) -> Kind {
-    match mode & libc::S_IFMT {
-        libc::S_IFCHR => Kind::CharDevice,
-        libc::S_IFBLK => Kind::BlockDevice,
-        libc::S_IFIFO => Kind::Fifo,
-        libc::S_IFSOCK => Kind::Socket,
-        libc::S_IFDIR => Kind::Dir,
-        _ => Kind::File,
-    }
-}
-
 impl Filesystem for OverlayFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // KILLPRIV_V2: the daemon drops set-user-id/set-group-id bits on unprivileged writes and
@@ -246,7 +235,7 @@ impl Filesystem for OverlayFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let kind = kind_of_mode(mode);
+        let kind = Kind::of_mode(mode);
         let dev = libc::makedev((rdev >> 8) & 0xfff, (rdev & 0xff) | ((rdev >> 12) & 0xfff00));
         self.entry(
             reply,

@@ -33,6 +33,19 @@ impl Kind {
         })
     }
 
+    /// The kind a file type in `st_mode` stands for (a plain file for anything unknown).
+    pub fn of_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFCHR => Kind::CharDevice,
+            libc::S_IFBLK => Kind::BlockDevice,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            _ => Kind::File,
+        }
+    }
+
     /// The kind of a host file, as lstat shows it.
     pub fn of_host(ft: std::fs::FileType) -> Kind {
         use std::os::unix::fs::FileTypeExt;
