@@ -107,7 +107,7 @@ fn upper_ino(table: &mut Table, host_ino: u64) -> Ino {
 /// What a name in a directory stands for.
 enum Probe {
     /// An object, with the upper's lstat of it when it is in the upper.
-    Found(Ino, Inode, Option<std::fs::Metadata>),
+    Found(Ino, Inode, Option<Box<std::fs::Metadata>>),
     /// Nothing; `whiteout` when the upper hides a lower object there.
     Absent { whiteout: bool },
 }
@@ -211,7 +211,7 @@ impl Overlay {
                     let merges = kind == Kind::Dir && !self.upper.is_opaque(&path);
                     let lower = lower_child.filter(|&c| merges && self.lower_kind(c) == Kind::Dir);
                     let inode = Inode::new(parent, name, lower, true, kind);
-                    return Ok(Probe::Found(upper_ino(table, meta.ino()), inode, Some(meta)));
+                    return Ok(Probe::Found(upper_ino(table, meta.ino()), inode, Some(Box::new(meta))));
                 }
                 UpperEntry::Missing => {}
             }
