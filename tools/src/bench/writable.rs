@@ -203,6 +203,12 @@ pub fn run_dataset(
         eprintln!("strata-bench: note: {note}");
         results.notes.push(note.into());
     }
+    let scratch = host::ScratchFs::ext4(
+        &work.join("uppers.img"),
+        &work.join("writable"),
+        8 << 30,
+        &tools.logs.join("uppers-mkfs.log"),
+    )?;
     let setup = Setup {
         ds,
         data: &data,
@@ -212,7 +218,7 @@ pub fn run_dataset(
         },
         sizes: Sizes::for_kind(ds.kind),
         tools,
-        uppers: work.join("writable"),
+        uppers: scratch.dir.clone(),
         mnt_root,
         fio,
     };
@@ -221,7 +227,7 @@ pub fn run_dataset(
     }
     let outcome = measure(&setup, systems, opts.runs, results);
     let doc = render(opts, &setup, results, outcome.as_ref().err());
-    let _ = fs::remove_dir_all(&setup.uppers);
+    drop(scratch);
     Ok((doc, outcome))
 }
 
@@ -728,14 +734,16 @@ fn render(opts: &Options, setup: &Setup, results: &Results, error: Option<&anyho
     );
     doc += &format!(
         "- method: median of {} run(s); times in ms, except fio's row (IOPS; its ratio is kernel/system, so above 1 \
-         still means slower). Per run and system: fresh empty upper and work directories and one mount; kernel \
+         still means slower). Upper and work directories live on one journaled ext4 filesystem the benchmark makes \
+         (an 8 GiB sparse image on a direct-I/O loop device), whatever the host's own filesystem is. Per run and \
+         system: fresh empty upper and work directories and one mount; kernel \
          `mount -t overlay overlay -o lowerdir=L3:L2:L1,upperdir=U,workdir=W`, fuse-overlayfs `-o` the same, strata \
          `strata mount --upper U --work W --layer L1 --layer L2 --layer L3` over the same extracted directories, \
          strata (tar lowers) over the three layer tars (indexed once before the first run). The steps run in table \
          order on that mount, each after `sync; echo 3 > /proc/sys/vm/drop_caches` except `rm -rf` (after `sync` \
          only, right after creating) and the warm `git status`. Created files hold {} bytes each (`open, write, \
-         close`, in-process, no fsync). The append is `open(O_APPEND), write, close`: kernel overlayfs fsyncs a \
-         copied-up file before moving it into place, strata and fuse-overlayfs do not. The sequential write is \
+         close`, in-process, no fsync). The append is `open(O_APPEND), write, close`: kernel overlayfs and strata \
+         sync a copied-up file before moving it into place, fuse-overlayfs does not. The sequential write is \
          `dd if=/dev/zero bs=1M count={} conv=fsync`. fio runs `randrw, rwmixread=50, bs=4k, iodepth=1, \
          ioengine=psync, size={}M, runtime={}s, time_based, invalidate=0`: buffered, and the file it lays out stays \
          cached, since fio's cache invalidation cannot reach a FUSE daemon's backing file. The untar reads its \
