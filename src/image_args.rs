@@ -68,8 +68,12 @@ impl ImageArgs {
 
 /// Loads (indexing once, then from the cache) and merges a resolved image's layers.
 pub fn load_layers(image: &image::Image) -> Result<ImageView> {
-    let cache = Cache::from_env();
-    let layers = layer::load_all(&image.layers, &cache, &TerminalProgress::default())
+    load_layers_from(image, &Cache::from_env())
+}
+
+/// [`load_layers`] from a given cache.
+pub fn load_layers_from(image: &image::Image, cache: &Cache) -> Result<ImageView> {
+    let layers = layer::load_all(&image.layers, cache, &TerminalProgress::default())
         .with_context(|| format!("loading layers (cache {})", cache.root().display()))?;
     Ok(ImageView::new(layers)?)
 }

@@ -9,7 +9,8 @@ use strata_runner::container::{self, Launch};
 use strata_runner::spec::{Network, RunOptions, Spec};
 use strata_runner::state::{self, Liveness, StateDirs};
 
-use crate::image_args::{load_layers, ImageArgs};
+use crate::image_args::{load_layers_from, ImageArgs};
+use strata_fs::layer::cache::Cache;
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -121,8 +122,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
             bail!("-v {}: the host path does not exist", volume.source.display());
         }
     }
-    let view = load_layers(&image)?;
-    let launch = Launch { name: name.clone(), image: image_args.source_name(), view, spec, remove: args.rm };
+    let cache = Cache::from_env();
+    let view = load_layers_from(&image, &cache)?;
+    let launch = Launch { name: name.clone(), image: image_args.source_name(), view, cache, spec, remove: args.rm };
     container::run(launch, &dirs).with_context(|| format!("container {name}"))
 }
 

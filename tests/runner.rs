@@ -486,3 +486,56 @@ fn limits_land_in_the_containers_cgroup_and_its_namespace_hides_the_path() {
     }
     assert!(cgroup_dirs_named(&name).is_empty());
 }
+
+/// As root, the files containers open read-only are served from one host copy per layer file in
+/// the cache (FUSE passthrough): every container of the image shares its page cache. The copy
+/// holds exactly the file's bytes; a file open for reading that way cannot be rewritten in place
+/// until it is closed (ETXTBSY), after which the write copies it up as usual, the image untouched.
+#[test]
+fn files_read_by_containers_are_shared_host_copies() {
+    let Some(env) = Env::new() else { return };
+    let private_cache = env.dirs.path().join("cache");
+    let run = |script: &str| {
+        let image = image().to_str().unwrap();
+        env.command(&["run", "--rm", image, "sh", "-c", script])
+            .env("STRATA_CACHE", &private_cache)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let passwd = assert_ok(&run("cat /etc/passwd"));
+    let copies: Vec<PathBuf> = walk_files(&private_cache.join("files"));
+    assert!(!copies.is_empty(), "no shared copies under {}", private_cache.display());
+    let contents: Vec<Vec<u8>> = copies.iter().map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(contents.iter().any(|c| c == passwd.as_bytes()), "a copy of /etc/passwd holds its bytes");
+    let busybox = std::fs::read(std::fs::canonicalize(which("busybox")).unwrap()).unwrap();
+    assert!(contents.iter().any(|c| *c == busybox), "the executable ran from a shared copy");
+    for copy in &copies {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(copy).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o444, "{} is read-only", copy.display());
+    }
+
+    let out = run("exec 3</etc/passwd; echo more >> /etc/passwd");
+    assert!(!out.status.success() && stderr(&out).contains("busy"), "rewriting while read: {}", stderr(&out));
+    let out = assert_ok(&run("echo more >> /etc/passwd && tail -n 1 /etc/passwd"));
+    assert_eq!(out.trim(), "more");
+    assert_eq!(assert_ok(&run("cat /etc/passwd")), passwd, "the image is unchanged");
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+fn which(program: &str) -> PathBuf {
+    let out = Command::new("sh").arg("-c").arg(format!("command -v {program}")).output().unwrap();
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}

@@ -23,6 +23,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Pid};
 use strata_fs::fuse::mount::{self, MountConfig};
 use strata_fs::fuse::overlay_fs::OverlayFs;
+use strata_fs::layer::cache::Cache;
 use strata_fs::view::ImageView;
 
 use crate::cgroup::{self, Cgroup};
@@ -41,6 +42,9 @@ pub struct Launch {
     /// How the user named the image, for `strata ps`.
     pub image: String,
     pub view: ImageView,
+    /// The cache the image's layers were loaded from: it also holds the shared copies of the
+    /// files containers open (`OverlayFs::with_shared_files`).
+    pub cache: Cache,
     pub spec: Spec,
     /// Delete the container's state and upper directory when it exits (`--rm`).
     pub remove: bool,
@@ -71,7 +75,7 @@ pub fn run(launch: Launch, dirs: &StateDirs) -> Result<i32> {
         status: Status::Creating,
     };
     dirs.claim(&record)?;
-    let mut supervisor = Supervisor { dirs, record, cgroup: None, daemon: None, started: false };
+    let mut supervisor = Supervisor { dirs, record, cgroup: None, daemon: None, daemon_done: false, started: false };
     let remove = launch.remove;
     let outcome = supervisor.start_and_wait(launch);
     let cleaned = supervisor.clean_up(&outcome, remove);
@@ -85,6 +89,8 @@ struct Supervisor<'a> {
     record: Record,
     cgroup: Option<Cgroup>,
     daemon: Option<Pid>,
+    /// The daemon reported the container's exit: it writes nothing more and is ending.
+    daemon_done: bool,
     /// The container's program was exec'd: its upper is worth keeping.
     started: bool,
 }
@@ -101,7 +107,7 @@ struct Channels {
 
 impl Supervisor<'_> {
     fn start_and_wait(&mut self, launch: Launch) -> Result<i32> {
-        let Launch { name, image, view, spec, remove } = launch;
+        let Launch { name, image, view, cache, spec, remove } = launch;
         let (spec, name) = (&spec, &name);
         // No limits, no cgroup: the pid namespace already ends every process with the container, and
         // moving a process between cgroups costs milliseconds on v1 (an RCU grace period).
@@ -139,6 +145,7 @@ impl Supervisor<'_> {
         let data = self.dirs.data_dir(name);
         let daemon_job = DaemonJob {
             view,
+            cache,
             keep_upper: !remove,
             upper: data.join("upper"),
             work: data.join("work"),
@@ -179,19 +186,27 @@ impl Supervisor<'_> {
         }
         self.started = true;
 
-        let code = self.forward_until_exit(daemon, container_pid, &signals, terminal.master())?;
+        self.forward_until_reported(&status, container_pid, &signals, terminal.master())?;
         let final_line = read_message(&mut status, daemon).unwrap_or_default();
-        self.daemon = None;
         terminal.finish();
-        match (final_line.strip_prefix("exit ").and_then(|c| c.parse::<i32>().ok()), code) {
-            (Some(exit), _) => Ok(exit),
-            (None, daemon_code) => Err(Error::Container {
-                name: name.clone(),
-                detail: format!(
-                    "the filesystem daemon ended ({}) without reporting the container's exit: {final_line}",
-                    daemon_code.map_or("unknown status".to_string(), |c| format!("code {c}"))
-                ),
-            }),
+        match final_line.strip_prefix("exit ").and_then(|c| c.parse::<i32>().ok()) {
+            Some(exit) => {
+                // The daemon has nothing left to do but end: it is reaped after the clean-up,
+                // which overlaps with its own teardown (its mount namespace).
+                self.daemon_done = true;
+                Ok(exit)
+            }
+            None => {
+                let status = waitpid(daemon, None).ok().and_then(process::exit_code_of);
+                self.daemon = None;
+                Err(Error::Container {
+                    name: name.clone(),
+                    detail: format!(
+                        "the filesystem daemon ended ({}) without reporting the container's exit: {final_line}",
+                        status.map_or("unknown status".to_string(), |c| format!("code {c}"))
+                    ),
+                })
+            }
         }
     }
 
@@ -214,19 +229,22 @@ impl Supervisor<'_> {
         Ok(container_pid)
     }
 
-    /// Forwards signals to the container until the daemon (which outlives the container) exits.
-    fn forward_until_exit(
+    /// Forwards signals to the container until the daemon (which outlives the container) reports
+    /// its exit on the status pipe, or ends (end of file).
+    fn forward_until_reported(
         &self,
-        daemon: Pid,
+        status: &BufReader<File>,
         container: Pid,
         signals: &SignalFd,
         pty_master: Option<std::os::fd::BorrowedFd<'_>>,
-    ) -> Result<Option<i32>> {
-        let daemon_fd = pidfd_open(daemon)?;
+    ) -> Result<()> {
+        if !status.buffer().is_empty() {
+            return Ok(());
+        }
         loop {
             let mut fds = [
                 libc::pollfd { fd: signals.as_fd().as_raw_fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: daemon_fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: status.get_ref().as_raw_fd(), events: libc::POLLIN, revents: 0 },
             ];
             // SAFETY: poll on two descriptors we own.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
@@ -238,8 +256,7 @@ impl Supervisor<'_> {
                 return Err(Error::sys("waiting for the container", e));
             }
             if fds[1].revents != 0 {
-                let status = waitpid(daemon, None).map_err(|e| Error::sys("waiting for the filesystem daemon", e))?;
-                return Ok(process::exit_code_of(status));
+                return Ok(());
             }
             if fds[0].revents != 0 {
                 while let Ok(Some(info)) = signals.read_signal() {
@@ -271,6 +288,7 @@ impl Supervisor<'_> {
     /// Runs on every way out of `start_and_wait`: no daemon left, cgroup removed, state updated
     /// or deleted.
     fn clean_up(&mut self, outcome: &Result<i32>, remove: bool) -> Result<()> {
+        let reported = self.daemon.take_if(|_| self.daemon_done);
         if let Some(daemon) = self.daemon.take() {
             // Its death takes the container down (parent-death signal) and the mount with it.
             let _ = kill(daemon, Signal::SIGKILL);
@@ -286,8 +304,11 @@ impl Supervisor<'_> {
                 self.dirs.save(&self.record)
             }
             // --rm, or a container that never ran: nothing in it is worth keeping.
-            _ => delete_with_upper(self.dirs, &self.record.name),
+            _ => delete_with_upper(self.dirs, &self.record.name, Deleter::Supervisor),
         };
+        if let Some(daemon) = reported {
+            let _ = waitpid(daemon, None);
+        }
         cgroup_removed.and(state)
     }
 }
@@ -324,6 +345,7 @@ impl Terminal {
 /// What the filesystem daemon needs, carried across fork.
 struct DaemonJob<'a> {
     view: ImageView,
+    cache: Cache,
     /// Flush the upper at the end (unmount) rather than discarding it (`--rm`).
     keep_upper: bool,
     upper: PathBuf,
@@ -403,7 +425,9 @@ impl DaemonJob<'_> {
             threads: DAEMON_THREADS,
             writable: true,
         };
-        let mut mounted = mount::mount(OverlayFs::new(overlay), &job.rootfs, &config)?;
+        // Containers of one image share the page cache of the files they read (as root).
+        let fs = OverlayFs::new(overlay).with_shared_files(self.cache.clone());
+        let mut mounted = mount::mount(fs, &job.rootfs, &config)?;
         let container = job.clone_container(start_error, setgroups)?;
         writeln!(status, "pid {container}").at("the status pipe")?;
         if let Some(slave) = job.pty_slave {
@@ -557,16 +581,6 @@ fn dup(fd: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open of our own child.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
-        return Err(Error::sys("pidfd_open", std::io::Error::last_os_error()));
-    }
-    // SAFETY: the kernel just returned this descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 /// Paths a container occupies, for `strata rm` after a crash.
 pub fn remove(dirs: &StateDirs, name: &str, force: bool) -> Result<()> {
     let record = dirs.load(name).ok();
@@ -585,16 +599,29 @@ pub fn remove(dirs: &StateDirs, name: &str, force: bool) -> Result<()> {
         }
         cgroup::remove_dirs(&record.cgroup_dirs)?;
     }
-    delete_with_upper(dirs, name)
+    delete_with_upper(dirs, name, Deleter::Rm)
+}
+
+/// Who deletes a container's directories: `strata rm` (which unmounts whatever a crash left
+/// there first), or the container's supervisor after its daemon is done (nothing was ever mounted
+/// in its namespace).
+#[derive(Clone, Copy)]
+enum Deleter {
+    Rm,
+    Supervisor,
 }
 
 /// Deletes a container's state and upper. A rootless container mapped with subordinate ids can
 /// leave files its caller may not delete: those go from inside a user namespace mapped the same way.
-fn delete_with_upper(dirs: &StateDirs, name: &str) -> Result<()> {
-    match dirs.delete(name, true) {
+fn delete_with_upper(dirs: &StateDirs, name: &str, by: Deleter) -> Result<()> {
+    let delete = || match by {
+        Deleter::Rm => dirs.delete(name, true),
+        Deleter::Supervisor => dirs.delete_after_exit(name, true),
+    };
+    match delete() {
         Err(_) if !nix::unistd::geteuid().is_root() && dirs.data_dir(name).exists() => {
             idmap::remove_as_mapped_root(&dirs.data_dir(name))?;
-            dirs.delete(name, true)
+            delete()
         }
         other => other,
     }

@@ -414,6 +414,17 @@ impl StateDirs {
     /// Anything mounted below the directories (a crash leaves `rootfs/` mounted, a dead FUSE
     /// endpoint) is unmounted first, so the removal never reaches into another filesystem.
     pub fn delete(&self, name: &str, data: bool) -> Result<()> {
+        self.delete_dirs(name, data, true)
+    }
+
+    /// [`StateDirs::delete`] by the container's own supervisor once its filesystem daemon is
+    /// done: the rootfs was only ever mounted in the daemon's private mount namespace, so there is
+    /// nothing to look for in the mount table.
+    pub fn delete_after_exit(&self, name: &str, data: bool) -> Result<()> {
+        self.delete_dirs(name, data, false)
+    }
+
+    fn delete_dirs(&self, name: &str, data: bool, unmount: bool) -> Result<()> {
         validate_name(name)?;
         let run_dir = self.run_dir(name);
         let data_dir = self.data_dir(name);
@@ -436,11 +447,15 @@ impl StateDirs {
         // Data first: the run directory is the claim on the name, so while it exists no new
         // container can start using a half-deleted data directory.
         if data_exists {
-            release_mounts(name, &data_dir)?;
+            if unmount {
+                release_mounts(name, &data_dir)?;
+            }
             remove_tree(name, &data_dir)?;
         }
         if run_exists {
-            release_mounts(name, &run_dir)?;
+            if unmount {
+                release_mounts(name, &run_dir)?;
+            }
             remove_tree(name, &run_dir)?;
         }
         Ok(())

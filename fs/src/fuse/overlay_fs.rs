@@ -26,7 +26,9 @@ use super::handles::Handles;
 use super::io_modes::{InodeIo, IoModes, Open};
 use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::idshift::IdShift;
+use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
+use crate::layer::FileReader;
 use crate::overlay::{AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
@@ -39,7 +41,14 @@ pub struct OverlayFs {
     /// Owners as shown through the mount (fuse-overlayfs' uidmapping/squash options).
     ids: IdShift,
     io: IoModes,
+    /// Serve read-only opens of tar-layer files from shared host copies in this cache (see
+    /// `prefer_shared_copy`); set by the container runner.
+    shared_files: Option<Cache>,
 }
+
+/// Files above this size stay served from their layer through the daemon: a first open would
+/// otherwise copy them whole.
+const SHARED_COPY_MAX: u64 = 64 << 20;
 
 impl OverlayFs {
     pub fn new(overlay: Overlay) -> OverlayFs {
@@ -49,6 +58,7 @@ impl OverlayFs {
             listings: Handles::default(),
             ids: IdShift::default(),
             io: IoModes::default(),
+            shared_files: None,
         }
     }
 
@@ -56,6 +66,29 @@ impl OverlayFs {
     pub fn with_id_shift(mut self, ids: IdShift) -> OverlayFs {
         self.ids = ids;
         self
+    }
+
+    /// Serves read-only opens of files still in tar layers from host copies in `cache`, made on
+    /// first use and shared by every mount: under passthrough the kernel then reads them itself,
+    /// one page cache for every container of an image instead of one per container.
+    pub fn with_shared_files(mut self, cache: Cache) -> OverlayFs {
+        self.shared_files = Some(cache);
+        self
+    }
+
+    /// A read-only open of a tar-layer file as an open of its shared copy, when passthrough is
+    /// on and shared files are asked for. Larger files, and any failure to make the copy (a full
+    /// cache disk...), stay opens of the layer.
+    fn prefer_shared_copy(&self, ino: u64, file: OpenFile) -> OpenFile {
+        let (Some(cache), true) = (&self.shared_files, self.io.passthrough) else { return file };
+        match &file {
+            OpenFile::Lower(FileReader::InArchive { len, .. }) if (1..=SHARED_COPY_MAX).contains(len) => {}
+            _ => return file,
+        }
+        match self.overlay.shared_lower_copy(ino, cache) {
+            Ok(Some(copy)) => OpenFile::Lower(FileReader::Host(copy)),
+            _ => file,
+        }
     }
 
     fn shown(&self, mut attr: FileAttr) -> FileAttr {
@@ -300,6 +333,7 @@ impl Filesystem for OverlayFs {
             return reply.error(Errno::ETXTBSY);
         }
         let file = match self.overlay.open(ino.0, flags.0) {
+            Ok(file) if !changes_data => self.prefer_shared_copy(ino.0, file),
             Ok(file) => file,
             Err(e) => return reply.error(errno::from_io(&e)),
         };

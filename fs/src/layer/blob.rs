@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -222,6 +223,50 @@ pub fn decompress(
         diff_id: format!("sha256:{:x}", hasher.finalize()),
         uncompressed_size: total,
     })
+}
+
+/// Copies `len` bytes at `offset` of `file` to the start of `out`: `copy_file_range` (in-kernel
+/// copy, reflink where the filesystem can), with a read/write loop where the kernel cannot.
+pub fn copy_range(file: &File, offset: u64, len: u64, out: &File) -> io::Result<()> {
+    let source = (file, offset, len);
+    let mut done = 0u64;
+    while done < len {
+        let mut off_in = (offset + done) as libc::loff_t;
+        let mut off_out = done as libc::loff_t;
+        let want = (len - done).min(1 << 30) as usize;
+        // SAFETY: two open descriptors and offsets owned by this frame.
+        let n = unsafe { libc::copy_file_range(file.as_raw_fd(), &mut off_in, out.as_raw_fd(), &mut off_out, want, 0) };
+        if n > 0 {
+            done += n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte"));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
+                return copy_by_reading(source, out, done)
+            }
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_reading((file, offset, len): (&File, u64, u64), out: &File, mut done: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = file.read_at(&mut buf[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte"));
+        }
+        out.write_all_at(&buf[..n], done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The cache directory shared by every mount and process: persisted layer indexes and
-//! decompressed layer blobs. Everything is written to a temporary file in the destination
+//! The cache directory shared by every mount and process: persisted layer indexes, decompressed
+//! layer blobs, and host copies of files that containers open (shared page cache). Everything is written to a temporary file in the destination
 //! directory and renamed into place, so a reader never sees a partial file.
 
 use std::fs::{self, File};
@@ -50,6 +50,12 @@ impl Cache {
     /// Where the decompressed tar of a compressed layer lives, named by its diff_id.
     pub fn blob_path(&self, diff_id: &str) -> PathBuf {
         self.root.join("blobs").join(key_file_name(diff_id))
+    }
+
+    /// Where the shared copy of the file whose bytes start at `offset` of a layer's tar lives
+    /// (see `Layer::shared_copy`).
+    pub fn shared_file_path(&self, layer_key: &str, offset: u64) -> PathBuf {
+        self.root.join("files").join(key_file_name(layer_key)).join(offset.to_string())
     }
 
     /// Writes `dest` through a temporary file in its directory and renames it into place.

@@ -77,7 +77,8 @@ impl LayerSource {
 #[derive(Debug)]
 enum Data {
     /// A tar (the original, or its decompressed copy in the cache): files are byte ranges of it.
-    Tar(BlobRange),
+    /// `key` names the layer in the cache (its digest, or its identity on the host).
+    Tar { blob: BlobRange, key: String },
     /// A host directory, opened once and resolved beneath with `openat2`.
     Directory { path: PathBuf, root: OwnedFd },
 }
@@ -135,11 +136,18 @@ impl Layer {
                     None => identity_key(range)?,
                 };
                 let index_path = cache.index_path(&key);
-                if let Some(layer) = Self::load_cached(&name, range, &index_path, cache) {
+                if let Some(layer) = Self::load_cached(&name, &key, range, &index_path, cache) {
                     return Ok(layer);
                 }
-                let layer =
-                    Self::build(name, range, expected_digest.as_deref(), expected_diff_id.as_deref(), cache, progress)?;
+                let layer = Self::build(
+                    name,
+                    &key,
+                    range,
+                    expected_digest.as_deref(),
+                    expected_diff_id.as_deref(),
+                    cache,
+                    progress,
+                )?;
                 let encoded = codec::encode(&layer.info, &layer.index);
                 cache.write_atomic(&index_path, |f| io::Write::write_all(f, &encoded))?;
                 Ok(layer)
@@ -148,7 +156,7 @@ impl Layer {
     }
 
     /// A cached index, if present, valid, and still describing the blob it is served from.
-    fn load_cached(name: &str, range: &BlobRange, index_path: &Path, cache: &Cache) -> Option<Layer> {
+    fn load_cached(name: &str, key: &str, range: &BlobRange, index_path: &Path, cache: &Cache) -> Option<Layer> {
         let bytes = fs::read(index_path).ok()?;
         let (info, index) = codec::decode(&bytes).ok()?;
         if info.stored_size != range.len {
@@ -165,11 +173,12 @@ impl Layer {
             }
             blob
         };
-        Some(Layer { name: name.to_string(), info, index, data: Data::Tar(data) })
+        Some(Layer { name: name.to_string(), info, index, data: Data::Tar { blob: data, key: key.to_string() } })
     }
 
     fn build(
         name: String,
+        key: &str,
         range: &BlobRange,
         expected_digest: Option<&str>,
         expected_diff_id: Option<&str>,
@@ -234,13 +243,13 @@ impl Layer {
         progress.start(&format!("indexing {name}"), tar.len);
         let index = tar_index::index_tar(tar.reader(), tar.len, &name, &|done| progress.set(done))?;
         progress.finish();
-        Ok(Layer { name, info, index, data: Data::Tar(tar) })
+        Ok(Layer { name, info, index, data: Data::Tar { blob: tar, key: key.to_string() } })
     }
 
     /// Opens the bytes of a file entry for reading.
     pub fn open(&self, entry: &Entry) -> io::Result<FileReader> {
         match &self.data {
-            Data::Tar(blob) => {
+            Data::Tar { blob, .. } => {
                 Ok(FileReader::InArchive { blob: blob.clone(), start: entry.data_offset, len: entry.size })
             }
             Data::Directory { root, .. } => open_beneath(root, &entry.path).map(FileReader::Host),
@@ -251,8 +260,34 @@ impl Layer {
     pub fn host_dir(&self) -> Option<&Path> {
         match &self.data {
             Data::Directory { path, .. } => Some(path),
-            Data::Tar(_) => None,
+            Data::Tar { .. } => None,
         }
+    }
+
+    /// A host file holding exactly the bytes of file `entry` of this tar layer, made once in the
+    /// cache and shared by every mount and process: the kernel can serve it itself (FUSE
+    /// passthrough), with one page cache for every container of the image instead of one per
+    /// mount. None for a directory layer, whose files are host files already.
+    pub fn shared_copy(&self, entry: &Entry, cache: &Cache) -> io::Result<Option<File>> {
+        let Data::Tar { blob, key } = &self.data else { return Ok(None) };
+        let path = cache.shared_file_path(key, entry.data_offset);
+        let open = || {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path)
+        };
+        // A copy of another size is not this entry's (a cache made by a different index): redo it.
+        if let Ok(file) = open() {
+            if file.metadata().is_ok_and(|m| m.len() == entry.size) {
+                return Ok(Some(file));
+            }
+        }
+        cache
+            .write_atomic(&path, |out| {
+                blob::copy_range(&blob.file, blob.offset + entry.data_offset, entry.size, out)?;
+                out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+            })
+            .map_err(io::Error::other)?;
+        open().map(Some)
     }
 }
 

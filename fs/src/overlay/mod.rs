@@ -12,11 +12,12 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use fuser::FileAttr;
 
 use crate::fuse::attr;
+use crate::layer::cache::Cache;
 use crate::layer::index::{Entry, Kind};
 use crate::layer::FileReader;
 use crate::merge::{NodeId, ROOT};
@@ -729,6 +730,20 @@ impl Overlay {
             Some(mode) if table.get(ino)?.upper => self.upper.chmod(&table.path(ino)?, mode),
             _ => Ok(()),
         }
+    }
+
+    /// The shared host copy of `ino`'s bytes (`Layer::shared_copy`) when it is a file still served
+    /// from a tar layer; None for anything else.
+    pub fn shared_lower_copy(&self, ino: Ino, cache: &Cache) -> io::Result<Option<File>> {
+        let (layer, entry) = {
+            let table = self.table();
+            let inode = table.get(ino)?;
+            let Some(node) = inode.lower.filter(|_| !inode.upper) else { return Ok(None) };
+            let Some(entry) = self.view.entry_of(node).filter(|e| e.kind == Kind::File) else { return Ok(None) };
+            (Arc::clone(&self.view.layers[self.view.tree.node(node).layer as usize]), entry.clone())
+        };
+        // Made outside the table lock: a first copy of a large file takes a while.
+        layer.shared_copy(&entry, cache)
     }
 
     pub fn statfs(&self) -> io::Result<nix::sys::statvfs::Statvfs> {

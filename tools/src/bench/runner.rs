@@ -7,8 +7,9 @@
 //! (whiteouts and ownership applied by a reference tool), which is also the runc bundle's
 //! `rootfs/`. The commands, each running `/bin/true`:
 //!
-//! - strata: `strata run --rm IMAGE /bin/true` with `STRATA_CACHE`, `STRATA_RUN_DIR` and
-//!   `STRATA_DATA_DIR` under `WORK/runner`. The warm-ups fill the index cache, so every timed start
+//! - strata: `strata run --rm IMAGE /bin/true` with `STRATA_CACHE` and `STRATA_DATA_DIR` under
+//!   `WORK/runner`, and `STRATA_RUN_DIR` on tmpfs (`/run/strata-bench`), as root's default
+//!   `/run/strata` is. The warm-ups fill the index cache, so every timed start
 //!   finds it warm. Each start mounts its own FUSE rootfs over a fresh upper; without limits it
 //!   makes no cgroup (runc always makes one).
 //! - bwrap: `bwrap --unshare-all --bind ROOTFS / --proc /proc --dev /dev /bin/true`.
@@ -46,6 +47,9 @@ use serde_json::{json, Value};
 use super::host;
 use super::report::{format_ms, format_ratio, median, ratio, Results};
 use crate::fixture;
+
+/// strata's run directory in the benchmark: on tmpfs, like root's default `/run/strata`.
+const RUN_DIR: &str = "/run/strata-bench";
 
 /// Untimed starts of each system at the beginning of each round: caches warm again after the
 /// other systems ran.
@@ -172,11 +176,11 @@ impl Setup {
         Ok(setup)
     }
 
-    /// `strata run --rm IMAGE COMMAND...` with strata's cache and state under `WORK/runner`.
+    /// `strata run --rm IMAGE COMMAND...` with strata's cache and data under `WORK/runner`.
     fn strata_run(&self, command: &[&str]) -> Command {
         let mut cmd = Command::new(&self.strata);
         cmd.env("STRATA_CACHE", self.dir.join("strata-cache"))
-            .env("STRATA_RUN_DIR", self.dir.join("strata-run"))
+            .env("STRATA_RUN_DIR", RUN_DIR)
             .env("STRATA_DATA_DIR", self.dir.join("strata-data"))
             .args(["run", "--rm"])
             .arg(&self.image)
