@@ -509,7 +509,7 @@ fn files_read_by_containers_are_shared_host_copies() {
     let contents: Vec<Vec<u8>> = copies.iter().map(|p| std::fs::read(p).unwrap()).collect();
     assert!(contents.iter().any(|c| c == passwd.as_bytes()), "a copy of /etc/passwd holds its bytes");
     let busybox = std::fs::read(std::fs::canonicalize(which("busybox")).unwrap()).unwrap();
-    assert!(contents.iter().any(|c| *c == busybox), "the executable ran from a shared copy");
+    assert!(contents.contains(&busybox), "the executable ran from a shared copy");
     for copy in &copies {
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(copy).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o444, "{} is read-only", copy.display());
