@@ -37,7 +37,7 @@ enum Command {
         /// Let other users access the mount (root, or user_allow_other in /etc/fuse.conf)
         #[arg(long)]
         allow_other: bool,
-        /// Threads serving FUSE requests
+        /// Threads serving FUSE requests (a writable mount uses at least two)
         #[arg(long, default_value_t = 4)]
         threads: usize,
         /// Make the mount writable: changes go to this directory, in kernel overlayfs' format

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use fuser::BackingId;
@@ -22,9 +23,17 @@ pub struct IoModes {
     /// Passthrough was negotiated at init (it needs root, and excludes the writeback cache).
     pub passthrough: bool,
     inodes: Mutex<HashMap<u64, InodeIo>>,
+    /// Signalled whenever an open is released.
+    released: Condvar,
     /// Open file handle -> (inode, opened in passthrough).
     handles: DashMap<u64, (u64, bool)>,
 }
+
+/// How long a change of a file's data waits for the last reader pinning it to its lower file to
+/// be released: close(2) returns before the kernel's RELEASE reaches the daemon, so a write right
+/// after the reader closed would otherwise find it still open. (Needs a second serving thread to
+/// read that RELEASE: writable mounts have at least two.)
+const RELEASE_GRACE: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 pub struct InodeIo {
@@ -42,7 +51,7 @@ struct Backing {
 impl InodeIo {
     /// True while the inode is served from its lower file: its data must not change until those
     /// opens are closed (their reads would not see it, and no other backing can be named).
-    pub fn pinned_to_lower(&self) -> bool {
+    fn pinned_to_lower(&self) -> bool {
         self.backing.as_ref().is_some_and(|b| b.lower)
     }
 }
@@ -63,6 +72,21 @@ impl IoModes {
     /// The io state of every open inode, locked: opens of one inode decide their mode under it.
     pub fn lock(&self) -> MutexGuard<'_, HashMap<u64, InodeIo>> {
         self.inodes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The io state, locked for a change of `ino`'s data once no open pins the inode to its lower
+    /// file (waiting up to [`RELEASE_GRACE`] for releases in flight); Err(ETXTBSY) if one still does.
+    pub fn lock_for_data_change(&self, ino: u64) -> io::Result<MutexGuard<'_, HashMap<u64, InodeIo>>> {
+        let deadline = Instant::now() + RELEASE_GRACE;
+        let mut inodes = self.lock();
+        while inodes.get(&ino).is_some_and(InodeIo::pinned_to_lower) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
+            }
+            inodes = self.released.wait_timeout(inodes, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
+        }
+        Ok(inodes)
     }
 
     /// Picks the mode of an open and counts it: passthrough when the inode has a backing already
@@ -125,5 +149,6 @@ impl IoModes {
         if io.passthrough == 0 && io.cached == 0 {
             inodes.remove(&ino);
         }
+        self.released.notify_all();
     }
 }

@@ -51,7 +51,8 @@ impl MountConfig {
         let mut config = Config::default();
         config.mount_options = options;
         config.acl = if self.allow_other { SessionACL::All } else { SessionACL::Owner };
-        config.n_threads = Some(self.threads.max(1));
+        // A writable mount needs a second thread: a data change may wait for a RELEASE in flight.
+        config.n_threads = Some(self.threads.max(if self.writable { 2 } else { 1 }));
         config.clone_fd = true;
         config
     }

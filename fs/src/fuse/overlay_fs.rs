@@ -238,10 +238,13 @@ impl Filesystem for OverlayFs {
         };
         let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
         // A size change is a data change: not while opens read the lower file (see `open`).
-        let inodes = self.io.lock();
-        if size.is_some() && inodes.get(&ino.0).is_some_and(InodeIo::pinned_to_lower) {
-            return reply.error(Errno::ETXTBSY);
-        }
+        let inodes = match size {
+            Some(_) => match self.io.lock_for_data_change(ino.0) {
+                Ok(inodes) => inodes,
+                Err(e) => return reply.error(errno::from_io(&e)),
+            },
+            None => self.io.lock(),
+        };
         let mut result = self.overlay.setattr(ino.0, &change);
         drop(inodes);
         if result.is_ok() && size.is_some() && mode.is_none() && lacks_fsetid(req) {
@@ -328,10 +331,11 @@ impl Filesystem for OverlayFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let changes_data = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        let mut inodes = self.io.lock();
-        if changes_data && inodes.get(&ino.0).is_some_and(InodeIo::pinned_to_lower) {
-            return reply.error(Errno::ETXTBSY);
-        }
+        let locked = if changes_data { self.io.lock_for_data_change(ino.0) } else { Ok(self.io.lock()) };
+        let mut inodes = match locked {
+            Ok(inodes) => inodes,
+            Err(e) => return reply.error(errno::from_io(&e)),
+        };
         let file = match self.overlay.open(ino.0, flags.0) {
             Ok(file) if !changes_data => self.prefer_shared_copy(ino.0, file),
             Ok(file) => file,
