@@ -290,6 +290,17 @@ fn exit_codes_and_signals_propagate() {
     assert_eq!(status.code(), Some(143));
 }
 
+/// `--init` is strata itself, forked: its command line must not show the host's `strata run …`
+/// (host paths, `-e` values) to the container through the world-readable /proc/1/cmdline.
+#[test]
+fn the_init_does_not_show_the_host_command_line() {
+    let Some(env) = Env::new() else { return };
+    // The argument area keeps its length (shrinking it needs CAP_SYS_RESOURCE): NULs follow the name.
+    let out = env.sh(&["--init", "-e", "SECRET=hunter2"], "tr -d '\\0' < /proc/1/cmdline; echo; cat /proc/1/comm");
+    let shown = assert_ok(&out);
+    assert_eq!(shown.lines().collect::<Vec<_>>(), ["strata-init", "strata-init"], "{shown}");
+}
+
 /// Waits until `strata ps --json` shows the container running with its process id.
 fn container_pid(env: &Env, name: &str) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(10);

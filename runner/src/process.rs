@@ -156,6 +156,7 @@ pub fn exit_code_of(status: WaitStatus) -> Option<i32> {
 /// Signals stay blocked from the supervisor's fork onwards: the kernel drops a signal that PID 1
 /// does not handle, so one unblocked moment would lose a signal forwarded during set-up.
 pub fn run_init(args: &[String], env: &[String]) -> StartError {
+    hide_host_command_line();
     let all = SigSet::all();
     if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&all), None) {
         return Error::sys("blocking signals in the init", e).into();
@@ -191,5 +192,53 @@ pub fn run_init(args: &[String], env: &[String]) -> StartError {
                 unsafe { libc::_exit(code) };
             }
         }
+    }
+}
+
+/// The init is strata itself, forked, not exec'd: its command line would show the host's `strata
+/// run …` (host paths, `-e` values) to every process of the container through the world-readable
+/// /proc/1/cmdline. Overwrites it in place with the init's own name, as setproctitle does (the
+/// kernel reads the command line from the process's own argument area).
+fn hide_host_command_line() {
+    const NAME: &[u8] = b"strata-init";
+    // SAFETY: prctl with a NUL-terminated name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"strata-init".as_ptr(), 0, 0, 0) };
+    let Some((start, end)) = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| argument_area(&s)) else {
+        return;
+    };
+    // SAFETY: [start, end) is this process's argument area (its initial stack), writable, and
+    // nothing reads the arguments after this point.
+    let area = unsafe { std::slice::from_raw_parts_mut(start as *mut u8, end - start) };
+    area.fill(0);
+    let n = NAME.len().min(area.len().saturating_sub(1));
+    area[..n].copy_from_slice(&NAME[..n]);
+}
+
+/// `arg_start` and `arg_end` from the text of /proc/PID/stat (fields 48 and 49, counted after the
+/// parenthesised command name, which may itself hold spaces and parentheses).
+fn argument_area(stat: &str) -> Option<(usize, usize)> {
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    // `after_name` starts at field 3.
+    let field = |n: usize| fields.get(n - 3)?.trim().parse::<usize>().ok();
+    let (start, end) = (field(48)?, field(49)?);
+    (start < end).then_some((start, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argument_area;
+
+    #[test]
+    fn the_argument_area_is_read_past_a_command_name_with_spaces_and_parentheses() {
+        // Fields 3..=52 of a stat line after a tricky name; 48 and 49 hold 4096 and 4200.
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[48 - 3] = "4096".into();
+        fields[49 - 3] = "4200".into();
+        let line = format!("1234 (a) (b c) {}\n", fields.join(" "));
+        assert_eq!(argument_area(&line), Some((4096, 4200)));
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let (start, end) = argument_area(&own).expect("this process has arguments");
+        assert!(end - start >= std::env::args().map(|a| a.len() + 1).sum::<usize>());
     }
 }
