@@ -226,14 +226,15 @@ pub fn decompress(
 }
 
 /// Copies `len` bytes at `offset` of `file` to the start of `out`: `copy_file_range` (in-kernel
-/// copy, reflink where the filesystem can), with a read/write loop where the kernel cannot.
+/// copy, reflink where the filesystem can), `sendfile` across filesystems, and a read/write loop
+/// where the kernel can do neither.
 pub fn copy_range(file: &File, offset: u64, len: u64, out: &File) -> io::Result<()> {
     let source = (file, offset, len);
     let mut done = 0u64;
     while done < len {
         let mut off_in = (offset + done) as libc::loff_t;
         let mut off_out = done as libc::loff_t;
-        let want = (len - done).min(1 << 30) as usize;
+        let want = (len - done).min(COPY_CHUNK) as usize;
         // SAFETY: two open descriptors and offsets owned by this frame.
         let n = unsafe { libc::copy_file_range(file.as_raw_fd(), &mut off_in, out.as_raw_fd(), &mut off_out, want, 0) };
         if n > 0 {
@@ -246,8 +247,39 @@ pub fn copy_range(file: &File, offset: u64, len: u64, out: &File) -> io::Result<
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
-                return copy_by_reading(source, out, done)
+                return copy_by_sendfile(source, out, done)
             }
+            Some(libc::EINTR) => continue,
+            _ => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// Across filesystems `copy_file_range` refuses (EXDEV): sendfile(2) still copies in the kernel
+/// (a splice through the page cache, as kernel overlayfs' own copy-up does).
+fn copy_by_sendfile(source: (&File, u64, u64), out: &File, mut done: u64) -> io::Result<()> {
+    let (file, offset, len) = source;
+    while done < len {
+        let mut off_in = (offset + done) as libc::off_t;
+        // sendfile writes at the output's file position.
+        // SAFETY: an open descriptor and a plain offset.
+        if unsafe { libc::lseek(out.as_raw_fd(), done as libc::off_t, libc::SEEK_SET) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let want = (len - done).min(COPY_CHUNK) as usize;
+        // SAFETY: two open descriptors and an offset owned by this frame.
+        let n = unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &mut off_in, want) };
+        if n > 0 {
+            done += n as u64;
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte"));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINVAL) | Some(libc::ENOSYS) => return copy_by_reading(source, out, done),
             Some(libc::EINTR) => continue,
             _ => return Err(err),
         }
@@ -268,6 +300,9 @@ fn copy_by_reading((file, offset, len): (&File, u64, u64), out: &File, mut done:
     }
     Ok(())
 }
+
+/// The most one copy call is asked for (the kernel caps sendfile below 2 GiB anyway).
+const COPY_CHUNK: u64 = 1 << 30;
 
 #[cfg(test)]
 mod tests {
@@ -294,5 +329,24 @@ mod tests {
         let mut b = [0u8; 4];
         assert_eq!(r.read(&mut b).unwrap(), 2);
         assert_eq!(&b[..2], b"56");
+    }
+
+    /// From tmpfs to the temporary directory's filesystem: copy_file_range refuses (EXDEV) and
+    /// the copy goes through sendfile; within one file: copy_file_range itself.
+    #[test]
+    fn copy_range_copies_a_byte_range_within_and_across_filesystems() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        for source_dir in [std::path::Path::new("/dev/shm"), &std::env::temp_dir()] {
+            let mut source = tempfile::tempfile_in(source_dir).unwrap();
+            source.write_all(&data).unwrap();
+            let out = tempfile::tempfile().unwrap();
+            super::copy_range(&source, 1000, 2_000_000, &out).unwrap();
+            let mut copied = Vec::new();
+            (&out).seek(SeekFrom::Start(0)).unwrap();
+            (&out).read_to_end(&mut copied).unwrap();
+            assert!(copied == data[1000..2_001_000], "from {}", source_dir.display());
+            let short = super::copy_range(&source, 2_999_000, 5000, &tempfile::tempfile().unwrap());
+            assert_eq!(short.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        }
     }
 }
