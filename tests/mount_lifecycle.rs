@@ -153,3 +153,43 @@ fn the_demo_mounts_reads_writes_and_cleans_up() {
     assert!(stdout.contains("config.json  whiteout (0/0 char device)"), "{stdout}");
     assert!(stdout.trim_end().ends_with("done"));
 }
+
+/// Processes whose command line names `dir` (the daemons serving a mount there).
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_str().unwrap().as_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.windows(needle.len()).any(|w| w == needle)
+        })
+        .collect()
+}
+
+/// `strata umount` returns once the daemon has ended, so what runs next (a mount over the same
+/// directory and upper) never meets the previous daemon: here, ten mount/umount cycles in a row.
+#[test]
+fn umount_returns_once_the_daemon_has_ended() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layout = standard_layout(work.path());
+    let cache = work.path().join("cache");
+    let mnt = work.path().join("mnt");
+    let (upper, workdir) = (work.path().join("upper"), work.path().join("work"));
+    let args = ["--upper", upper.to_str().unwrap(), "--work", workdir.to_str().unwrap(), layout.as_str()];
+    for round in 0..10 {
+        let mounted = Mounted::new(&cache, &args, &mnt);
+        std::fs::write(mnt.join(format!("written-{round}")), "x").unwrap();
+        assert!(!processes_naming(&mnt).is_empty(), "a daemon serves the mount");
+        let out = strata().args(["umount", mnt.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(processes_naming(&mnt), Vec::<u32>::new(), "round {round}: the daemon outlived umount");
+        drop(mounted);
+    }
+    assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 10, "every round's file is in the upper");
+}

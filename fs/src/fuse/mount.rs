@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fuser::{Config, Filesystem, MountOption, Session, SessionACL};
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, setsid, ForkResult};
 
@@ -64,6 +65,9 @@ impl MountConfig {
 pub struct Mounted<FS: Filesystem> {
     session: Session<FS>,
     mountpoint: PathBuf,
+    /// The directory under the mount, share-locked for as long as this daemon serves it, so that
+    /// `strata umount` can wait for the daemon's end ([`wait_for_daemon`]).
+    _serving: Option<Flock<File>>,
 }
 
 /// Mounts `fs` on `mountpoint` (which must be an existing directory) without serving it yet.
@@ -71,10 +75,11 @@ pub fn mount<FS: Filesystem>(fs: FS, mountpoint: &Path, config: &MountConfig) ->
     check_mountpoint(mountpoint)?;
     // Resolved before mounting: afterwards a lookup would wait for a session not yet served.
     let canonical = std::fs::canonicalize(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
+    let serving = File::open(&canonical).ok().and_then(|dir| Flock::lock(dir, FlockArg::LockSharedNonblock).ok());
     match Session::new(fs, mountpoint, &config.fuser_config()) {
         Ok(session) => {
             raise_readahead(&canonical);
-            Ok(Mounted { session, mountpoint: mountpoint.to_path_buf() })
+            Ok(Mounted { session, mountpoint: mountpoint.to_path_buf(), _serving: serving })
         }
         Err(e) => {
             let hint = if e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EPERM) {
@@ -249,7 +254,33 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
             Err(e) => Err(format!("running fusermount3: {e}")),
         }
     };
-    outcome.map_err(|detail| Error::Mount { path: mountpoint, detail })
+    outcome.map_err(|detail| Error::Mount { path: mountpoint.clone(), detail })?;
+    if !lazy {
+        wait_for_daemon(&mountpoint);
+    }
+    Ok(())
+}
+
+/// How long `strata umount` waits for the daemon of the mount it removed to end.
+const DAEMON_END_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until no daemon share-locks the directory under an unmounted mountpoint (see
+/// [`Mounted`]): the daemon has ended and closed every file it had open, so whatever runs next
+/// (a new mount over the same upper, a removal of it) does not race with it. Gives up after
+/// [`DAEMON_END_WAIT`] (a daemon of a later mount on the same directory holds it too).
+fn wait_for_daemon(dir: &Path) {
+    let Ok(mut dir_file) = File::open(dir) else { return };
+    let deadline = std::time::Instant::now() + DAEMON_END_WAIT;
+    loop {
+        match Flock::lock(dir_file, FlockArg::LockExclusiveNonblock) {
+            Ok(_unlocked_on_drop) => return,
+            Err((file, _)) if std::time::Instant::now() < deadline => {
+                dir_file = file;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(_) => return,
+        }
+    }
 }
 
 /// True when /proc/self/mountinfo lists a strata FUSE mount at `mountpoint`.
