@@ -226,79 +226,88 @@ pub fn decompress(
 }
 
 /// Copies `len` bytes at `offset` of `file` to the start of `out`: `copy_file_range` (in-kernel
-/// copy, reflink where the filesystem can), `sendfile` across filesystems, and a read/write loop
-/// where the kernel can do neither.
+/// copy, reflink where the filesystem can), `sendfile` across filesystems (where
+/// `copy_file_range` answers EXDEV; a splice through the page cache, as kernel overlayfs' own
+/// copy-up does), and a read/write loop where the kernel can do neither.
 pub fn copy_range(file: &File, offset: u64, len: u64, out: &File) -> io::Result<()> {
-    let source = (file, offset, len);
+    let ended = || io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte");
+    let mut in_kernel = Some(KernelCopy::CopyFileRange);
+    let mut buf = Vec::new();
     let mut done = 0u64;
     while done < len {
-        let mut off_in = (offset + done) as libc::loff_t;
-        let mut off_out = done as libc::loff_t;
-        let want = (len - done).min(COPY_CHUNK) as usize;
-        // SAFETY: two open descriptors and offsets owned by this frame.
-        let n = unsafe { libc::copy_file_range(file.as_raw_fd(), &mut off_in, out.as_raw_fd(), &mut off_out, want, 0) };
-        if n > 0 {
+        let Some(how) = in_kernel else {
+            buf.resize(1 << 20, 0);
+            let want = buf.len().min((len - done) as usize);
+            let n = file.read_at(&mut buf[..want], offset + done)?;
+            out.write_all_at(&buf[..n], done)?;
+            if n == 0 {
+                return Err(ended());
+            }
             done += n as u64;
             continue;
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte"));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {
-                return copy_by_sendfile(source, out, done)
-            }
-            Some(libc::EINTR) => continue,
-            _ => return Err(err),
+        };
+        let want = (len - done).min(COPY_CHUNK) as usize;
+        match how.copy(file, offset + done, out, done, want) {
+            Ok(0) => return Err(ended()),
+            Ok(n) => done += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) if how.unsupported(&e) => in_kernel = how.fallback(),
+            Err(e) => return Err(e),
         }
     }
     Ok(())
 }
 
-/// Across filesystems `copy_file_range` refuses (EXDEV): sendfile(2) still copies in the kernel
-/// (a splice through the page cache, as kernel overlayfs' own copy-up does).
-fn copy_by_sendfile(source: (&File, u64, u64), out: &File, mut done: u64) -> io::Result<()> {
-    let (file, offset, len) = source;
-    while done < len {
-        let mut off_in = (offset + done) as libc::off_t;
-        // sendfile writes at the output's file position.
-        // SAFETY: an open descriptor and a plain offset.
-        if unsafe { libc::lseek(out.as_raw_fd(), done as libc::off_t, libc::SEEK_SET) } < 0 {
+/// The in-kernel ways to copy between files, in order of preference.
+#[derive(Clone, Copy)]
+enum KernelCopy {
+    CopyFileRange,
+    Sendfile,
+}
+
+impl KernelCopy {
+    /// Copies up to `want` bytes from `at` of `file` to `to` of `out`; the count copied.
+    fn copy(self, file: &File, at: u64, out: &File, to: u64, want: usize) -> io::Result<usize> {
+        let mut off_in = at as libc::loff_t;
+        let n = match self {
+            KernelCopy::CopyFileRange => {
+                let mut off_out = to as libc::loff_t;
+                // SAFETY: two open descriptors and offsets owned by this frame.
+                unsafe { libc::copy_file_range(file.as_raw_fd(), &mut off_in, out.as_raw_fd(), &mut off_out, want, 0) }
+            }
+            KernelCopy::Sendfile => {
+                // sendfile writes at the output's file position.
+                // SAFETY: open descriptors, and an offset owned by this frame.
+                unsafe {
+                    if libc::lseek(out.as_raw_fd(), to as libc::off_t, libc::SEEK_SET) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &mut off_in, want)
+                }
+            }
+        };
+        if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let want = (len - done).min(COPY_CHUNK) as usize;
-        // SAFETY: two open descriptors and an offset owned by this frame.
-        let n = unsafe { libc::sendfile(out.as_raw_fd(), file.as_raw_fd(), &mut off_in, want) };
-        if n > 0 {
-            done += n as u64;
-            continue;
-        }
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte"));
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINVAL) | Some(libc::ENOSYS) => return copy_by_reading(source, out, done),
-            Some(libc::EINTR) => continue,
-            _ => return Err(err),
-        }
+        Ok(n as usize)
     }
-    Ok(())
-}
 
-fn copy_by_reading((file, offset, len): (&File, u64, u64), out: &File, mut done: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    while done < len {
-        let want = buf.len().min((len - done) as usize);
-        let n = file.read_at(&mut buf[..want], offset + done)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte"));
+    /// The error says this way cannot copy between these two files at all.
+    fn unsupported(self, e: &io::Error) -> bool {
+        match self {
+            KernelCopy::CopyFileRange => {
+                matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP))
+            }
+            KernelCopy::Sendfile => matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)),
         }
-        out.write_all_at(&buf[..n], done)?;
-        done += n as u64;
     }
-    Ok(())
+
+    fn fallback(self) -> Option<KernelCopy> {
+        match self {
+            KernelCopy::CopyFileRange => Some(KernelCopy::Sendfile),
+            KernelCopy::Sendfile => None,
+        }
+    }
 }
 
 /// The most one copy call is asked for (the kernel caps sendfile below 2 GiB anyway).
