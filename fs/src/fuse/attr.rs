@@ -68,6 +68,29 @@ pub fn attr(node: &Node, entry: Option<&Entry>) -> FileAttr {
     }
 }
 
+/// A negative entry: node id 0 tells the kernel to cache the name's absence for the entry's
+/// timeout (the other fields are not looked at).
+pub fn negative() -> FileAttr {
+    let t = time(Timestamp::default());
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: t,
+        mtime: t,
+        ctime: t,
+        crtime: t,
+        kind: file_type(Kind::File),
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 /// Attributes of an upper object from the host's lstat, under the overlay's inode number.
 pub fn from_metadata(meta: &std::fs::Metadata, ino: u64) -> FileAttr {
     use std::os::unix::fs::MetadataExt;

@@ -25,7 +25,7 @@ use handles::{Handles, NO_HANDLE};
 use crate::layer::index::{Kind, XattrPair};
 use crate::layer::whiteout::is_internal_xattr;
 use crate::layer::FileReader;
-use crate::merge::{NodeId, ROOT};
+use crate::merge::NodeId;
 use crate::view::ImageView;
 
 /// Lower layers are immutable: the kernel may cache names, attributes and data for this long.
@@ -166,12 +166,7 @@ impl Filesystem for ImageFs {
         }
         match self.view.tree.lookup_child(dir, name.as_bytes()) {
             Some(id) => reply.entry(&TTL, &self.attr(id), Generation(0)),
-            None if self.is_dir(dir) => {
-                // Inode 0 is a negative entry: the kernel caches the absence for TTL.
-                let mut negative = self.attr(ROOT);
-                negative.ino = INodeNo(0);
-                reply.entry(&TTL, &negative, Generation(0))
-            }
+            None if self.is_dir(dir) => reply.entry(&TTL, &attr::negative(), Generation(0)),
             None => reply.error(Errno::ENOTDIR),
         }
     }

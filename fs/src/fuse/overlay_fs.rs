@@ -193,7 +193,13 @@ impl Filesystem for OverlayFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.overlay.lookup(parent.0, name.as_bytes()));
+        match self.overlay.lookup(parent.0, name.as_bytes()) {
+            // Every change goes through this mount, which the kernel's dentry cache follows: an
+            // absence can be cached like any entry (a later create turns it into the new object,
+            // and a create after a failed stat needs no second lookup).
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => reply.entry(&TTL, &attr::negative(), Generation(0)),
+            result => self.entry(reply, result),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
