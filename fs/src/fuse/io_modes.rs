@@ -2,7 +2,8 @@
 //! opens are either all cached (page cache of the FUSE inode, data through the daemon) or all
 //! passthrough (the kernel reads and writes a backing file itself), and every passthrough open of
 //! an inode names the same backing file. Which backing that is: the upper file, or, for a file
-//! still in a directory lower, the lower file itself (opened read-only). Owns only this
+//! still in a lower layer, a read-only host file holding its bytes (the file of a directory layer
+//! itself, or the shared copy of a tar-layer file that container mounts ask for). Owns only this
 //! bookkeeping; opening files and registering backings are the caller's.
 
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ pub struct InodeIo {
 
 struct Backing {
     id: Arc<BackingId>,
-    /// The backing file is the lower file: read-only, and stale once the inode's data changes.
+    /// The backing file holds the lower bytes: read-only, and stale once the inode's data changes.
     lower: bool,
 }
 
