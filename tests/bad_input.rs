@@ -159,3 +159,57 @@ fn an_entry_below_a_lower_file_is_refused() {
     assert!(!out.status.success());
     assert!(stderr.contains("\"a/b\"") && stderr.contains("not a directory"), "{stderr}");
 }
+
+/// A shared copy (what container mounts serve tar-layer files from) on a full cache disk fails
+/// cleanly: no partial copy is left to be trusted later, and once there is room the copy is whole.
+#[test]
+fn a_full_cache_disk_leaves_no_partial_shared_copy() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let big = vec![9u8; 256 << 10];
+    let layer_path = work.path().join("layer.tar");
+    std::fs::write(&layer_path, tar_with(&[(header(b"big", b'0', big.len() as u64), &big)])).unwrap();
+    let cache_dir = work.path().join("cache");
+    std::fs::create_dir(&cache_dir).unwrap();
+    let source = strata_fs::layer::LayerSource::from_path(&layer_path).unwrap();
+    let layer = strata_fs::layer::Layer::load(
+        &source,
+        &strata_fs::layer::cache::Cache::new(work.path().join("index-cache")),
+        &strata_fs::layer::Quiet,
+    )
+    .unwrap();
+    let entry = layer.index.entries.iter().find(|e| &*e.path == b"big").unwrap();
+
+    // A 128 KiB tmpfs cannot hold the 256 KiB copy.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
+        .arg(&cache_dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let full = strata_fs::layer::cache::Cache::new(&cache_dir);
+    let err = layer.shared_copy(entry, &full).unwrap_err();
+    let leftovers: Vec<_> = walk(&cache_dir).into_iter().filter(|p| p.is_file()).collect();
+    let _ = std::process::Command::new("umount").arg(&cache_dir).status();
+    assert!(err.to_string().contains("No space") || err.raw_os_error() == Some(libc::ENOSPC), "{err}");
+    assert!(leftovers.is_empty(), "no partial copy is left: {leftovers:?}");
+
+    let copy = layer.shared_copy(entry, &strata_fs::layer::cache::Cache::new(&cache_dir)).unwrap().unwrap();
+    let mut copied = Vec::new();
+    std::io::Read::read_to_end(&mut &copy, &mut copied).unwrap();
+    assert!(copied == big, "the copy holds the file's bytes");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
