@@ -76,19 +76,12 @@ impl OverlayFs {
         self
     }
 
-    /// A read-only open of a tar-layer file as an open of its shared copy, when passthrough is
-    /// on and shared files are asked for. Larger files, and any failure to make the copy (a full
-    /// cache disk...), stay opens of the layer.
-    fn prefer_shared_copy(&self, ino: u64, file: OpenFile) -> OpenFile {
-        let (Some(cache), true) = (&self.shared_files, self.io.passthrough) else { return file };
-        match &file {
-            OpenFile::Lower(FileReader::InArchive { len, .. }) if (1..=SHARED_COPY_MAX).contains(len) => {}
-            _ => return file,
-        }
-        match self.overlay.shared_lower_copy(ino, cache) {
-            Ok(Some(copy)) => OpenFile::Lower(FileReader::Host(copy)),
-            _ => file,
-        }
+    /// The shared copy of `ino`, a file still served from a tar layer, for a read-only open when
+    /// passthrough is on and shared files are asked for. Larger files, and any failure to make the
+    /// copy (a full cache disk...), give None: the open serves the layer.
+    fn shared_copy(&self, ino: u64) -> Option<std::fs::File> {
+        let (Some(cache), true) = (&self.shared_files, self.io.passthrough) else { return None };
+        self.overlay.shared_lower_copy(ino, cache, SHARED_COPY_MAX).ok().flatten()
     }
 
     fn shown(&self, mut attr: FileAttr) -> FileAttr {
@@ -337,15 +330,17 @@ impl Filesystem for OverlayFs {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let changes_data = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        // Made before taking the io lock: a first copy of a large file takes a while.
+        let shared = if changes_data { None } else { self.shared_copy(ino.0) };
         let locked = if changes_data { self.io.lock_for_data_change(ino.0) } else { Ok(self.io.lock()) };
         let mut inodes = match locked {
             Ok(inodes) => inodes,
             Err(e) => return reply.error(errno::from_io(&e)),
         };
-        let file = match self.overlay.open(ino.0, flags.0) {
-            Ok(file) if !changes_data => self.prefer_shared_copy(ino.0, file),
-            Ok(file) => file,
-            Err(e) => return reply.error(errno::from_io(&e)),
+        let file = match (self.overlay.open(ino.0, flags.0), shared) {
+            (Ok(OpenFile::Lower(FileReader::InArchive { .. })), Some(copy)) => OpenFile::Lower(FileReader::Host(copy)),
+            (Ok(file), _) => file,
+            (Err(e), _) => return reply.error(errno::from_io(&e)),
         };
         if flags.0 & libc::O_TRUNC != 0 && lacks_fsetid(req) {
             if let Err(e) = self.overlay.drop_privilege_bits(ino.0, self.caller(req)) {

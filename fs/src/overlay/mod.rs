@@ -732,14 +732,15 @@ impl Overlay {
         }
     }
 
-    /// The shared host copy of `ino`'s bytes (`Layer::shared_copy`) when it is a file still served
-    /// from a tar layer; None for anything else.
-    pub fn shared_lower_copy(&self, ino: Ino, cache: &Cache) -> io::Result<Option<File>> {
+    /// The shared host copy of `ino`'s bytes (`Layer::shared_copy`) when it is a non-empty file of
+    /// at most `max_size` bytes still served from a tar layer; None for anything else.
+    pub fn shared_lower_copy(&self, ino: Ino, cache: &Cache, max_size: u64) -> io::Result<Option<File>> {
         let (layer, entry) = {
             let table = self.table();
             let inode = table.get(ino)?;
             let Some(node) = inode.lower.filter(|_| !inode.upper) else { return Ok(None) };
-            let Some(entry) = self.view.entry_of(node).filter(|e| e.kind == Kind::File) else { return Ok(None) };
+            let copied = |e: &&Entry| e.kind == Kind::File && (1..=max_size).contains(&e.size);
+            let Some(entry) = self.view.entry_of(node).filter(copied) else { return Ok(None) };
             (Arc::clone(&self.view.layers[self.view.tree.node(node).layer as usize]), entry.clone())
         };
         // Made outside the table lock: a first copy of a large file takes a while.
