@@ -72,7 +72,7 @@ impl ImageFs {
     }
 
     fn is_dir(&self, id: NodeId) -> bool {
-        self.view.entry_of(id).is_none_or(|e| e.kind == Kind::Dir)
+        self.view.kind_of(id) == Kind::Dir
     }
 
     fn xattrs(&self, ino: INodeNo) -> Result<impl Iterator<Item = &XattrPair> + '_, Errno> {
@@ -266,7 +266,7 @@ impl Filesystem for ImageFs {
         };
         for (next, id, name) in self.listing(dir, offset) {
             let node = self.view.tree.node(id);
-            let kind = self.view.entry(node).map_or(Kind::Dir, |e| e.kind);
+            let kind = self.view.kind_of(id);
             if reply.add(attr::ino_of(node), next, attr::file_type(kind), OsStr::from_bytes(name)) {
                 break;
             }

@@ -6,6 +6,13 @@
 //! descriptor (`fstatat`, `listxattrat`, `readlinkat`): no path is walked again per entry, and a
 //! cold tree's metadata reads overlap. The index is then built in one sorted depth-first pass, so
 //! it does not depend on the order the threads finished in.
+//!
+//! Only what the merge needs is read up front: names, kinds and inode numbers (from the directory
+//! listing itself: `d_type`, `d_ino`, which also group hard links), and the full metadata of
+//! directories and character devices (opaque markers, 0/0 whiteouts), and of every entry of a
+//! directory marked opaque (where xattr-form whiteouts live). Every other entry is *deferred*:
+//! its attributes, xattrs and link target are read on first use ([`complete`]), as kernel
+//! overlayfs and fuse-overlayfs look lower files up lazily: a mount does not read 30,000 inodes.
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -16,14 +23,10 @@ use std::sync::{Condvar, Mutex};
 
 use nix::sys::stat::FileStat;
 
-use super::index::{Entry, IndexBuilder, Kind, LayerIndex, Timestamp, Xattrs};
+use super::index::{Entry, Kind, LayerIndex, Timestamp, Xattrs};
 use super::whiteout::{self, WhiteoutName};
 use crate::error::{Error, IoContext, Result};
 use crate::path;
-
-/// A host directory tree cannot hold what the builder refuses: entries below files, hard links
-/// to directories or to names not yet walked (the first name of a link set is always indexed first).
-const HOST_TREE: &str = "a host directory tree is well formed";
 
 /// Threads reading directories: enough to keep a disk busy on a cold tree.
 const READERS: usize = 4;
@@ -32,74 +35,142 @@ const READERS: usize = 4;
 enum Child {
     Opaque,
     Hides(Vec<u8>),
-    Object { name: Vec<u8>, stat: FileStat, xattrs: Xattrs, link_target: Vec<u8> },
+    Object { name: Vec<u8>, kind: Kind, ino: u64, read: Option<Read> },
+}
+
+/// An entry's metadata, read from the host.
+struct Read {
+    stat: FileStat,
+    xattrs: Xattrs,
+    link_target: Vec<u8>,
+}
+
+/// A directory layer's index, and which of its entries are deferred (see the module doc):
+/// `deferred[i]` for `index.entries[i]`, whose attributes are then placeholders.
+#[derive(Debug)]
+pub struct DirIndex {
+    pub index: LayerIndex,
+    pub deferred: Vec<bool>,
 }
 
 /// The children of every directory read, by directory (relative path), sorted by name.
 type Listings = HashMap<Vec<u8>, Vec<Child>>;
 
-pub fn index_dir(root: &Path) -> Result<LayerIndex> {
+pub fn index_dir(root: &Path) -> Result<DirIndex> {
     let root_fd = open_dir(None, root, b"")?;
     let stat = nix::sys::stat::fstat(root_fd.as_fd()).map_err(std::io::Error::from).at(root)?;
     let root_xattrs = xattrs(root_fd.as_fd(), c".", &|| root.to_path_buf())?;
     let listings = read_tree(&root_fd, root)?;
 
-    let mut builder = IndexBuilder::default();
-    let opaque = is_opaque(&root_xattrs);
-    builder.add(entry_from(b"", &stat, root_xattrs, Vec::new())).expect(HOST_TREE);
-    if opaque {
-        builder.add_opaque_dir(b"");
+    let mut tree = Assembly::default();
+    if is_opaque(&root_xattrs) {
+        tree.opaque_dirs.push(Box::default());
     }
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    add_dir(&listings, b"", &mut builder, &mut links);
-    Ok(builder.finish())
+    tree.push(entry_from(b"", &stat, root_xattrs, Vec::new()), false);
+    tree.add_dir(&listings, b"");
+    Ok(tree.finish())
+}
+
+/// The full entry for a deferred `placeholder`, read beneath the layer's root: its attributes,
+/// xattrs and link target, with the placeholder's place in the index (path, hard-link set).
+pub fn complete(root_fd: &OwnedFd, root: &Path, placeholder: &Entry) -> Result<Entry> {
+    let (parent, name) = path::split_parent(&placeholder.path).unwrap_or((b"", &placeholder.path));
+    let host_dir = host_path(root, parent);
+    let dir_fd = open_dir(Some(root_fd), &host_dir, parent)?;
+    let c_name = CString::new(name).expect("names have no NUL");
+    let read = read_entry(dir_fd.as_fd(), &c_name, &host_dir)?;
+    let mut entry = entry_from(&placeholder.path, &read.stat, read.xattrs, read.link_target);
+    entry.link_id = placeholder.link_id;
+    Ok(entry)
 }
 
 fn is_opaque(xattrs: &Xattrs) -> bool {
     xattrs.iter().any(|(n, v)| whiteout::OPAQUE_XATTRS.contains(&&**n) && whiteout::is_opaque_value(v))
 }
 
-/// Adds the children of `rel_dir` (and, depth first, theirs) in name order.
-fn add_dir(listings: &Listings, rel_dir: &[u8], builder: &mut IndexBuilder, links: &mut HashMap<(u64, u64), Vec<u8>>) {
-    for child in listings.get(rel_dir).into_iter().flatten() {
-        let (name, stat, xattrs, link_target) = match child {
-            Child::Opaque => {
-                builder.add_opaque_dir(rel_dir);
+/// A directory layer's index as it is put together: a host tree is well formed (no path twice, no
+/// entry below a file, a hard link's first name walked first), so entries go straight in, in
+/// walk order, without the tar rules of `IndexBuilder`.
+#[derive(Default)]
+struct Assembly {
+    entries: Vec<Entry>,
+    deferred: Vec<bool>,
+    whiteouts: Vec<Box<[u8]>>,
+    opaque_dirs: Vec<Box<[u8]>>,
+    /// Inode number -> index of its first name's entry.
+    first_names: HashMap<u64, usize>,
+    next_link_id: u32,
+}
+
+impl Assembly {
+    fn push(&mut self, entry: Entry, deferred: bool) {
+        self.entries.push(entry);
+        self.deferred.push(deferred);
+    }
+
+    /// Adds the children of `rel_dir` (and, depth first, theirs) in name order.
+    fn add_dir(&mut self, listings: &Listings, rel_dir: &[u8]) {
+        for child in listings.get(rel_dir).into_iter().flatten() {
+            let (name, kind, ino, read) = match child {
+                Child::Opaque => {
+                    self.opaque_dirs.push(rel_dir.into());
+                    continue;
+                }
+                Child::Hides(hidden) => {
+                    self.whiteouts.push(path::join(rel_dir, hidden).into());
+                    continue;
+                }
+                Child::Object { name, kind, ino, read } => (name, *kind, *ino, read),
+            };
+            let rel = path::join(rel_dir, name);
+            if let Some(Read { stat, xattrs, .. }) = read {
+                let whiteout_device = kind == Kind::CharDevice && stat.st_rdev == 0;
+                let whiteout_file = kind == Kind::File
+                    && stat.st_size == 0
+                    && xattrs.iter().any(|(n, _)| whiteout::WHITEOUT_XATTRS.contains(&&**n));
+                if whiteout_device || whiteout_file {
+                    self.whiteouts.push(rel.into());
+                    continue;
+                }
+            }
+            if kind == Kind::Dir {
+                let read = read.as_ref().expect("directories are read up front");
+                if is_opaque(&read.xattrs) {
+                    self.opaque_dirs.push(rel.as_slice().into());
+                }
+                self.push(entry_from(&rel, &read.stat, read.xattrs.clone(), Vec::new()), false);
+                self.add_dir(listings, &rel);
                 continue;
             }
-            Child::Hides(hidden) => {
-                builder.add_whiteout(&path::join(rel_dir, hidden));
+            // The names of one inode in this layer are one hard-link set.
+            if let Some(&first) = self.first_names.get(&ino) {
+                if self.entries[first].link_id == 0 {
+                    self.next_link_id += 1;
+                    self.entries[first].link_id = self.next_link_id;
+                }
+                let mut entry = self.entries[first].clone();
+                entry.path = rel.into();
+                let deferred = self.deferred[first];
+                self.push(entry, deferred);
                 continue;
             }
-            Child::Object { name, stat, xattrs, link_target } => (name, stat, xattrs, link_target),
-        };
-        let rel = path::join(rel_dir, name);
-        let kind = Kind::of_mode(stat.st_mode);
-        let whiteout_device = kind == Kind::CharDevice && stat.st_rdev == 0;
-        let whiteout_file = kind == Kind::File
-            && stat.st_size == 0
-            && xattrs.iter().any(|(n, _)| whiteout::WHITEOUT_XATTRS.contains(&&**n));
-        if whiteout_device || whiteout_file {
-            builder.add_whiteout(&rel);
-            continue;
-        }
-        if kind == Kind::Dir {
-            if is_opaque(xattrs) {
-                builder.add_opaque_dir(&rel);
+            self.first_names.insert(ino, self.entries.len());
+            match read {
+                Some(read) => {
+                    self.push(entry_from(&rel, &read.stat, read.xattrs.clone(), read.link_target.clone()), false)
+                }
+                None => self.push(Entry::new(&rel, kind), true),
             }
-            builder.add(entry_from(&rel, stat, xattrs.clone(), Vec::new())).expect(HOST_TREE);
-            add_dir(listings, &rel, builder, links);
-            continue;
         }
-        if stat.st_nlink > 1 {
-            let identity = (stat.st_dev, stat.st_ino);
-            if let Some(first) = links.get(&identity) {
-                builder.add_hard_link(&rel, first).expect(HOST_TREE);
-                continue;
-            }
-            links.insert(identity, rel.clone());
-        }
-        builder.add(entry_from(&rel, stat, xattrs.clone(), link_target.clone())).expect(HOST_TREE);
+    }
+
+    fn finish(mut self) -> DirIndex {
+        self.whiteouts.sort();
+        self.whiteouts.dedup();
+        self.opaque_dirs.sort();
+        self.opaque_dirs.dedup();
+        let index = LayerIndex { entries: self.entries, whiteouts: self.whiteouts, opaque_dirs: self.opaque_dirs };
+        DirIndex { index, deferred: self.deferred }
     }
 }
 
@@ -165,10 +236,8 @@ fn read_tree(root_fd: &OwnedFd, root: &Path) -> Result<Listings> {
                 match read {
                     Ok(children) => {
                         for child in &children {
-                            if let Child::Object { name, stat, .. } = child {
-                                if Kind::of_mode(stat.st_mode) == Kind::Dir {
-                                    q.pending.push(path::join(&rel_dir, name));
-                                }
+                            if let Child::Object { name, kind: Kind::Dir, .. } = child {
+                                q.pending.push(path::join(&rel_dir, name));
                             }
                         }
                         lock(&listings).insert(rel_dir, children);
@@ -193,6 +262,10 @@ fn read_dir(root_fd: &OwnedFd, root: &Path, rel_dir: &[u8]) -> Result<Vec<Child>
     let dir_fd = open_dir(Some(root_fd), &host_dir, rel_dir)?;
     let mut dir =
         nix::dir::Dir::from_fd(dir_fd.try_clone().at(&host_dir)?).map_err(std::io::Error::from).at(&host_dir)?;
+    // A directory carrying an opaque marker may hold xattr-form whiteouts: read all its entries.
+    let marked = xattrs(dir_fd.as_fd(), c".", &|| host_dir.clone())?
+        .iter()
+        .any(|(n, _)| whiteout::OPAQUE_XATTRS.contains(&&**n));
     let mut children = Vec::new();
     for entry in dir.iter() {
         let entry = entry.map_err(std::io::Error::from).at(&host_dir)?;
@@ -206,23 +279,54 @@ fn read_dir(root_fd: &OwnedFd, root: &Path, rel_dir: &[u8]) -> Result<Vec<Child>
             WhiteoutName::Hides(hidden) => Child::Hides(hidden.to_vec()),
             WhiteoutName::Metadata => continue,
             WhiteoutName::Plain => {
-                let host = || host_dir.join(OsStr::from_bytes(name));
-                let stat = nix::sys::stat::fstatat(dir_fd.as_fd(), c_name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(|e| Error::io(host(), e.into()))?;
-                let link_target = match Kind::of_mode(stat.st_mode) {
-                    Kind::Symlink => nix::fcntl::readlinkat(dir_fd.as_fd(), c_name)
-                        .map_err(|e| Error::io(host(), e.into()))?
-                        .as_bytes()
-                        .to_vec(),
-                    _ => Vec::new(),
+                use nix::dir::Type;
+                let listed = entry.file_type();
+                let deferrable = !marked
+                    && matches!(
+                        listed,
+                        Some(Type::File | Type::Symlink | Type::Fifo | Type::Socket | Type::BlockDevice)
+                    );
+                let (kind, read) = match (deferrable, listed) {
+                    (true, Some(t)) => (kind_of_type(t), None),
+                    _ => {
+                        let read = read_entry(dir_fd.as_fd(), c_name, &host_dir)?;
+                        (Kind::of_mode(read.stat.st_mode), Some(read))
+                    }
                 };
-                let xattrs = xattrs(dir_fd.as_fd(), c_name, &host)?;
-                Child::Object { name: name.to_vec(), stat, xattrs, link_target }
+                Child::Object { name: name.to_vec(), kind, ino: entry.ino(), read }
             }
         });
     }
     children.sort_by(|a, b| sort_key(a).cmp(sort_key(b)));
     Ok(children)
+}
+
+/// The metadata of `name` in directory `dir` (whose whole path is `host_dir`, for errors).
+fn read_entry(dir: BorrowedFd, name: &CStr, host_dir: &Path) -> Result<Read> {
+    let host = || host_dir.join(OsStr::from_bytes(name.to_bytes()));
+    let stat = nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(|e| Error::io(host(), e.into()))?;
+    let link_target = match Kind::of_mode(stat.st_mode) {
+        Kind::Symlink => {
+            nix::fcntl::readlinkat(dir, name).map_err(|e| Error::io(host(), e.into()))?.as_bytes().to_vec()
+        }
+        _ => Vec::new(),
+    };
+    let xattrs = xattrs(dir, name, &host)?;
+    Ok(Read { stat, xattrs, link_target })
+}
+
+fn kind_of_type(t: nix::dir::Type) -> Kind {
+    use nix::dir::Type;
+    match t {
+        Type::Directory => Kind::Dir,
+        Type::Symlink => Kind::Symlink,
+        Type::CharacterDevice => Kind::CharDevice,
+        Type::BlockDevice => Kind::BlockDevice,
+        Type::Fifo => Kind::Fifo,
+        Type::Socket => Kind::Socket,
+        Type::File => Kind::File,
+    }
 }
 
 /// Children in the order of their names on disk (a whiteout by its `.wh.` name).
@@ -373,20 +477,34 @@ mod tests {
         std::fs::write(root.join("d02/.wh.gone"), "").unwrap();
         std::fs::write(root.join("d03/.wh..wh..opq"), "").unwrap();
 
-        let index = index_dir(root).unwrap();
+        let DirIndex { index, deferred } = index_dir(root).unwrap();
         let paths: Vec<&[u8]> = index.entries.iter().map(|e| &*e.path).collect();
         let mut sorted = paths.clone();
         sorted.sort();
         assert_eq!(paths, sorted, "paths in sorted depth-first order");
         assert_eq!(paths.len(), 1 + 40 * 3 + 3);
-        let entry = |p: &[u8]| index.entries.iter().find(|e| &*e.path == p).unwrap();
+        // Files and symlinks are deferred, directories are not; completing reads the host.
+        let root_fd = open_dir(None, root, b"").unwrap();
+        let entry = |p: &[u8]| {
+            let i = index.entries.iter().position(|e| &*e.path == p).unwrap();
+            assert_eq!(deferred[i], index.entries[i].kind != Kind::Dir, "{}", String::from_utf8_lossy(p));
+            match deferred[i] {
+                true => complete(&root_fd, root, &index.entries[i]).unwrap(),
+                false => index.entries[i].clone(),
+            }
+        };
         assert_eq!(&*entry(b"d01/link").link_target, b"../d00/first");
+        assert_eq!(entry(b"d05/inner/f").size, 1);
+        let host_mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join("d05")).unwrap().permissions());
+        assert_eq!(entry(b"d05").mode, host_mode & 0o7777);
         let (first, second) = (entry(b"d00/first"), entry(b"d39/second"));
         assert!(first.link_id != 0 && first.link_id == second.link_id, "one hard-link set");
+        assert_eq!((first.size, second.size), (1, 1));
         assert_eq!(index.whiteouts.iter().map(|w| &**w).collect::<Vec<_>>(), [&b"d02/gone"[..]]);
         assert_eq!(index.opaque_dirs.iter().map(|w| &**w).collect::<Vec<_>>(), [&b"d03"[..]]);
         for _ in 0..3 {
-            let again = index_dir(root).unwrap();
+            let again = index_dir(root).unwrap().index;
             assert_eq!(
                 again.entries.iter().map(|e| &e.path).collect::<Vec<_>>(),
                 index.entries.iter().map(|e| &e.path).collect::<Vec<_>>()

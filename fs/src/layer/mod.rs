@@ -16,13 +16,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
 
 use blob::{BlobRange, Compression};
 use cache::Cache;
-use index::{Entry, LayerIndex};
+use index::{Entry, Kind, LayerIndex};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -79,8 +79,9 @@ enum Data {
     /// A tar (the original, or its decompressed copy in the cache): files are byte ranges of it.
     /// `key` names the layer in the cache (its digest, or its identity on the host).
     Tar { blob: BlobRange, key: String },
-    /// A host directory, opened once and resolved beneath with `openat2`.
-    Directory { path: PathBuf, root: OwnedFd },
+    /// A host directory, opened once and resolved beneath with `openat2`. `deferred[i]` marks an
+    /// entry whose metadata is read on first use into `completed[i]` (see `dir_index`).
+    Directory { path: PathBuf, root: OwnedFd, deferred: Vec<bool>, completed: Box<[OnceLock<Entry>]> },
 }
 
 /// A loaded, immutable layer.
@@ -116,7 +117,8 @@ impl Layer {
         let name = source.describe();
         match source {
             LayerSource::Directory(path) => {
-                let index = dir_index::index_dir(path)?;
+                let dir_index::DirIndex { index, deferred } = dir_index::index_dir(path)?;
+                let completed = (0..index.entries.len()).map(|_| OnceLock::new()).collect();
                 let root = nix::fcntl::open(
                     path,
                     nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -127,7 +129,7 @@ impl Layer {
                     name,
                     info: LayerInfo::default(),
                     index,
-                    data: Data::Directory { path: path.clone(), root },
+                    data: Data::Directory { path: path.clone(), root, deferred, completed },
                 })
             }
             LayerSource::Blob { range, expected_digest, expected_diff_id } => {
@@ -244,6 +246,22 @@ impl Layer {
         let index = tar_index::index_tar(tar.reader(), tar.len, &name, &|done| progress.set(done))?;
         progress.finish();
         Ok(Layer { name, info, index, data: Data::Tar { blob: tar, key: key.to_string() } })
+    }
+
+    /// Entry `i` of the index, its metadata read from the host first if it was deferred. A file
+    /// that vanished from a directory layer since the mount keeps its placeholder.
+    pub fn entry(&self, i: usize) -> &Entry {
+        let placeholder = &self.index.entries[i];
+        match &self.data {
+            Data::Directory { path, root, deferred, completed } if deferred[i] => completed[i]
+                .get_or_init(|| dir_index::complete(root, path, placeholder).unwrap_or_else(|_| placeholder.clone())),
+            _ => placeholder,
+        }
+    }
+
+    /// The kind of entry `i`, without reading anything deferred.
+    pub fn kind(&self, i: usize) -> Kind {
+        self.index.entries[i].kind
     }
 
     /// Opens the bytes of a file entry for reading.

@@ -181,7 +181,7 @@ impl Overlay {
     }
 
     fn lower_kind(&self, node: NodeId) -> Kind {
-        self.view.entry_of(node).map_or(Kind::Dir, |e| e.kind)
+        self.view.kind_of(node)
     }
 
     /// Resolves `name` in directory `parent`: (inode number, inode) without registering it.
