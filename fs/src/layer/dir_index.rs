@@ -35,7 +35,7 @@ const READERS: usize = 4;
 enum Child {
     Opaque,
     Hides(Vec<u8>),
-    Object { name: Vec<u8>, kind: Kind, ino: u64, read: Option<Read> },
+    Object { name: Vec<u8>, kind: Kind, ino: u64, read: Option<Box<Read>> },
 }
 
 /// An entry's metadata, read from the host.
@@ -123,7 +123,7 @@ impl Assembly {
                 Child::Object { name, kind, ino, read } => (name, *kind, *ino, read),
             };
             let rel = path::join(rel_dir, name);
-            if let Some(Read { stat, xattrs, .. }) = read {
+            if let Some(Read { stat, xattrs, .. }) = read.as_deref() {
                 let whiteout_device = kind == Kind::CharDevice && stat.st_rdev == 0;
                 let whiteout_file = kind == Kind::File
                     && stat.st_size == 0
@@ -290,7 +290,7 @@ fn read_dir(root_fd: &OwnedFd, root: &Path, rel_dir: &[u8]) -> Result<Vec<Child>
                     (true, Some(t)) => (kind_of_type(t), None),
                     _ => {
                         let read = read_entry(dir_fd.as_fd(), c_name, &host_dir)?;
-                        (Kind::of_mode(read.stat.st_mode), Some(read))
+                        (Kind::of_mode(read.stat.st_mode), Some(Box::new(read)))
                     }
                 };
                 Child::Object { name: name.to_vec(), kind, ino: entry.ino(), read }
