@@ -73,6 +73,12 @@ pub struct Mounted<FS: Filesystem> {
 /// Mounts `fs` on `mountpoint` (which must be an existing directory) without serving it yet.
 pub fn mount<FS: Filesystem>(fs: FS, mountpoint: &Path, config: &MountConfig) -> Result<Mounted<FS>> {
     check_mountpoint(mountpoint)?;
+    // fuser gives each serving thread a zeroed 16 MiB request buffer. Once large blocks have been
+    // freed (building an index does), glibc raises its mmap threshold and serves such a buffer
+    // from the heap, zeroing and keeping all of it resident; a fixed threshold keeps it a lazily
+    // mapped zero region, of which a request touches only what it carries.
+    // SAFETY: mallopt with an integer setting.
+    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20) };
     // Resolved before mounting: afterwards a lookup would wait for a session not yet served.
     let canonical = std::fs::canonicalize(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
     let serving = File::open(&canonical).ok().and_then(|dir| Flock::lock(dir, FlockArg::LockSharedNonblock).ok());
