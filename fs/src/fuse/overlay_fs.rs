@@ -237,15 +237,12 @@ impl Filesystem for OverlayFs {
         };
         let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
         // A size change is a data change: not while opens read the lower file (see `open`).
-        let inodes = match size {
-            Some(_) => match self.io.lock_for_data_change(ino.0) {
-                Ok(inodes) => inodes,
-                Err(e) => return reply.error(errno::from_io(&e)),
-            },
-            None => self.io.lock(),
+        let data_change = match size.map(|_| self.io.lock_for_data_change(ino.0)).transpose() {
+            Ok(locked) => locked,
+            Err(e) => return reply.error(errno::from_io(&e)),
         };
         let mut result = self.overlay.setattr(ino.0, &change);
-        drop(inodes);
+        drop(data_change);
         if result.is_ok() && size.is_some() && mode.is_none() && lacks_fsetid(req) {
             result =
                 self.overlay.drop_privilege_bits(ino.0, self.caller(req)).and_then(|()| self.overlay.getattr(ino.0));

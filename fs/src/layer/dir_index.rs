@@ -60,7 +60,7 @@ pub fn index_dir(root: &Path) -> Result<DirIndex> {
     let root_fd = open_dir(None, root, b"")?;
     let stat = nix::sys::stat::fstat(root_fd.as_fd()).map_err(std::io::Error::from).at(root)?;
     let root_xattrs = xattrs(root_fd.as_fd(), c".", &|| root.to_path_buf())?;
-    let listings = read_tree(&root_fd, root)?;
+    let listings = read_tree(&root_fd, root, has_opaque_marker(&root_xattrs))?;
 
     let mut tree = Assembly::default();
     if is_opaque(&root_xattrs) {
@@ -82,6 +82,11 @@ pub fn complete(root_fd: &OwnedFd, root: &Path, placeholder: &Entry) -> Result<E
     let mut entry = entry_from(&placeholder.path, &read.stat, read.xattrs, read.link_target);
     entry.link_id = placeholder.link_id;
     Ok(entry)
+}
+
+/// An overlay opaque xattr of any value (`y`, or `x`: "may hold xattr-form whiteouts").
+fn has_opaque_marker(xattrs: &Xattrs) -> bool {
+    xattrs.iter().any(|(n, _)| whiteout::OPAQUE_XATTRS.contains(&&**n))
 }
 
 fn is_opaque(xattrs: &Xattrs) -> bool {
@@ -201,23 +206,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Work shared by the reading threads: directories still to read, how many are being read, and
-/// the first error (which stops everyone).
+/// Work shared by the reading threads: directories still to read (each with whether it carries
+/// an opaque marker, known from its parent's listing), how many are being read, and the first
+/// error (which stops everyone).
 struct Queue {
-    pending: Vec<Vec<u8>>,
+    pending: Vec<(Vec<u8>, bool)>,
     reading: usize,
     failed: Option<Error>,
 }
 
-/// Reads every directory below `root` (whose descriptor is `root_fd`) with [`READERS`] threads.
-fn read_tree(root_fd: &OwnedFd, root: &Path) -> Result<Listings> {
-    let queue = Mutex::new(Queue { pending: vec![Vec::new()], reading: 0, failed: None });
+/// Reads every directory below `root` (whose descriptor is `root_fd`; `root_marked`: the root
+/// carries an opaque marker) with [`READERS`] threads.
+fn read_tree(root_fd: &OwnedFd, root: &Path, root_marked: bool) -> Result<Listings> {
+    let queue = Mutex::new(Queue { pending: vec![(Vec::new(), root_marked)], reading: 0, failed: None });
     let changed = Condvar::new();
     let listings = Mutex::new(Listings::new());
     std::thread::scope(|scope| {
         for _ in 0..READERS {
             scope.spawn(|| loop {
-                let rel_dir = {
+                let (rel_dir, marked) = {
                     let mut q = lock(&queue);
                     loop {
                         if q.failed.is_some() || (q.pending.is_empty() && q.reading == 0) {
@@ -230,14 +237,15 @@ fn read_tree(root_fd: &OwnedFd, root: &Path) -> Result<Listings> {
                         q = changed.wait(q).unwrap_or_else(|poisoned| poisoned.into_inner());
                     }
                 };
-                let read = read_dir(root_fd, root, &rel_dir);
+                let read = read_dir(root_fd, root, &rel_dir, marked);
                 let mut q = lock(&queue);
                 q.reading -= 1;
                 match read {
                     Ok(children) => {
                         for child in &children {
-                            if let Child::Object { name, kind: Kind::Dir, .. } = child {
-                                q.pending.push(path::join(&rel_dir, name));
+                            if let Child::Object { name, kind: Kind::Dir, read, .. } = child {
+                                let marked = read.as_deref().is_some_and(|r| has_opaque_marker(&r.xattrs));
+                                q.pending.push((path::join(&rel_dir, name), marked));
                             }
                         }
                         lock(&listings).insert(rel_dir, children);
@@ -256,16 +264,14 @@ fn read_tree(root_fd: &OwnedFd, root: &Path) -> Result<Listings> {
     }
 }
 
-/// The children of one directory, sorted by name, with what the index needs of each.
-fn read_dir(root_fd: &OwnedFd, root: &Path, rel_dir: &[u8]) -> Result<Vec<Child>> {
+/// The children of one directory, sorted by name, with what the index needs of each. A
+/// directory carrying an opaque marker (`marked`) may hold xattr-form whiteouts: all its entries
+/// are read in full.
+fn read_dir(root_fd: &OwnedFd, root: &Path, rel_dir: &[u8], marked: bool) -> Result<Vec<Child>> {
     let host_dir = host_path(root, rel_dir);
     let dir_fd = open_dir(Some(root_fd), &host_dir, rel_dir)?;
     let mut dir =
         nix::dir::Dir::from_fd(dir_fd.try_clone().at(&host_dir)?).map_err(std::io::Error::from).at(&host_dir)?;
-    // A directory carrying an opaque marker may hold xattr-form whiteouts: read all its entries.
-    let marked = xattrs(dir_fd.as_fd(), c".", &|| host_dir.clone())?
-        .iter()
-        .any(|(n, _)| whiteout::OPAQUE_XATTRS.contains(&&**n));
     let mut children = Vec::new();
     for entry in dir.iter() {
         let entry = entry.map_err(std::io::Error::from).at(&host_dir)?;

@@ -739,9 +739,14 @@ impl Overlay {
             let table = self.table();
             let inode = table.get(ino)?;
             let Some(node) = inode.lower.filter(|_| !inode.upper) else { return Ok(None) };
+            let layer = &self.view.layers[self.view.tree.node(node).layer as usize];
+            if layer.host_dir().is_some() {
+                // A directory layer's files are host files already.
+                return Ok(None);
+            }
             let copied = |e: &&Entry| e.kind == Kind::File && (1..=max_size).contains(&e.size);
             let Some(entry) = self.view.entry_of(node).filter(copied) else { return Ok(None) };
-            (Arc::clone(&self.view.layers[self.view.tree.node(node).layer as usize]), entry.clone())
+            (Arc::clone(layer), entry.clone())
         };
         // Made outside the table lock: a first copy of a large file takes a while.
         layer.shared_copy(&entry, cache)
