@@ -4,7 +4,7 @@
 //! files on the way are created inside the root. Used before `pivot_root`, while host paths are
 //! still reachable; nothing else in the runner opens a container path by its host name.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -108,7 +108,7 @@ impl Root {
     }
 
     fn check_kind(&self, fd: OwnedFd, path: &str, kind: TargetKind) -> Result<OwnedFd> {
-        let is_dir = std::fs::metadata(fd_link(&fd)).map_err(|e| self.error(path, e))?.is_dir();
+        let is_dir = is_directory(&fd).map_err(|e| self.error(path, e))?;
         match (kind, is_dir) {
             (TargetKind::Dir, false) => Err(Error::invalid(format!("{path:?} in the container is not a directory"))),
             (TargetKind::File, true) => Err(Error::invalid(format!("{path:?} in the container is a directory"))),
@@ -139,6 +139,13 @@ impl Root {
 /// mounts on the object that was resolved safely rather than re-resolving a path.
 pub fn fd_link(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Whether a descriptor (O_PATH included) names a directory. An fstat of the descriptor rather
+/// than a stat of its /proc link: no walk through /proc, and on the FUSE rootfs a plain GETATTR
+/// (a statx asking for more than the basic fields costs the daemon a FUSE_STATX round trip).
+pub fn is_directory(fd: &OwnedFd) -> io::Result<bool> {
+    lstat_at(fd.as_raw_fd(), c"").map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
 /// `/a/b/c` → (`/a/b`, `c`); None for the root itself.
@@ -174,10 +181,13 @@ fn open_raw(dirfd: RawFd, path: &Path, flags: i32, mode: u32) -> io::Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn lstat_at(dirfd: RawFd, name: &CString) -> io::Result<libc::stat> {
+/// fstatat without following a final symlink; an empty `name` stats `dirfd` itself.
+fn lstat_at(dirfd: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    let flags =
+        if name.is_empty() { libc::AT_SYMLINK_NOFOLLOW | libc::AT_EMPTY_PATH } else { libc::AT_SYMLINK_NOFOLLOW };
     // SAFETY: fstatat into a zeroed stat buffer we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } < 0 {
+    if unsafe { libc::fstatat(dirfd, name.as_ptr(), &mut st, flags) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(st)

@@ -11,7 +11,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
 use crate::error::{Error, Result};
-use crate::resolve::{fd_link, Root, TargetKind};
+use crate::resolve::{fd_link, is_directory, Root, TargetKind};
 use crate::spec::{Network, Spec};
 
 /// Paths the OCI runtime spec's defaults (runc, Docker) hide from containers.
@@ -204,7 +204,7 @@ fn apply_step(root: &Root, step: &Step) -> Result<()> {
         }
         Step::Mask(path) => {
             let Some(fd) = root.find(path)? else { return Ok(()) };
-            let is_dir = std::fs::metadata(fd_link(&fd)).map(|m| m.is_dir()).unwrap_or(false);
+            let is_dir = is_directory(&fd).unwrap_or(false);
             if is_dir {
                 mount(Some("tmpfs"), &fd_link(&fd), Some("tmpfs"), MsFlags::MS_RDONLY, Some("size=0"))
             } else {

@@ -147,13 +147,23 @@ pub fn serve(
 /// the mount's backing device takes a larger window from sysfs (root only; best effort). Fewer,
 /// larger READ requests: a cold exec of a 2 MB binary or a sequential read makes fewer round trips.
 fn raise_readahead(mountpoint: &Path) {
-    // From mountinfo, not stat: a stat of the mountpoint would wait for a session not yet served.
-    let Ok(info) = std::fs::read_to_string("/proc/thread-self/mountinfo") else { return };
-    let device =
-        crate::mountinfo::parse(&info).filter(|m| m.mount_point == mountpoint).last().map(|m| m.device.to_string());
-    if let Some(device) = device {
-        let _ = std::fs::write(format!("/sys/class/bdi/{device}/read_ahead_kb"), (super::MAX_READ / 1024).to_string());
+    if let Some((major, minor)) = device_without_request(mountpoint) {
+        let _ = std::fs::write(
+            format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"),
+            (super::MAX_READ / 1024).to_string(),
+        );
     }
+}
+
+/// The device number of the filesystem mounted at `mountpoint`, from the kernel's cached
+/// attributes (AT_STATX_DONT_SYNC): a plain stat would send a GETATTR to a session not yet served.
+fn device_without_request(mountpoint: &Path) -> Option<(u32, u32)> {
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statx into a zeroed buffer we own, with a NUL-terminated path.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let flags = libc::AT_STATX_DONT_SYNC | libc::AT_SYMLINK_NOFOLLOW;
+    let rc = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), flags, libc::STATX_TYPE, &mut st) };
+    (rc == 0).then_some((st.stx_dev_major, st.stx_dev_minor))
 }
 
 /// Fails unless `mountpoint` is an existing directory: worth checking before indexing an image.

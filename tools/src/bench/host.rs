@@ -319,6 +319,30 @@ impl ScratchFs {
     }
 }
 
+/// A tmpfs mounted for the benchmark's duration where a directory is not on tmpfs already.
+pub struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// None when `dir` is on tmpfs already (as `/run` is on systemd hosts); otherwise mounts one there.
+    pub fn unless_already(dir: &Path, log: &Path) -> Result<Option<Tmpfs>> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let fs_type = Command::new("stat").args(["-f", "-c", "%T"]).arg(dir).output().context("running stat -f")?;
+        if String::from_utf8_lossy(&fs_type.stdout).trim() == "tmpfs" {
+            return Ok(None);
+        }
+        run_logged(Command::new("mount").args(["-t", "tmpfs", "-o", "mode=0755", "tmpfs"]).arg(dir), log)?;
+        Ok(Some(Tmpfs { dir: dir.to_path_buf() }))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+    }
+}
+
 impl Drop for ScratchFs {
     fn drop(&mut self) {
         if is_mounted(&self.dir) {

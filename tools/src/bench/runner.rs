@@ -9,8 +9,8 @@
 //!
 //! - strata: `strata run --rm IMAGE /bin/true` with `STRATA_CACHE` and `STRATA_DATA_DIR` under
 //!   `WORK/runner`, and `STRATA_RUN_DIR` on tmpfs (`/run/strata-bench`), as root's default
-//!   `/run/strata` is. The warm-ups fill the index cache, so every timed start
-//!   finds it warm. Each start mounts its own FUSE rootfs over a fresh upper; without limits it
+//!   `/run/strata` is on systemd hosts (the benchmark mounts one there when `/run` is not tmpfs).
+//!   The warm-ups fill the index cache, so every timed start finds it warm. Each start mounts its own FUSE rootfs over a fresh upper; without limits it
 //!   makes no cgroup (runc always makes one).
 //! - bwrap: `bwrap --unshare-all --bind ROOTFS / --proc /proc --dev /dev /bin/true`.
 //! - unshare + chroot: `unshare -Urmpfiun chroot ROOTFS /bin/true`, the floor: new namespaces and
@@ -97,7 +97,9 @@ impl Runner {
     /// The command line, for the report.
     fn shown(self) -> &'static str {
         match self {
-            Runner::Strata => "`strata run --rm IMAGE /bin/true`",
+            Runner::Strata => {
+                "`strata run --rm IMAGE /bin/true`, state under `STRATA_RUN_DIR=/run/strata-bench` (tmpfs)"
+            }
             Runner::Bwrap => "`bwrap --unshare-all --bind ROOTFS / --proc /proc --dev /dev /bin/true`",
             Runner::Unshare => "`unshare -Urmpfiun chroot ROOTFS /bin/true`",
             Runner::Runc => "`runc --root STATE run --bundle BUNDLE ID` (config from `runc spec`, see below)",
@@ -302,6 +304,7 @@ pub fn run(opts: &Options) -> Result<()> {
         })
         .collect();
     let setup = Setup::prepare(&work, strata, &runners)?;
+    let _run_dir = host::Tmpfs::unless_already(Path::new(RUN_DIR), &setup.dir.join("setup.log"))?;
 
     let mut starts = BTreeMap::new();
     let mut outcome = measure(opts, &setup, &runners, &mut starts, &mut results);
