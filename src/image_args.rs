@@ -44,6 +44,7 @@ impl ImageArgs {
     pub fn source_name(&self) -> String {
         match self.image_path() {
             Some(p) => p.display().to_string(),
+            None if self.layers.len() == 1 => "1 layer".to_string(),
             None => format!("{} layers", self.layers.len()),
         }
     }
@@ -54,16 +55,22 @@ impl ImageArgs {
             if self.tag.is_some() {
                 bail!("--tag selects an image in a layout or archive; it cannot be used with --layer");
             }
-            return Ok(image::from_layers(&self.layers)?);
+            // Absolute, so that a daemon, which leaves the working directory, names them in its log.
+            let layers = self.layers.iter().map(absolute).collect::<Result<Vec<_>>>()?;
+            return Ok(image::from_layers(&layers)?);
         }
         let Some(path) = self.image_path() else { bail!("no image given: pass IMAGE or --layer PATH") };
-        image::open(path, &selector).with_context(|| format!("opening image {}", path.display()))
+        image::open(&absolute(path)?, &selector).with_context(|| format!("opening image {}", path.display()))
     }
 
     /// Resolves, loads (indexing once, then from the cache) and merges the image.
     pub fn load(&self) -> Result<ImageView> {
         load_layers(&self.resolve()?)
     }
+}
+
+fn absolute(path: &PathBuf) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))
 }
 
 /// Loads (indexing once, then from the cache) and merges a resolved image's layers.

@@ -4,6 +4,7 @@
 mod demo;
 mod image_args;
 mod inspect;
+mod logging;
 mod overlayfs_cli;
 mod progress;
 mod run;
@@ -23,6 +24,11 @@ use strata_fs::fuse::ImageFs;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Append the filesystem daemon's log (mounts, unmounts, failed requests, with pids) to FILE;
+    /// without it, logs go to stderr, which a background daemon no longer has. Detail:
+    /// STRATA_LOG=error|warn|info|debug|trace (default: info in FILE, warn on stderr)
+    #[arg(long, global = true, value_name = "FILE")]
+    log: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -131,14 +137,14 @@ fn serve(
 fn main() {
     if overlayfs_cli::called_as_overlayfs() {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        if let Err(err) = overlayfs_cli::run(&args) {
+        if let Err(err) = logging::init(None).and_then(|()| overlayfs_cli::run(&args)) {
             eprintln!("strata-overlayfs: {err:#}");
             std::process::exit(1);
         }
         return;
     }
     let cli = Cli::parse();
-    if let Err(err) = run(cli) {
+    if let Err(err) = logging::init(cli.log.as_deref()).and_then(|()| run(cli)) {
         eprintln!("strata: {err:#}");
         std::process::exit(1);
     }

@@ -213,3 +213,38 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A layer file truncated under a running mount: reads of what it lost fail with EIO (never a
+/// silently short or zero-filled file), and the daemon's `--log` says which file and what to do.
+#[test]
+fn a_layer_truncated_under_a_mount_answers_eio_and_the_log_names_it() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let layer_path = work.path().join("layer.tar");
+    let layer = good_tar();
+    std::fs::write(&layer_path, &layer).unwrap();
+    let mnt = work.path().join("mnt");
+    let log = work.path().join("daemon.log");
+    let mounted = support::Mounted::new(
+        &work.path().join("cache"),
+        &["--log", log.to_str().unwrap(), "--layer", layer_path.to_str().unwrap()],
+        &mnt,
+    );
+    assert_eq!(std::fs::read(mnt.join("etc/small")).unwrap(), b"ok", "readable before the truncation");
+
+    // Keep the first header and part of etc/big's data: etc/big loses its end.
+    std::fs::OpenOptions::new().write(true).open(&layer_path).unwrap().set_len(512 + 3000).unwrap();
+    let err = std::fs::read(mnt.join("etc/big")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    drop(mounted);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.first().is_some_and(|l| l.contains("INFO") && l.contains("mounted")), "{text}");
+    let failure = lines.iter().find(|l| l.contains("WARN")).unwrap_or_else(|| panic!("no warning in: {text}"));
+    let expected = format!("{} is 3512 bytes long but held at least {}", layer_path.display(), layer.len());
+    assert!(failure.contains(&expected) && failure.contains("remount"), "{failure}");
+    assert!(lines.last().is_some_and(|l| l.contains("unmounted")), "{text}");
+}

@@ -85,6 +85,8 @@ pub fn mount<FS: Filesystem>(fs: FS, mountpoint: &Path, config: &MountConfig) ->
     match Session::new(fs, mountpoint, &config.fuser_config()) {
         Ok(session) => {
             raise_readahead(&canonical);
+            let mode = if config.writable { "writable" } else { "read-only" };
+            tracing::info!("mounted {} on {} ({mode})", config.source, canonical.display());
             Ok(Mounted { session, mountpoint: mountpoint.to_path_buf(), _serving: serving })
         }
         Err(e) => {
@@ -107,7 +109,12 @@ impl<FS: Filesystem> Mounted<FS> {
     /// Serves requests on the configured threads until the filesystem is unmounted.
     pub fn run(self) -> Result<()> {
         let path = self.mountpoint;
-        self.session.run().map_err(|e| Error::Mount { path, detail: format!("serving requests: {e}") })
+        let outcome = self.session.run();
+        match &outcome {
+            Ok(()) => tracing::info!("{} unmounted", path.display()),
+            Err(e) => tracing::error!("serving {} failed: {e}", path.display()),
+        }
+        outcome.map_err(|e| Error::Mount { path, detail: format!("serving requests: {e}") })
     }
 }
 
@@ -134,7 +141,8 @@ pub fn serve(
     std::thread::Builder::new()
         .name("strata-signals".into())
         .spawn(move || {
-            if stop.wait().is_ok() {
+            if let Ok(signal) = stop.wait() {
+                tracing::info!("{signal}: unmounting");
                 let _ = unmounter.unmount();
             }
         })

@@ -69,13 +69,35 @@ impl BlobRange {
         Ok(BlobRange { file: Arc::new(file), path, offset: 0, len })
     }
 
-    /// Reads at `pos` within the range; short only at the range's end.
+    /// Reads at `pos` within the range; short only at the range's end. A host file that ends
+    /// before the range does was truncated or replaced after it was opened: an error naming it,
+    /// never a silently short file.
     pub fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
         if pos >= self.len {
             return Ok(0);
         }
         let want = buf.len().min((self.len - pos) as usize);
-        self.file.read_at(&mut buf[..want], self.offset + pos)
+        let mut done = 0;
+        while done < want {
+            match self.file.read_at(&mut buf[done..want], self.offset + pos + done as u64) {
+                Ok(0) => {
+                    let now = self.file.metadata().map_or_else(|e| e.to_string(), |m| format!("{} bytes", m.len()));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} is {now} long but held at least {} when strata opened it: it was truncated or \
+                             replaced under a running mount; restore it (or re-pull the image) and remount",
+                            self.path.display(),
+                            self.offset + self.len
+                        ),
+                    ));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
     }
 
     pub fn reader(&self) -> RangeReader<'_> {
