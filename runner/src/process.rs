@@ -11,7 +11,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use crate::caps;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::spec::{set_default_env, Spec};
 use crate::user::{self, Identity};
 
@@ -38,10 +38,25 @@ impl From<Error> for StartError {
     }
 }
 
+/// A file of the container's /etc, empty when the image has none. Read without asking for its
+/// size first (a bare `Take` has no size hint): on the FUSE rootfs std's size question is a statx
+/// that costs the daemon a FUSE_STATX round trip it can only refuse.
+fn read_etc(path: &str) -> Result<String> {
+    let mut text = String::new();
+    match std::fs::File::open(path) {
+        Ok(file) => {
+            io::Read::read_to_string(&mut io::Read::take(file, u64::MAX), &mut text).at(path)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(path, e)),
+    }
+    Ok(text)
+}
+
 /// The identity and environment of the process, resolved in the container's own /etc.
 pub fn resolve_identity(spec: &Spec) -> Result<(Identity, Vec<String>)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = read_etc("/etc/passwd")?;
+    let group = read_etc("/etc/group")?;
     let identity = user::resolve(&spec.user, &passwd, &group)?;
     let mut env = spec.env.clone();
     set_default_env(&mut env, "HOME", identity.home.as_deref().unwrap_or("/"));

@@ -50,6 +50,11 @@ pub struct OverlayFs {
 /// otherwise copy them whole.
 const SHARED_COPY_MAX: u64 = 64 << 20;
 
+/// Every open says FOPEN_NOFLUSH: the daemon has nothing to do at close (writes reach the upper
+/// file as they are made, locks are the kernel's), so a FLUSH round trip would only be answered
+/// ENOSYS. With the writeback cache the kernel still writes dirty pages back at close.
+const NO_FLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 impl OverlayFs {
     pub fn new(overlay: Overlay) -> OverlayFs {
         OverlayFs {
@@ -348,8 +353,8 @@ impl Filesystem for OverlayFs {
         let (fh, backing) = self.adopt(&mut inodes, ino.0, file, read_write, |f| reply.open_backing(f));
         match backing {
             // Keep-cache is not allowed with passthrough: the page cache is the backing file's.
-            Some(backing) => reply.opened_passthrough(fh, FopenFlags::empty(), &backing),
-            None => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
+            Some(backing) => reply.opened_passthrough(fh, NO_FLUSH, &backing),
+            None => reply.opened(fh, NO_FLUSH | FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
 
@@ -371,10 +376,8 @@ impl Filesystem for OverlayFs {
                     self.adopt(&mut inodes, attr.ino.0, OpenFile::Upper(file), true, |f| reply.open_backing(f));
                 let shown = self.shown(attr);
                 match backing {
-                    Some(backing) => {
-                        reply.created_passthrough(&TTL, &shown, Generation(0), fh, FopenFlags::empty(), &backing)
-                    }
-                    None => reply.created(&TTL, &shown, Generation(0), fh, FopenFlags::FOPEN_KEEP_CACHE),
+                    Some(backing) => reply.created_passthrough(&TTL, &shown, Generation(0), fh, NO_FLUSH, &backing),
+                    None => reply.created(&TTL, &shown, Generation(0), fh, NO_FLUSH | FopenFlags::FOPEN_KEEP_CACHE),
                 }
             }
             Err(e) => reply.error(errno::from_io(&e)),
