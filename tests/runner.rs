@@ -320,6 +320,71 @@ fn container_pid(env: &Env, name: &str) -> i32 {
     }
 }
 
+/// `Cpus_allowed_list` of every thread of `pid`.
+fn cpus_allowed_per_thread(pid: i32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("status")).ok())
+        .filter_map(|status| {
+            status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:").map(|v| v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn status_field(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string())).unwrap_or_default()
+}
+
+/// The container's setup and its daemon share one CPU until exec (runner/src/affinity.rs); after
+/// it, the command and every daemon thread have the caller's affinity back, and a caller's
+/// narrower mask (taskset) is kept, never widened.
+#[test]
+fn the_container_and_its_daemon_get_the_callers_cpus_back_after_exec() {
+    let Some(env) = Env::new() else { return };
+    let image_path = image().to_str().unwrap();
+    let ours = status_field(std::process::id() as i32, "Cpus_allowed_list:");
+    for (taskset, expected) in [(None, ours.clone()), (Some("0"), "0".to_string())] {
+        let name = unique("affinity");
+        let mut command = env.command(&["run", "--rm", "--name", &name, image_path, "sleep", "30"]);
+        if let Some(cpus) = taskset {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpus.parse().unwrap()).unwrap();
+            // SAFETY: sched_setaffinity in the child between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from)
+                })
+            };
+        }
+        let mut child = command.spawn().unwrap();
+        let pid = container_pid(&env, &name);
+        let daemon: i32 = status_field(pid, "PPid:").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let settled = loop {
+            let container = cpus_allowed_per_thread(pid);
+            let daemon_threads = cpus_allowed_per_thread(daemon);
+            let done = status_field(pid, "Name:") == "sleep"
+                && container == [expected.clone()]
+                && daemon_threads.len() > 1
+                && daemon_threads.iter().all(|cpus| *cpus == expected);
+            if done || Instant::now() > deadline {
+                break (container, daemon_threads);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let _ = child.wait();
+        assert_eq!(settled.0, std::slice::from_ref(&expected), "the command's CPUs (taskset {taskset:?})");
+        assert!(
+            settled.1.iter().all(|cpus| *cpus == expected),
+            "the daemon's threads: {:?}, want {expected}",
+            settled.1
+        );
+    }
+}
+
 #[test]
 fn a_container_killed_with_sigkill_leaves_no_mount_and_no_cgroup() {
     let Some(env) = Env::new() else { return };

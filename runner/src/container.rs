@@ -17,6 +17,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::waitpid;
@@ -26,6 +27,7 @@ use strata_fs::fuse::overlay_fs::OverlayFs;
 use strata_fs::layer::cache::Cache;
 use strata_fs::view::ImageView;
 
+use crate::affinity::{self, Original};
 use crate::cgroup::{self, Cgroup};
 use crate::error::{Error, IoContext, Result};
 use crate::idmap;
@@ -368,9 +370,9 @@ impl DaemonJob<'_> {
     /// The daemon process: never returns.
     fn run(self, channels: Channels) -> ! {
         let Channels { status, maps_done, start_error } = channels;
-        drop((status.0, maps_done.1, start_error.0));
+        drop((status.0, maps_done.1));
         let mut status = File::from(status.1);
-        let code = match self.serve(File::from(maps_done.0), start_error.1, &mut status) {
+        let code = match self.serve(File::from(maps_done.0), start_error, &mut status) {
             Ok(code) => {
                 let _ = writeln!(status, "exit {code}");
                 0
@@ -384,7 +386,10 @@ impl DaemonJob<'_> {
         unsafe { libc::_exit(code) }
     }
 
-    fn serve(self, mut maps_done: File, start_error: OwnedFd, status: &mut File) -> Result<i32> {
+    /// `start_error`: the daemon keeps a copy of the read end, to see (without reading) when the
+    /// container has exec'd; the write end goes to the container.
+    fn serve(self, mut maps_done: File, start_error: (OwnedFd, OwnedFd), status: &mut File) -> Result<i32> {
+        let (exec_seen, start_error) = start_error;
         // Dies with the supervisor, taking the container along.
         set_parent_death_signal()?;
         let _ = nix::unistd::setsid();
@@ -428,7 +433,9 @@ impl DaemonJob<'_> {
         // Containers of one image share the page cache of the files they read (as root).
         let fs = OverlayFs::new(overlay).with_shared_files(self.cache.clone());
         let mut mounted = mount::mount(fs, &job.rootfs, &config)?;
-        let container = job.clone_container(start_error, setgroups)?;
+        // The container's setup talks to this daemon: both on one CPU until it has exec'd.
+        let pinned = affinity::pin_to_current_cpu();
+        let container = job.clone_container(start_error, setgroups, pinned.as_ref())?;
         writeln!(status, "pid {container}").at("the status pipe")?;
         if let Some(slave) = job.pty_slave {
             // SAFETY: the daemon's copy of the pty slave, unused here: the container has its own.
@@ -442,6 +449,14 @@ impl DaemonJob<'_> {
         let waiter = std::thread::Builder::new()
             .name("strata-wait".into())
             .spawn(move || {
+                if let Some(original) = pinned {
+                    // POLLHUP once the container's copy of the write end closes: at exec, or at
+                    // its end if it failed (the supervisor reads any message; this only waits).
+                    let mut fds = [PollFd::new(exec_seen.as_fd(), PollFlags::empty())];
+                    while matches!(poll(&mut fds, PollTimeout::NONE), Err(nix::errno::Errno::EINTR)) {}
+                    original.restore_all_threads();
+                }
+                drop(exec_seen);
                 let code = waitpid(container, None).ok().and_then(process::exit_code_of);
                 if !keep_upper {
                     // The upper is about to be deleted: nothing to flush, so report and leave at
@@ -466,7 +481,8 @@ impl DaemonJob<'_> {
 impl ContainerJob<'_> {
     /// Clones the container's first process into its new namespaces.
     /// `start_error` is the container's end of the start-error pipe; the daemon's copy closes on return.
-    fn clone_container(&self, start_error: OwnedFd, setgroups: bool) -> Result<Pid> {
+    /// `pinned`: the affinity to give the container back before exec ([`affinity`]).
+    fn clone_container(&self, start_error: OwnedFd, setgroups: bool, pinned: Option<&Original>) -> Result<Pid> {
         use nix::sched::CloneFlags as F;
         let mut flags = F::CLONE_NEWNS | F::CLONE_NEWPID | F::CLONE_NEWUTS | F::CLONE_NEWIPC;
         if self.spec.network == Network::None {
@@ -480,7 +496,7 @@ impl ContainerJob<'_> {
         match pid {
             -1 => Err(Error::sys("creating the container's namespaces", std::io::Error::last_os_error())),
             0 => {
-                let failure = match self.start_container(setgroups) {
+                let failure = match self.start_container(setgroups, pinned) {
                     Ok(never) => match never {},
                     Err(failure) => failure,
                 };
@@ -494,7 +510,11 @@ impl ContainerJob<'_> {
     }
 
     /// The container's first process: builds its world and execs. Returns only on failure.
-    fn start_container(&self, setgroups: bool) -> Result<std::convert::Infallible, StartError> {
+    fn start_container(
+        &self,
+        setgroups: bool,
+        pinned: Option<&Original>,
+    ) -> Result<std::convert::Infallible, StartError> {
         set_parent_death_signal()?;
         // Until exec, this is strata's own image: keep it out of reach of /proc/PID/* in the container.
         // SAFETY: prctl with integer arguments.
@@ -522,6 +542,9 @@ impl ContainerJob<'_> {
         process::become_identity(&identity, setgroups)?;
         process::reset_signal_dispositions();
         process::close_host_descriptors()?;
+        if let Some(original) = pinned {
+            original.restore_this_thread();
+        }
         Err(if self.spec.init {
             process::run_init(&self.spec.args, &env)
         } else {

@@ -7,6 +7,7 @@
 //! - [`tty`]: the pseudo-terminal of `-t`: raw mode, window size, the relay loop.
 //! - [`state`]: the state directory: container records, `ps`, `rm`, crash clean-up.
 //! - [`container`]: one container's life across supervisor, filesystem daemon and container process.
+//! - [`affinity`]: the container's setup and its daemon on one CPU until exec.
 //! - [`idmap`]: the user namespace's uid/gid maps for rootless containers.
 //! - [`rootfs`]: the mount plan (/proc, /dev, /sys, masks, volumes) as data, applied; `pivot_root`.
 //! - [`resolve`]: container paths resolved inside the root (`openat2` `RESOLVE_IN_ROOT`).
@@ -16,6 +17,7 @@
 //! The runner consumes strata-fs through its public mount API (`strata_fs::fuse::mount`,
 //! `strata_fs::overlay`) and must not reach into the layer index or the merged view.
 
+pub mod affinity;
 pub mod caps;
 pub mod cgroup;
 pub mod container;
