@@ -1,6 +1,7 @@
 //! The `strata` command line: parses arguments and calls into strata-fs. No logic of its own
 //! beyond choosing what to call and printing results; errors get their context here (anyhow).
 
+mod cache;
 mod demo;
 mod image_args;
 mod inspect;
@@ -94,8 +95,32 @@ enum Command {
         #[arg(short, long)]
         force: bool,
     },
+    /// Show what the cache ($STRATA_CACHE) holds: indexes, decompressed layers, shared copies
+    Cache {
+        #[command(subcommand)]
+        action: Option<CacheAction>,
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Build a small image from host files, mount it, show its merged tree, unmount
     Demo,
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Remove what is cheap to rebuild and no process holds open: shared copies (made again on
+    /// a file's next open), leftovers of interrupted writes, indexes of older formats and
+    /// decompressed layers no index uses
+    Prune {
+        /// Also remove indexes and the decompressed layers they use: the next mount of every
+        /// image indexes its layers again
+        #[arg(long)]
+        all: bool,
+        /// Print JSON for scripts
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What to mount: the image's layers, read-only or under a writable upper.
@@ -176,6 +201,8 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Ps { json } => run::ps(json),
         Command::Rm { names, force } => run::rm(&names, force),
+        Command::Cache { action: None, json } => cache::show(json),
+        Command::Cache { action: Some(CacheAction::Prune { all, json }), .. } => cache::prune(all, json),
         Command::Demo => demo::run(),
     }
 }

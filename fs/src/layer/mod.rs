@@ -299,13 +299,21 @@ impl Layer {
                 return Ok(Some(file));
             }
         }
-        cache
-            .write_atomic(&path, |out| {
-                blob::copy_range(&blob.file, blob.offset + entry.data_offset, entry.size, out)?;
-                out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
-            })
-            .map_err(io::Error::other)?;
-        open().map(Some)
+        // Made, then opened by name: `strata cache prune` in between removes it, so then once more.
+        let mut attempts = 0;
+        loop {
+            cache
+                .write_atomic(&path, |out| {
+                    blob::copy_range(&blob.file, blob.offset + entry.data_offset, entry.size, out)?;
+                    out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))
+                })
+                .map_err(io::Error::other)?;
+            attempts += 1;
+            match open() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 2 => continue,
+                opened => return opened.map(Some),
+            }
+        }
     }
 }
 

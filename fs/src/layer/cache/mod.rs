@@ -1,6 +1,9 @@
 //! The cache directory shared by every mount and process: persisted layer indexes, decompressed
-//! layer blobs, and host copies of files that containers open (shared page cache). Everything is written to a temporary file in the destination
-//! directory and renamed into place, so a reader never sees a partial file.
+//! layer blobs, and host copies of files that containers open (shared page cache). Everything is
+//! written to a temporary file in the destination directory and renamed into place, so a reader
+//! never sees a partial file. [`prune`] lists and shrinks it.
+
+pub mod prune;
 
 use std::fs::{self, File};
 use std::io;
@@ -71,6 +74,6 @@ impl Cache {
 }
 
 /// `sha256:abc` becomes `sha256-abc`: one file name, no separators.
-fn key_file_name(key: &str) -> String {
+pub(crate) fn key_file_name(key: &str) -> String {
     key.replace([':', '/'], "-")
 }
