@@ -37,7 +37,8 @@ pub(crate) const MAX_READ: usize = 1 << 20;
 /// Buffers for READ replies, shared by the serving threads rather than one per thread: a buffer
 /// stays resident once a large read has touched it, and reads overlap far less often than there
 /// are threads (a reader's request and its readahead, mostly), so the daemon keeps as many as
-/// were ever in use at once (RSS after reading a debootstrap tree: 9.8 -> see README).
+/// were ever in use at once (after reading every file of a debootstrap tree on 4 threads: two,
+/// and a resident set of 7.7 MiB instead of 9.8).
 static READ_BUFFERS: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
 /// A read-only mount of an image.
