@@ -2,11 +2,19 @@
 //! its OS code; anything without one is EIO, never a guessed code. Answers that mean trouble on
 //! the host (EIO, ENOSPC, …), rather than a caller asking for something that is not there or not
 //! allowed, are logged here with the error's own message, so a daemon detached from its terminal
-//! still says what failed (`strata --log FILE`).
+//! still says what failed (`strata --log FILE`), at most [`LINES_PER_SECOND`] lines a second.
 
 use std::io;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use fuser::Errno;
+
+/// A full disk or a vanished layer fails every request: the log says so, without becoming the
+/// next thing to fill the disk.
+pub const LINES_PER_SECOND: u32 = 20;
+
+static LOG_BUDGET: Mutex<LogBudget> = Mutex::new(LogBudget { second: 0, used: 0, dropped: 0 });
 
 pub fn from_io(err: &io::Error) -> Errno {
     let code = match err.raw_os_error() {
@@ -14,9 +22,49 @@ pub fn from_io(err: &io::Error) -> Errno {
         _ => libc::EIO,
     };
     if !is_routine(code) {
-        tracing::warn!("a request failed: {err}");
+        let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let admitted = LOG_BUDGET.lock().unwrap_or_else(|e| e.into_inner()).admit(second);
+        match admitted {
+            Admit::Log { dropped_before: 0 } => tracing::warn!("a request failed: {err}"),
+            Admit::Log { dropped_before } => {
+                tracing::warn!("{dropped_before} more failed requests were not logged");
+                tracing::warn!("a request failed: {err}");
+            }
+            Admit::Drop => {}
+        }
     }
     Errno::from_i32(code)
+}
+
+/// How many failure lines this second has had, and how many were left out.
+struct LogBudget {
+    second: u64,
+    used: u32,
+    dropped: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    /// Log it, after saying how many were left out since the last logged line.
+    Log {
+        dropped_before: u64,
+    },
+    Drop,
+}
+
+impl LogBudget {
+    fn admit(&mut self, second: u64) -> Admit {
+        if second != self.second {
+            self.second = second;
+            self.used = 0;
+        }
+        if self.used == LINES_PER_SECOND {
+            self.dropped += 1;
+            return Admit::Drop;
+        }
+        self.used += 1;
+        Admit::Log { dropped_before: std::mem::take(&mut self.dropped) }
+    }
 }
 
 /// The answers of a healthy filesystem to callers: names that are missing or taken, permissions,
@@ -57,6 +105,16 @@ fn is_routine(code: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_of_failures_is_logged_at_a_bounded_rate_and_counted() {
+        let mut budget = LogBudget { second: 0, used: 0, dropped: 0 };
+        let first_second: Vec<Admit> = (0..25).map(|_| budget.admit(7)).collect();
+        assert!(first_second[..20].iter().all(|a| *a == Admit::Log { dropped_before: 0 }));
+        assert!(first_second[20..].iter().all(|a| *a == Admit::Drop));
+        assert_eq!(budget.admit(8), Admit::Log { dropped_before: 5 }, "the next second says how many were left out");
+        assert_eq!(budget.admit(8), Admit::Log { dropped_before: 0 });
+    }
 
     #[test]
     fn keeps_os_codes_and_falls_back_to_eio() {
