@@ -47,7 +47,7 @@ fn read_etc(path: &str) -> Result<String> {
         Ok(file) => {
             io::Read::read_to_string(&mut io::Read::take(file, u64::MAX), &mut text).at(path)?;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(path, e)),
     }
     Ok(text)

@@ -31,7 +31,7 @@ use crate::view::ImageView;
 /// Lower layers are immutable: the kernel may cache names, attributes and data for this long.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Largest read the kernel sends once FUSE_MAX_PAGES is negotiated; the per-thread buffer size.
+/// Largest read the kernel sends once FUSE_MAX_PAGES is negotiated; the size of a read buffer.
 pub(crate) const MAX_READ: usize = 1 << 20;
 
 /// Buffers for READ replies, shared by the serving threads rather than one per thread: a buffer
@@ -119,7 +119,7 @@ impl ReadAt for std::fs::File {
     }
 }
 
-/// Fills a reply from `reader` through this thread's buffer: full reads except at end of file.
+/// Fills a reply from `reader` through a shared read buffer: full reads except at end of file.
 pub(crate) fn read_into_reply(reader: &impl ReadAt, offset: u64, size: u32, reply: ReplyData) {
     let taken = READ_BUFFERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
     let mut buf = taken.unwrap_or_else(|| vec![0; MAX_READ].into_boxed_slice());
