@@ -601,3 +601,41 @@ fn directory_lower_files_are_read_in_passthrough() {
     assert_eq!(std::fs::read_to_string(m.dir.join("a/f1")).unwrap(), "changed");
     assert_eq!(std::fs::read_to_string(lower.join("a/f1")).unwrap(), "one", "the lower is untouched");
 }
+
+/// Directory-lower objects show their host inode number (in the low bits, with the layer above
+/// them, as kernel overlayfs' xino does) and their host ctime, so what a tool recorded about them
+/// on the host still matches (git's index keeps the low 32 bits of st_ino and the ctime, and
+/// re-reads every file whose numbers changed). The number survives copy-up, a hard-linked pair
+/// shares it, and every object of the mount has its own.
+#[test]
+fn directory_lower_objects_show_their_host_inode_numbers_and_ctime() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let lower = make_lower(work.path(), false);
+    std::fs::hard_link(lower.join("a/f1"), lower.join("a/f1-link")).unwrap();
+    let mounted = writable(work.path(), &lower);
+    let mnt = &mounted.dir;
+    let meta = |p: PathBuf| std::fs::symlink_metadata(p).unwrap();
+    for rel in ["a", "a/b", "a/f1", "a/f1-link", "c", "c/f3", "d"] {
+        let (host, shown) = (meta(lower.join(rel)), meta(mnt.join(rel)));
+        assert_eq!(shown.ino() as u32, host.ino() as u32, "{rel}: the host's inode number");
+        assert_eq!((shown.ctime(), shown.ctime_nsec()), (host.ctime(), host.ctime_nsec()), "{rel}: the host's ctime");
+    }
+    assert_eq!(meta(mnt.join("a/f1")).ino(), meta(mnt.join("a/f1-link")).ino(), "one inode for a hard-linked pair");
+
+    let before = meta(mnt.join("c/f3")).ino();
+    std::fs::set_permissions(mnt.join("c/f3"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(work.path().join("upper/c/f3").exists(), "chmod copied the file up");
+    assert_eq!(meta(mnt.join("c/f3")).ino(), before, "the inode number survives copy-up");
+
+    std::fs::write(mnt.join("new"), "new").unwrap();
+    std::fs::create_dir(mnt.join("a/made")).unwrap();
+    let mut numbers = std::collections::HashMap::new();
+    for rel in ["", "a", "a/b", "a/f1", "c", "c/f3", "d", "new", "a/made"] {
+        if let Some(other) = numbers.insert(meta(mnt.join(rel)).ino(), rel) {
+            panic!("{rel} and {other} share an inode number");
+        }
+    }
+}

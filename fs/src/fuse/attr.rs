@@ -49,13 +49,14 @@ pub fn attr(node: &Node, entry: Option<&Entry>) -> FileAttr {
         None => (Kind::Dir, 0o755, 0, 0, 0, Timestamp::default(), 0),
     };
     let t = time(mtime);
+    let ctime = entry.and_then(|e| e.ctime).map_or(t, time);
     FileAttr {
         ino: ino_of(node),
         size,
         blocks: size.div_ceil(512),
         atime: t,
         mtime: t,
-        ctime: t,
+        ctime,
         crtime: t,
         kind: file_type(kind),
         perm: perm as u16,

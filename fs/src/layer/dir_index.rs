@@ -164,7 +164,11 @@ impl Assembly {
                 Some(read) => {
                     self.push(entry_from(&rel, &read.stat, read.xattrs.clone(), read.link_target.clone()), false)
                 }
-                None => self.push(Entry::new(&rel, kind), true),
+                None => {
+                    let mut placeholder = Entry::new(&rel, kind);
+                    placeholder.host_ino = ino;
+                    self.push(placeholder, true)
+                }
             }
         }
     }
@@ -186,6 +190,8 @@ fn entry_from(rel: &[u8], stat: &FileStat, xattrs: Xattrs, link_target: Vec<u8>)
     e.uid = stat.st_uid;
     e.gid = stat.st_gid;
     e.mtime = Timestamp { sec: stat.st_mtime, nsec: stat.st_mtime_nsec as u32 };
+    e.ctime = Some(Timestamp { sec: stat.st_ctime, nsec: stat.st_ctime_nsec as u32 });
+    e.host_ino = stat.st_ino;
     match kind {
         Kind::File => e.size = stat.st_size as u64,
         Kind::Symlink => {

@@ -109,6 +109,11 @@ pub struct Entry {
     pub link_id: u32,
     /// Extended attributes, sorted by name.
     pub xattrs: Xattrs,
+    /// Status change time, where the layer records one (directory layers; tar has none, and
+    /// the entry then shows its mtime). Not persisted: only directory layers set it.
+    pub ctime: Option<Timestamp>,
+    /// The file's inode number on the host (directory layers; 0 in tar layers). Not persisted.
+    pub host_ino: u64,
 }
 
 /// One extended attribute: (name, value).
@@ -133,6 +138,8 @@ impl Entry {
             link_target: Box::default(),
             link_id: 0,
             xattrs: Vec::new(),
+            ctime: None,
+            host_ino: 0,
         }
     }
 }

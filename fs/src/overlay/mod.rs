@@ -25,6 +25,10 @@ use crate::upper::{CopySource, Upper, UpperEntry, XattrMode};
 use crate::view::ImageView;
 use inodes::{Inode, Table, ROOT_INO};
 
+/// Host inode numbers from this one up do not fit the 48 bits `Overlay::lower_ino` gives them;
+/// such objects are numbered like tar-layer ones.
+const HOST_INO_LIMIT: u64 = 1 << 48;
+
 pub use inodes::Ino;
 
 fn errno(code: i32) -> io::Error {
@@ -168,8 +172,19 @@ impl Overlay {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A lower object's inode number. A directory layer's object shows its host inode number,
+    /// as kernel overlayfs shows it (and as `git status` compares with the numbers its index
+    /// recorded): in the low 48 bits, with bit 63 set and the layer above them, so numbers of
+    /// layers on different filesystems cannot meet, nor meet the small numbers of tar-layer
+    /// objects (merged-tree node + 1) and upper-only objects (counted from there; see `Table`).
     fn lower_ino(&self, node: NodeId) -> Ino {
-        self.view.tree.node(node).inode_node as u64 + 1
+        let inode_node = self.view.tree.node(node).inode_node;
+        let host_ino = self.view.host_ino_of(inode_node);
+        if host_ino != 0 && host_ino < HOST_INO_LIMIT {
+            let layer = self.view.tree.node(inode_node).layer as u64;
+            return 1 << 63 | layer << 48 | host_ino;
+        }
+        inode_node as u64 + 1
     }
 
     fn lower_entry(&self, node: NodeId) -> Entry {
@@ -253,6 +268,7 @@ impl Overlay {
         let node_id = inode.lower.expect("an inode is in the upper, the lower, or both");
         let node = self.view.tree.node(node_id);
         let mut a = attr::attr(node, self.view.entry(node));
+        a.ino = fuser::INodeNo(ino);
         a.nlink = a.nlink.saturating_sub(table.removed_names(node.inode_node));
         Ok(a)
     }
