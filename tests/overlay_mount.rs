@@ -639,3 +639,51 @@ fn directory_lower_objects_show_their_host_inode_numbers_and_ctime() {
         }
     }
 }
+
+/// Directories are listed without OPENDIR (name cookies as offsets): a pass over a large
+/// directory, read page by page while names are created and deleted in it through the mount,
+/// shows every name that stayed exactly once; a fresh pass shows the directory as it now is.
+#[test]
+fn a_changing_directory_listed_in_pages_shows_every_unchanged_name_once() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let lower = make_lower(work.path(), false);
+    let many = lower.join("many");
+    std::fs::create_dir(&many).unwrap();
+    for i in 0..1500 {
+        std::fs::write(many.join(format!("lower-{i:04}")), "").unwrap();
+    }
+    let mounted = writable(work.path(), &lower);
+    let dir = mounted.dir.join("many");
+    for i in 0..1500 {
+        std::fs::write(dir.join(format!("upper-{i:04}")), "").unwrap();
+    }
+    let stays = |name: &str| !name.ends_with('7');
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for (n, entry) in std::fs::read_dir(&dir).unwrap().enumerate() {
+        *seen.entry(entry.unwrap().file_name().to_string_lossy().into_owned()).or_default() += 1;
+        if n == 100 {
+            // Mid-pass: every name ending in 7 goes, and new names come.
+            for i in (7..1500).step_by(10) {
+                std::fs::remove_file(dir.join(format!("lower-{i:04}"))).unwrap();
+                std::fs::remove_file(dir.join(format!("upper-{i:04}"))).unwrap();
+                std::fs::write(dir.join(format!("added-{i:04}")), "").unwrap();
+            }
+        }
+    }
+    for i in 0..1500 {
+        for name in [format!("lower-{i:04}"), format!("upper-{i:04}")] {
+            if stays(&name) {
+                assert_eq!(seen.get(&name), Some(&1), "{name} once in the pass");
+            } else {
+                assert!(seen.get(&name).copied().unwrap_or(0) <= 1, "{name} at most once");
+            }
+        }
+    }
+    let now: std::collections::BTreeSet<String> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(now.len(), 2850, "the 2,700 names that stayed and 150 added");
+    assert!(now.iter().all(|n| stays(n) || n.starts_with("added-")));
+}

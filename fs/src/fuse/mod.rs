@@ -4,6 +4,7 @@
 //! long cache lifetimes and files and directories keep their kernel caches.
 
 pub(crate) mod attr;
+mod dir_listing;
 pub mod errno;
 mod handles;
 mod io_modes;

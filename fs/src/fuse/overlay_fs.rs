@@ -5,16 +5,15 @@
 //! files are opened in FUSE passthrough ([`IoModes`] keeps the kernel's per-inode rules);
 //! otherwise the writeback cache batches writes.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use std::collections::HashMap;
-use std::sync::Arc;
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -22,14 +21,15 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::handles::Handles;
+use super::dir_listing::Listing;
+use super::handles::{Handles, NO_HANDLE};
 use super::io_modes::{InodeIo, IoModes, Open};
 use super::{attr, errno, read_into_reply, reply_xattr};
 use crate::idshift::IdShift;
 use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
 use crate::layer::FileReader;
-use crate::overlay::{AttrChange, Caller, DirEntry, NewObject, OpenFile, Overlay};
+use crate::overlay::{AttrChange, Caller, NewObject, OpenFile, Overlay};
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
 const TTL: Duration = Duration::from_secs(3600);
@@ -37,7 +37,11 @@ const TTL: Duration = Duration::from_secs(3600);
 pub struct OverlayFs {
     overlay: Overlay,
     files: Handles<OpenFile>,
-    listings: Handles<Vec<DirEntry>>,
+    /// Directory listings by inode, taken when a pass starts (offset 0) and reused by its later
+    /// pages; offsets are name cookies, so passes may share them ([`dir_listing`]).
+    listings: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// The kernel takes ENOSYS to OPENDIR as "no opendir/releasedir from now on".
+    opendirs_unneeded: bool,
     /// Owners as shown through the mount (fuse-overlayfs' uidmapping/squash options).
     ids: IdShift,
     io: IoModes,
@@ -50,6 +54,10 @@ pub struct OverlayFs {
 /// otherwise copy them whole.
 const SHARED_COPY_MAX: u64 = 64 << 20;
 
+/// Listings kept for the later pages of directory passes: a pass is short, so a few suffice; a
+/// listing dropped early is taken again.
+const LISTINGS_KEPT: usize = 64;
+
 /// Every open says FOPEN_NOFLUSH: the daemon has nothing to do at close (writes reach the upper
 /// file as they are made, locks are the kernel's), so a FLUSH round trip would only be answered
 /// ENOSYS. With the writeback cache the kernel still writes dirty pages back at close.
@@ -60,7 +68,8 @@ impl OverlayFs {
         OverlayFs {
             overlay,
             files: Handles::default(),
-            listings: Handles::default(),
+            listings: Mutex::default(),
+            opendirs_unneeded: false,
             ids: IdShift::default(),
             io: IoModes::default(),
             shared_files: None,
@@ -186,6 +195,7 @@ impl Filesystem for OverlayFs {
             && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
             && config.set_max_stack_depth(1).is_ok();
         wanted |= if self.io.passthrough { InitFlags::FUSE_PASSTHROUGH } else { InitFlags::FUSE_WRITEBACK_CACHE };
+        self.opendirs_unneeded = config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         super::negotiate(config, wanted);
         Ok(())
     }
@@ -476,32 +486,41 @@ impl Filesystem for OverlayFs {
         empty(reply, result);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        // The listing is taken once per open, so offsets stay valid while the directory changes.
-        match self.overlay.readdir(ino.0) {
-            Ok(listing) => {
-                let fh = self.listings.insert(listing);
-                // Changes made through this mount invalidate the kernel's cached listing itself.
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
-            }
-            Err(e) => reply.error(errno::from_io(&e)),
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.opendirs_unneeded {
+            // Walking a tree then costs no OPENDIR/RELEASEDIR round trip per directory.
+            return reply.error(Errno::ENOSYS);
         }
+        // Changes made through this mount invalidate the kernel's cached listing itself.
+        reply.opened(FileHandle(NO_HANDLE), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(listing) = self.listings.get(fh.0) else { return reply.error(Errno::EBADF) };
-        let dots = [(ino.0, Kind::Dir, &b"."[..]), (ino.0, Kind::Dir, &b".."[..])];
-        let names = listing.iter().map(|e| (e.ino, e.kind, &e.name[..]));
-        for (i, (child, kind, name)) in dots.into_iter().chain(names).enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(child), i as u64 + 1, attr::file_type(kind), OsStr::from_bytes(name)) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let cached = if offset == 0 { None } else { lock(&self.listings).get(&ino.0).cloned() };
+        let listing = match cached {
+            Some(listing) => listing,
+            None => match self.overlay.readdir(ino.0) {
+                Ok(entries) => {
+                    let listing = Arc::new(Listing::new(entries));
+                    let mut kept = lock(&self.listings);
+                    if kept.len() >= LISTINGS_KEPT {
+                        kept.clear();
+                    }
+                    kept.insert(ino.0, Arc::clone(&listing));
+                    listing
+                }
+                Err(e) => return reply.error(errno::from_io(&e)),
+            },
+        };
+        for (next, child, kind, name) in listing.after(ino.0, offset) {
+            if reply.add(INodeNo(child), next, attr::file_type(kind), OsStr::from_bytes(name)) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.listings.remove(fh.0);
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         reply.ok();
     }
 
@@ -559,4 +578,9 @@ impl Filesystem for OverlayFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         empty(reply, self.overlay.change_xattr(ino.0, name.as_bytes(), None, 0));
     }
+}
+
+/// The listings' lock: a panic elsewhere must not poison directory reads for the mount's life.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
