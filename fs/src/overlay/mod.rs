@@ -25,8 +25,8 @@ use crate::upper::{CopySource, Upper, UpperEntry, XattrMode};
 use crate::view::ImageView;
 use inodes::{Inode, Table, ROOT_INO};
 
-/// Host inode numbers from this one up do not fit the 48 bits `Overlay::lower_ino` gives them;
-/// such objects are numbered like tar-layer ones.
+/// Host inode numbers from this one up do not fit the 48 bits `Overlay::lower_ino` gives them
+/// (nor layers from 2^15 up the 15 bits above); such objects are numbered like tar-layer ones.
 const HOST_INO_LIMIT: u64 = 1 << 48;
 
 pub use inodes::Ino;
@@ -180,8 +180,8 @@ impl Overlay {
     fn lower_ino(&self, node: NodeId) -> Ino {
         let inode_node = self.view.tree.node(node).inode_node;
         let host_ino = self.view.host_ino_of(inode_node);
-        if host_ino != 0 && host_ino < HOST_INO_LIMIT {
-            let layer = self.view.tree.node(inode_node).layer as u64;
+        let layer = self.view.tree.node(inode_node).layer as u64;
+        if host_ino != 0 && host_ino < HOST_INO_LIMIT && layer < 1 << 15 {
             return 1 << 63 | layer << 48 | host_ino;
         }
         inode_node as u64 + 1
