@@ -4,9 +4,12 @@
 //! offset is a cookie of a name (a hash, as ext4's hash-ordered directories use), never a
 //! position. A listing is ordered by cookie and resumes after the cookie the kernel sends back,
 //! so a name created or deleted meanwhile cannot make an unchanged one appear twice or not at
-//! all. Pure; the cache of listings lives with the adapter.
+//! all. [`Listings`] keeps the listings of passes under way.
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::io;
+use std::sync::{Arc, Mutex};
 
 use crate::layer::index::Kind;
 use crate::overlay::{DirEntry, Ino};
@@ -40,6 +43,41 @@ impl Listing {
         let dots = [(1, dir, Kind::Dir, &b"."[..]), (2, dir, Kind::Dir, &b".."[..])];
         let names = self.entries.iter().map(|(c, e)| (*c, e.ino, e.kind, &e.name[..]));
         dots.into_iter().chain(names).filter(move |(c, ..)| *c > offset)
+    }
+}
+
+/// Listings by directory, taken when a pass starts (offset 0) and reused by its later pages;
+/// since offsets are cookies, passes over one directory may share them.
+#[derive(Default)]
+pub struct Listings {
+    kept: Mutex<HashMap<Ino, Arc<Listing>>>,
+}
+
+/// A pass is short: a few listings suffice, and one dropped early is taken again.
+const LISTINGS_KEPT: usize = 64;
+
+impl Listings {
+    /// The listing a READDIR of `dir` at `offset` continues: a fresh one (from `take`) at the
+    /// start of a pass or when none is kept.
+    pub fn for_pass(
+        &self,
+        dir: Ino,
+        offset: u64,
+        take: impl FnOnce() -> io::Result<Vec<DirEntry>>,
+    ) -> io::Result<Arc<Listing>> {
+        let lock = || self.kept.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if offset != 0 {
+            if let Some(listing) = lock().get(&dir) {
+                return Ok(Arc::clone(listing));
+            }
+        }
+        let listing = Arc::new(Listing::new(take()?));
+        let mut kept = lock();
+        if kept.len() >= LISTINGS_KEPT {
+            kept.clear();
+        }
+        kept.insert(dir, Arc::clone(&listing));
+        Ok(listing)
     }
 }
 

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -21,7 +21,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::dir_listing::Listing;
+use super::dir_listing::Listings;
 use super::handles::{Handles, NO_HANDLE};
 use super::io_modes::{InodeIo, IoModes, Open};
 use super::{attr, errno, read_into_reply, reply_xattr};
@@ -37,9 +37,7 @@ const TTL: Duration = Duration::from_secs(3600);
 pub struct OverlayFs {
     overlay: Overlay,
     files: Handles<OpenFile>,
-    /// Directory listings by inode, taken when a pass starts (offset 0) and reused by its later
-    /// pages; offsets are name cookies, so passes may share them ([`dir_listing`]).
-    listings: Mutex<HashMap<u64, Arc<Listing>>>,
+    listings: Listings,
     /// The kernel takes ENOSYS to OPENDIR as "no opendir/releasedir from now on".
     opendirs_unneeded: bool,
     /// Owners as shown through the mount (fuse-overlayfs' uidmapping/squash options).
@@ -54,10 +52,6 @@ pub struct OverlayFs {
 /// otherwise copy them whole.
 const SHARED_COPY_MAX: u64 = 64 << 20;
 
-/// Listings kept for the later pages of directory passes: a pass is short, so a few suffice; a
-/// listing dropped early is taken again.
-const LISTINGS_KEPT: usize = 64;
-
 /// Every open says FOPEN_NOFLUSH: the daemon has nothing to do at close (writes reach the upper
 /// file as they are made, locks are the kernel's), so a FLUSH round trip would only be answered
 /// ENOSYS. With the writeback cache the kernel still writes dirty pages back at close.
@@ -68,7 +62,7 @@ impl OverlayFs {
         OverlayFs {
             overlay,
             files: Handles::default(),
-            listings: Mutex::default(),
+            listings: Listings::default(),
             opendirs_unneeded: false,
             ids: IdShift::default(),
             io: IoModes::default(),
@@ -496,28 +490,17 @@ impl Filesystem for OverlayFs {
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let cached = if offset == 0 { None } else { lock(&self.listings).get(&ino.0).cloned() };
-        let listing = match cached {
-            Some(listing) => listing,
-            None => match self.overlay.readdir(ino.0) {
-                Ok(entries) => {
-                    let listing = Arc::new(Listing::new(entries));
-                    let mut kept = lock(&self.listings);
-                    if kept.len() >= LISTINGS_KEPT {
-                        kept.clear();
+        match self.listings.for_pass(ino.0, offset, || self.overlay.readdir(ino.0)) {
+            Ok(listing) => {
+                for (next, child, kind, name) in listing.after(ino.0, offset) {
+                    if reply.add(INodeNo(child), next, attr::file_type(kind), OsStr::from_bytes(name)) {
+                        break;
                     }
-                    kept.insert(ino.0, Arc::clone(&listing));
-                    listing
                 }
-                Err(e) => return reply.error(errno::from_io(&e)),
-            },
-        };
-        for (next, child, kind, name) in listing.after(ino.0, offset) {
-            if reply.add(INodeNo(child), next, attr::file_type(kind), OsStr::from_bytes(name)) {
-                break;
+                reply.ok();
             }
+            Err(e) => reply.error(errno::from_io(&e)),
         }
-        reply.ok();
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
@@ -578,9 +561,4 @@ impl Filesystem for OverlayFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         empty(reply, self.overlay.change_xattr(ino.0, name.as_bytes(), None, 0));
     }
-}
-
-/// The listings' lock: a panic elsewhere must not poison directory reads for the mount's life.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
