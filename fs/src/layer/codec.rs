@@ -78,7 +78,8 @@ pub fn encode(info: &LayerInfo, index: &LayerIndex) -> Vec<u8> {
     out
 }
 
-pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
+/// The header's checks (magic, format version); returns the payload length it announces.
+fn check_header(data: &[u8]) -> Result<u64, DecodeProblem> {
     if data.len() < HEADER_LEN {
         return Err(if data.starts_with(MAGIC) || MAGIC.starts_with(data) {
             DecodeProblem::Truncated
@@ -93,7 +94,28 @@ pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
     if version != INDEX_FORMAT_VERSION {
         return Err(DecodeProblem::OtherVersion(version));
     }
-    let len = u64::from_le_bytes(data[12..20].try_into().expect("8 bytes"));
+    Ok(u64::from_le_bytes(data[12..20].try_into().expect("8 bytes")))
+}
+
+fn read_info(r: &mut Reader<'_>) -> Result<LayerInfo, DecodeProblem> {
+    Ok(LayerInfo {
+        stored_digest: r.string()?,
+        diff_id: r.string()?,
+        compression: Compression::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("compression"))?,
+        stored_size: r.u64()?,
+        uncompressed_size: r.u64()?,
+    })
+}
+
+/// Only the layer's description, from the start of an index file (its first KiB is plenty),
+/// without the checksum: enough to tell which decompressed blob an index is served from.
+pub fn decode_info(head: &[u8]) -> Result<LayerInfo, DecodeProblem> {
+    check_header(head)?;
+    read_info(&mut Reader(&head[HEADER_LEN..]))
+}
+
+pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
+    let len = check_header(data)?;
     let payload = &data[HEADER_LEN..];
     if (payload.len() as u64) < len {
         return Err(DecodeProblem::Truncated);
@@ -105,13 +127,7 @@ pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
         return Err(DecodeProblem::ChecksumMismatch);
     }
     let mut r = Reader(payload);
-    let info = LayerInfo {
-        stored_digest: r.string()?,
-        diff_id: r.string()?,
-        compression: Compression::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("compression"))?,
-        stored_size: r.u64()?,
-        uncompressed_size: r.u64()?,
-    };
+    let info = read_info(&mut r)?;
     let count = r.count()?;
     let mut entries = Vec::with_capacity(count);
     for _ in 0..count {
@@ -236,6 +252,17 @@ mod tests {
         let (info2, index2) = decode(&encode(&info, &index)).unwrap();
         assert_eq!(info2, info);
         assert_eq!(index2, index);
+    }
+
+    #[test]
+    fn the_layer_description_reads_from_the_first_kib() {
+        let (info, index) = sample();
+        let data = encode(&info, &index);
+        assert_eq!(decode_info(&data[..data.len().min(1024)]).unwrap(), info);
+        assert_eq!(
+            decode_info(b"not an index at all, and long enough to hold a header"),
+            Err(DecodeProblem::NotAnIndex)
+        );
     }
 
     #[test]

@@ -123,7 +123,9 @@ fn item(path: PathBuf, kind: ItemKind) -> Item {
 
 /// The decompressed blob an index is served from, if its layer is compressed.
 fn blob_of_index(path: &Path) -> Option<String> {
-    let (info, _) = codec::decode(&fs::read(path).ok()?).ok()?;
+    let mut head = Vec::with_capacity(1024);
+    io::Read::read_to_end(&mut io::Read::take(fs::File::open(path).ok()?, 1024), &mut head).ok()?;
+    let info = codec::decode_info(&head).ok()?;
     (info.compression != Compression::None).then(|| key_file_name(&info.diff_id))
 }
 
