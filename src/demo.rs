@@ -55,7 +55,7 @@ pub fn run() -> Result<()> {
 fn show_writable(work: &Path, image: &image::Image, cache: &Cache, mountpoint: &Path) -> Result<()> {
     let (upper, scratch) = (work.join("upper"), work.join("work"));
     let view = ImageView::new(layer::load_all(&image.layers, cache, &Quiet)?)?;
-    let overlay = strata_fs::overlay::open(view, &upper, &scratch)?;
+    let overlay = strata_fs::overlay::open(view.into(), &upper, &scratch)?;
     let config = MountConfig { source: "demo".into(), allow_other: false, dev_suid: false, threads: 2, writable: true };
     mount::serve_in_background(strata_fs::fuse::overlay_fs::OverlayFs::new(overlay), mountpoint, &config)?;
     let changed = (|| -> std::io::Result<()> {
@@ -98,7 +98,14 @@ fn run_container(work: &Path, image: &image::Image, cache: &Cache) -> Result<()>
         "
 strata run {name} /bin/sh -c …: new namespaces, the image as its writable root (--rm):"
     );
-    let launch = Launch { name: name.into(), image: "demo".into(), view, cache: cache.clone(), spec, remove: true };
+    let launch = Launch {
+        name: name.into(),
+        image: "demo".into(),
+        lower: view.into(),
+        cache: cache.clone(),
+        spec,
+        remove: true,
+    };
     let code = container::run(launch, &dirs).context("running the demo container")?;
     println!("the container exited with code {code}; its state and upper were removed (--rm)");
     if code != 0 {

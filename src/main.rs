@@ -125,7 +125,7 @@ enum CacheAction {
 
 /// What to mount: the image's layers, read-only or under a writable upper.
 pub struct MountLayers {
-    pub view: strata_fs::view::ImageView,
+    pub image: strata_fs::image::Image,
     /// (upper, work) directories of a writable mount.
     pub upper: Option<(PathBuf, PathBuf)>,
     /// Owners as shown through a writable mount (fuse-overlayfs' uidmapping/squash options).
@@ -135,9 +135,13 @@ pub struct MountLayers {
 impl MountLayers {
     pub fn mount(self, mountpoint: &std::path::Path, mut config: MountConfig, foreground: bool) -> Result<()> {
         match self.upper {
-            None => serve(ImageFs::new(self.view), mountpoint, &config, foreground),
+            None => serve(ImageFs::new(image_args::load_layers(&self.image)?), mountpoint, &config, foreground),
             Some((upper, work)) => {
-                let overlay = strata_fs::overlay::open(self.view, &upper, &work)?;
+                let overlay = strata_fs::overlay::open(
+                    image_args::load_lower(&self.image, &strata_fs::layer::cache::Cache::from_env())?,
+                    &upper,
+                    &work,
+                )?;
                 config.writable = true;
                 serve(OverlayFs::new(overlay).with_id_shift(self.ids), mountpoint, &config, foreground)
             }
@@ -180,8 +184,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount { image, foreground, allow_other, threads, upper, work } => {
             let mountpoint = image.mountpoint()?;
             mount::check_mountpoint(&mountpoint)?;
-            let view = image.load()?;
-            let layers = MountLayers { view, upper: upper.zip(work), ids: Default::default() };
+            let layers = MountLayers { image: image.resolve()?, upper: upper.zip(work), ids: Default::default() };
             let config =
                 MountConfig { source: image.source_name(), allow_other, dev_suid: false, threads, writable: false };
             layers.mount(&mountpoint, config, foreground)

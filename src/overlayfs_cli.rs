@@ -124,16 +124,13 @@ pub fn run(args: &[String]) -> Result<()> {
     // overlayfs lists the top layer first; strata stacks bottom first.
     let bottom_first: Vec<PathBuf> = parsed.lowers.iter().rev().cloned().collect();
     let image = image::from_layers(&bottom_first)?;
-    let cache = strata_fs::layer::cache::Cache::from_env();
-    let layers = strata_fs::layer::load_all(&image.layers, &cache, &strata_fs::layer::Quiet)?;
-    let view = strata_fs::view::ImageView::new(layers)?;
     let source = parsed.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     let config =
         MountConfig { source, allow_other: parsed.allow_other, dev_suid: parsed.dev_suid, threads: 4, writable: false };
     if !parsed.ids.is_identity() && parsed.upper.is_none() {
         bail!("uidmapping=, gidmapping= and squash_to_* need a writable mount (upperdir=, workdir=)");
     }
-    crate::MountLayers { view, upper: parsed.upper.zip(parsed.work), ids: parsed.ids }.mount(
+    crate::MountLayers { image, upper: parsed.upper.zip(parsed.work), ids: parsed.ids }.mount(
         &parsed.mountpoint,
         config,
         parsed.foreground,

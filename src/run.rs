@@ -9,7 +9,7 @@ use strata_runner::container::{self, Launch};
 use strata_runner::spec::{Network, RunOptions, Spec};
 use strata_runner::state::{self, Liveness, StateDirs};
 
-use crate::image_args::{load_layers_from, ImageArgs};
+use crate::image_args::{load_lower, ImageArgs};
 use strata_fs::layer::cache::Cache;
 
 #[derive(Args)]
@@ -123,8 +123,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     }
     let cache = Cache::from_env();
-    let view = load_layers_from(&image, &cache)?;
-    let launch = Launch { name: name.clone(), image: image_args.source_name(), view, cache, spec, remove: args.rm };
+    let lower = load_lower(&image, &cache)?;
+    let launch = Launch { name: name.clone(), image: image_args.source_name(), lower, cache, spec, remove: args.rm };
     container::run(launch, &dirs).with_context(|| format!("container {name}"))
 }
 

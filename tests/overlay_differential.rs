@@ -35,7 +35,11 @@ const COMPARE_EVERY: usize = 25;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Subject {
+    /// strata over the directory lowers: merged a directory at a time (`overlay::DirStack`).
     Strata,
+    /// strata with an empty tar layer below the lowers, which makes it merge the whole stack up
+    /// front (`view::ImageView`), as it does for images: the same rules through the other path.
+    StrataWholeStack,
     FuseOverlayfs,
 }
 
@@ -51,6 +55,7 @@ impl Subject {
     fn name(self) -> &'static str {
         match self {
             Subject::Strata => "strata",
+            Subject::StrataWholeStack => "strata (whole-stack merge)",
             Subject::FuseOverlayfs => "fuse-overlayfs",
         }
     }
@@ -262,17 +267,14 @@ impl SubjectMount {
         }
         let s = |p: &Path| p.to_str().unwrap().to_string();
         let strata = match kind {
-            Subject::Strata => {
-                let args = [
-                    "--upper".to_string(),
-                    s(upper),
-                    "--work".to_string(),
-                    s(work),
-                    "--layer".to_string(),
-                    s(&lowers.bottom),
-                    "--layer".to_string(),
-                    s(&lowers.top),
-                ];
+            Subject::Strata | Subject::StrataWholeStack => {
+                let mut args = vec!["--upper".to_string(), s(upper), "--work".to_string(), s(work)];
+                if kind == Subject::StrataWholeStack {
+                    let empty_tar = upper.with_extension("empty.tar");
+                    std::fs::write(&empty_tar, [0u8; 1024]).unwrap();
+                    args.extend(["--layer".to_string(), s(&empty_tar)]);
+                }
+                args.extend(["--layer".to_string(), s(&lowers.bottom), "--layer".to_string(), s(&lowers.top)]);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 Some(Mounted::new(cache, &args, dir))
             }
@@ -295,7 +297,9 @@ impl SubjectMount {
 
     fn unmount(&mut self) {
         let out = match self.kind {
-            Subject::Strata => run_strata(&self.cache, &["umount", self.dir.to_str().unwrap()]),
+            Subject::Strata | Subject::StrataWholeStack => {
+                run_strata(&self.cache, &["umount", self.dir.to_str().unwrap()])
+            }
             Subject::FuseOverlayfs => Command::new("umount").arg(&self.dir).output().unwrap(),
         };
         assert!(out.status.success(), "unmounting {}: {}", self.dir.display(), String::from_utf8_lossy(&out.stderr));
@@ -1153,6 +1157,17 @@ fn hand_written_cases_match_kernel_overlayfs() {
         return;
     }
     let Some(subject) = subject() else { return };
+    hand_written_cases_on(subject);
+}
+
+#[test]
+fn hand_written_cases_match_kernel_overlayfs_through_the_whole_stack_merge() {
+    if require_fuse() && subject() == Some(Subject::Strata) {
+        hand_written_cases_on(Subject::StrataWholeStack);
+    }
+}
+
+fn hand_written_cases_on(subject: Subject) {
     let work = scratch();
     let lowers = Lowers::build(work.path());
     let cache = work.path().join("cache");
@@ -1184,12 +1199,23 @@ fn random_sequences_match_kernel_overlayfs() {
         return;
     }
     let Some(subject) = subject() else { return };
+    random_sequences_on(subject, 20);
+}
+
+#[test]
+fn random_sequences_match_kernel_overlayfs_through_the_whole_stack_merge() {
+    if require_fuse() && subject() == Some(Subject::Strata) {
+        random_sequences_on(Subject::StrataWholeStack, 10);
+    }
+}
+
+fn random_sequences_on(subject: Subject, default_seeds: u64) {
     let count = env_number("STRATA_DIFF_OPS", 200) as usize;
     let work = scratch();
     let lowers = Lowers::build(work.path());
     let cache = work.path().join("cache");
     let mut failures = Vec::new();
-    for seed in seeds(20) {
+    for seed in seeds(default_seeds) {
         let root = work.path().join(format!("seed-{seed}"));
         let pair = Pair::new(subject, &lowers, &cache, &root);
         let mut differ = Differ::new(subject, &pair, &lowers);

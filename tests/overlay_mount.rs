@@ -46,6 +46,36 @@ fn lower_snapshot(lower: &Path) -> std::collections::BTreeMap<String, support::t
     support::tree::snapshot(lower).0
 }
 
+/// Over directory lowers a directory is read when it is first looked into, as kernel overlayfs
+/// and fuse-overlayfs read it, not when the mount starts: a name a lower directory gains before
+/// that shows, with its host metadata and link counts (as kernel overlayfs shows them).
+#[test]
+fn directory_lowers_are_read_when_first_looked_into() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let mnt = writable(w, &lower);
+    let m = &mnt.dir;
+    std::fs::write(lower.join("c/late"), "added after the mount").unwrap();
+    std::fs::create_dir(lower.join("a/b/later")).unwrap();
+    assert_eq!(std::fs::read_to_string(m.join("c/late")).unwrap(), "added after the mount");
+    let names = |dir: &Path| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&m.join("a/b")), ["later"]);
+    assert_eq!(names(&m.join("c")), ["f3", "late"]);
+    let host = std::fs::metadata(lower.join("c/late")).unwrap();
+    let shown = std::fs::metadata(m.join("c/late")).unwrap();
+    assert_eq!((shown.len(), shown.mode(), shown.mtime(), shown.nlink()), (host.len(), host.mode(), host.mtime(), 1));
+    assert_eq!(std::fs::metadata(m.join("a")).unwrap().nlink(), std::fs::metadata(lower.join("a")).unwrap().nlink());
+}
+
 #[test]
 fn writes_land_in_the_upper_in_kernel_overlayfs_format() {
     if !require_fuse() {

@@ -25,7 +25,7 @@ use nix::unistd::{ForkResult, Pid};
 use strata_fs::fuse::mount::{self, MountConfig};
 use strata_fs::fuse::overlay_fs::OverlayFs;
 use strata_fs::layer::cache::Cache;
-use strata_fs::view::ImageView;
+use strata_fs::overlay::Lower;
 
 use crate::affinity::{self, Original};
 use crate::cgroup::{self, Cgroup};
@@ -43,7 +43,7 @@ pub struct Launch {
     pub name: String,
     /// How the user named the image, for `strata ps`.
     pub image: String,
-    pub view: ImageView,
+    pub lower: Lower,
     /// The cache the image's layers were loaded from: it also holds the shared copies of the
     /// files containers open (`OverlayFs::with_shared_files`).
     pub cache: Cache,
@@ -109,7 +109,7 @@ struct Channels {
 
 impl Supervisor<'_> {
     fn start_and_wait(&mut self, launch: Launch) -> Result<i32> {
-        let Launch { name, image, view, cache, spec, remove } = launch;
+        let Launch { name, image, lower, cache, spec, remove } = launch;
         let (spec, name) = (&spec, &name);
         // No limits, no cgroup: the pid namespace already ends every process with the container, and
         // moving a process between cgroups costs milliseconds on v1 (an RCU grace period).
@@ -146,7 +146,7 @@ impl Supervisor<'_> {
 
         let data = self.dirs.data_dir(name);
         let daemon_job = DaemonJob {
-            view,
+            lower,
             cache,
             keep_upper: !remove,
             upper: data.join("upper"),
@@ -346,7 +346,7 @@ impl Terminal {
 
 /// What the filesystem daemon needs, carried across fork.
 struct DaemonJob<'a> {
-    view: ImageView,
+    lower: Lower,
     cache: Cache,
     /// Flush the upper at the end (unmount) rather than discarding it (`--rm`).
     keep_upper: bool,
@@ -422,7 +422,7 @@ impl DaemonJob<'_> {
             None::<&str>,
         )
         .map_err(|e| Error::sys("making the mount namespace private", e))?;
-        let overlay = strata_fs::overlay::open(self.view, &self.upper, &self.work)?;
+        let overlay = strata_fs::overlay::open(self.lower, &self.upper, &self.work)?;
         let config = MountConfig {
             source: self.source.clone(),
             allow_other: true,

@@ -44,26 +44,33 @@ fn encode_dev(major: u32, minor: u32) -> u32 {
 
 /// Attributes of a node; `entry` is None for a directory implied by deeper entries.
 pub fn attr(node: &Node, entry: Option<&Entry>) -> FileAttr {
-    let (kind, perm, uid, gid, size, mtime, rdev) = match entry {
-        Some(e) => (e.kind, e.mode, e.uid, e.gid, e.size, e.mtime, encode_dev(e.rdev_major, e.rdev_minor)),
-        None => (Kind::Dir, 0o755, 0, 0, 0, Timestamp::default(), 0),
+    let mut a = match entry {
+        Some(e) => of_entry(e),
+        None => of_entry(&Entry::implied_dir()),
     };
-    let t = time(mtime);
-    let ctime = entry.and_then(|e| e.ctime).map_or(t, time);
+    a.ino = ino_of(node);
+    a.nlink = node.nlink;
+    a
+}
+
+/// Attributes of a layer entry, with inode number 0 and one link (the caller's to set).
+pub fn of_entry(e: &Entry) -> FileAttr {
+    let t = time(e.mtime);
+    let size = e.size;
     FileAttr {
-        ino: ino_of(node),
+        ino: INodeNo(0),
         size,
         blocks: size.div_ceil(512),
         atime: t,
         mtime: t,
-        ctime,
+        ctime: e.ctime.map_or(t, time),
         crtime: t,
-        kind: file_type(kind),
-        perm: perm as u16,
-        nlink: node.nlink,
-        uid,
-        gid,
-        rdev,
+        kind: file_type(e.kind),
+        perm: e.mode as u16,
+        nlink: 1,
+        uid: e.uid,
+        gid: e.gid,
+        rdev: encode_dev(e.rdev_major, e.rdev_minor),
         blksize: 4096,
         flags: 0,
     }

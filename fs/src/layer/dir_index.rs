@@ -11,8 +11,12 @@
 //! listing itself: `d_type`, `d_ino`, which also group hard links), and the full metadata of
 //! directories and character devices (opaque markers, 0/0 whiteouts), and of every entry of a
 //! directory marked opaque (where xattr-form whiteouts live). Every other entry is *deferred*:
-//! its attributes, xattrs and link target are read on first use ([`complete`]), as kernel
+//! its attributes, xattrs and link target are read on first use ([`HostDir::complete`]), as kernel
 //! overlayfs and fuse-overlayfs look lower files up lazily: a mount does not read 30,000 inodes.
+//!
+//! [`HostDir::index`] reads the whole tree (for a whole-stack merge, `merge::MergedTree`);
+//! [`HostDir::list`] reads one directory, with the same rules, for the merge that reads a
+//! directory only when it is looked into (`merge::lazy`).
 
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
@@ -56,32 +60,126 @@ pub struct DirIndex {
 /// The children of every directory read, by directory (relative path), sorted by name.
 type Listings = HashMap<Vec<u8>, Vec<Child>>;
 
-pub fn index_dir(root: &Path) -> Result<DirIndex> {
-    let root_fd = open_dir(None, root, b"")?;
-    let stat = nix::sys::stat::fstat(root_fd.as_fd()).map_err(std::io::Error::from).at(root)?;
-    let root_xattrs = xattrs(root_fd.as_fd(), c".", &|| root.to_path_buf())?;
-    let listings = read_tree(&root_fd, root, has_opaque_marker(&root_xattrs))?;
-
-    let mut tree = Assembly::default();
-    if is_opaque(&root_xattrs) {
-        tree.opaque_dirs.push(Box::default());
-    }
-    tree.push(entry_from(b"", &stat, root_xattrs, Vec::new()), false);
-    tree.add_dir(&listings, b"");
-    Ok(tree.finish())
+/// A directory layer's host directory, opened once: everything beneath is read relative to it,
+/// without following symlinks, so a layer that changes under a mount cannot redirect a read.
+#[derive(Debug)]
+pub struct HostDir {
+    pub path: PathBuf,
+    root: OwnedFd,
 }
 
-/// The full entry for a deferred `placeholder`, read beneath the layer's root: its attributes,
-/// xattrs and link target, with the placeholder's place in the index (path, hard-link set).
-pub fn complete(root_fd: &OwnedFd, root: &Path, placeholder: &Entry) -> Result<Entry> {
-    let (parent, name) = path::split_parent(&placeholder.path).unwrap_or((b"", &placeholder.path));
-    let host_dir = host_path(root, parent);
-    let dir_fd = open_dir(Some(root_fd), &host_dir, parent)?;
-    let c_name = CString::new(name).expect("names have no NUL");
-    let read = read_entry(dir_fd.as_fd(), &c_name, &host_dir)?;
-    let mut entry = entry_from(&placeholder.path, &read.stat, read.xattrs, read.link_target);
-    entry.link_id = placeholder.link_id;
-    Ok(entry)
+/// One directory of a directory layer, as a per-directory merge needs it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The directory hides what the layers below have at its path (opaque xattr or marker).
+    pub opaque: bool,
+    /// Names this directory deletes from the layers below (every whiteout form).
+    pub whiteouts: Vec<Box<[u8]>>,
+    /// Its objects, sorted by name: each entry, and whether it is a deferred placeholder.
+    pub objects: Vec<(Entry, bool)>,
+}
+
+impl HostDir {
+    pub fn open(path: &Path) -> Result<HostDir> {
+        Ok(HostDir { path: path.to_path_buf(), root: open_dir(None, path, b"")? })
+    }
+
+    /// The whole layer's index, every directory read (see the module doc for what is deferred).
+    pub fn index(&self) -> Result<DirIndex> {
+        let root_entry = self.root_entry()?;
+        let mut listings = read_tree(&self.root, &self.path, has_opaque_marker(&root_entry.xattrs))?;
+        let mut tree = Assembly::default();
+        if is_opaque(&root_entry.xattrs) {
+            tree.opaque_dirs.push(Box::default());
+        }
+        tree.push(root_entry, false);
+        tree.add_dir(&mut listings, b"");
+        Ok(tree.finish())
+    }
+
+    /// The layer's root directory, in full.
+    pub fn root_entry(&self) -> Result<Entry> {
+        let stat = nix::sys::stat::fstat(self.root.as_fd()).map_err(std::io::Error::from).at(&self.path)?;
+        let xattrs = xattrs(self.root.as_fd(), c".", &|| self.path.clone())?;
+        Ok(entry_from(b"", &stat, xattrs, Vec::new()))
+    }
+
+    /// Directory `rel_dir` alone; `dir` is its entry (directories are always read in full).
+    pub fn list(&self, rel_dir: &[u8], dir: &Entry) -> Result<Listing> {
+        let mut listing = Listing { opaque: is_opaque(&dir.xattrs), ..Listing::default() };
+        for child in read_dir(&self.root, &self.path, rel_dir, has_opaque_marker(&dir.xattrs))? {
+            match classify(rel_dir, child) {
+                Named::Opaque => listing.opaque = true,
+                Named::Hides(path) => {
+                    listing.whiteouts.push(path::split_parent(&path).map_or(&path[..], |(_, n)| n).into())
+                }
+                Named::Object(entry, deferred) => listing.objects.push((entry, deferred)),
+            }
+        }
+        Ok(listing)
+    }
+
+    /// The full entry for a deferred `placeholder`: its attributes, xattrs and link target,
+    /// with the placeholder's place in the index (path, hard-link set).
+    pub fn complete(&self, placeholder: &Entry) -> Result<Entry> {
+        let (parent, name) = path::split_parent(&placeholder.path).unwrap_or((b"", &placeholder.path));
+        let host_dir = host_path(&self.path, parent);
+        let dir_fd = open_dir(Some(&self.root), &host_dir, parent)?;
+        let c_name = CString::new(name).expect("names have no NUL");
+        let read = read_entry(dir_fd.as_fd(), &c_name, &host_dir)?;
+        let mut entry = entry_from(&placeholder.path, &read.stat, read.xattrs, read.link_target);
+        entry.link_id = placeholder.link_id;
+        Ok(entry)
+    }
+
+    /// Opens file `rel` beneath the layer's root for reading, following no symlink.
+    pub fn open_file(&self, rel: &[u8]) -> std::io::Result<std::fs::File> {
+        use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+        let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).resolve(
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+        let rel = if rel.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(rel)) };
+        let fd = nix::fcntl::openat2(self.root.as_fd(), rel, how).map_err(std::io::Error::from)?;
+        Ok(std::fs::File::from(fd))
+    }
+}
+
+/// What one name read from a directory is, for a merge.
+enum Named {
+    /// `.wh..wh..opq`: the directory is opaque.
+    Opaque,
+    /// A whiteout (of any form): the path it deletes from the layers below.
+    Hides(Vec<u8>),
+    /// An object: its entry (a placeholder when deferred) and whether it is deferred.
+    Object(Entry, bool),
+}
+
+/// Classifies a name read from directory `rel_dir`: whiteouts by name, 0/0 character devices
+/// and overlayfs' xattr whiteout files are all whiteouts.
+fn classify(rel_dir: &[u8], child: Child) -> Named {
+    let (name, kind, ino, read) = match child {
+        Child::Opaque => return Named::Opaque,
+        Child::Hides(hidden) => return Named::Hides(path::join(rel_dir, &hidden)),
+        Child::Object { name, kind, ino, read } => (name, kind, ino, read),
+    };
+    let rel = path::join(rel_dir, &name);
+    match read {
+        Some(read) => {
+            let whiteout_device = kind == Kind::CharDevice && read.stat.st_rdev == 0;
+            let whiteout_file = kind == Kind::File
+                && read.stat.st_size == 0
+                && read.xattrs.iter().any(|(n, _)| whiteout::WHITEOUT_XATTRS.contains(&&**n));
+            if whiteout_device || whiteout_file {
+                return Named::Hides(rel);
+            }
+            Named::Object(entry_from(&rel, &read.stat, read.xattrs, read.link_target), false)
+        }
+        None => {
+            let mut placeholder = Entry::new(&rel, kind);
+            placeholder.host_ino = ino;
+            Named::Object(placeholder, true)
+        }
+    }
 }
 
 /// An overlay opaque xattr of any value (`y`, or `x`: "may hold xattr-form whiteouts").
@@ -89,7 +187,7 @@ fn has_opaque_marker(xattrs: &Xattrs) -> bool {
     xattrs.iter().any(|(n, _)| whiteout::OPAQUE_XATTRS.contains(&&**n))
 }
 
-fn is_opaque(xattrs: &Xattrs) -> bool {
+pub(crate) fn is_opaque(xattrs: &Xattrs) -> bool {
     xattrs.iter().any(|(n, v)| whiteout::OPAQUE_XATTRS.contains(&&**n) && whiteout::is_opaque_value(v))
 }
 
@@ -114,62 +212,42 @@ impl Assembly {
     }
 
     /// Adds the children of `rel_dir` (and, depth first, theirs) in name order.
-    fn add_dir(&mut self, listings: &Listings, rel_dir: &[u8]) {
-        for child in listings.get(rel_dir).into_iter().flatten() {
-            let (name, kind, ino, read) = match child {
-                Child::Opaque => {
+    fn add_dir(&mut self, listings: &mut Listings, rel_dir: &[u8]) {
+        for child in listings.remove(rel_dir).into_iter().flatten() {
+            let (entry, deferred) = match classify(rel_dir, child) {
+                Named::Opaque => {
                     self.opaque_dirs.push(rel_dir.into());
                     continue;
                 }
-                Child::Hides(hidden) => {
-                    self.whiteouts.push(path::join(rel_dir, hidden).into());
+                Named::Hides(path) => {
+                    self.whiteouts.push(path.into());
                     continue;
                 }
-                Child::Object { name, kind, ino, read } => (name, *kind, *ino, read),
+                Named::Object(entry, deferred) => (entry, deferred),
             };
-            let rel = path::join(rel_dir, name);
-            if let Some(Read { stat, xattrs, .. }) = read.as_deref() {
-                let whiteout_device = kind == Kind::CharDevice && stat.st_rdev == 0;
-                let whiteout_file = kind == Kind::File
-                    && stat.st_size == 0
-                    && xattrs.iter().any(|(n, _)| whiteout::WHITEOUT_XATTRS.contains(&&**n));
-                if whiteout_device || whiteout_file {
-                    self.whiteouts.push(rel.into());
-                    continue;
+            if entry.kind == Kind::Dir {
+                if is_opaque(&entry.xattrs) {
+                    self.opaque_dirs.push(entry.path.clone());
                 }
-            }
-            if kind == Kind::Dir {
-                let read = read.as_ref().expect("directories are read up front");
-                if is_opaque(&read.xattrs) {
-                    self.opaque_dirs.push(rel.as_slice().into());
-                }
-                self.push(entry_from(&rel, &read.stat, read.xattrs.clone(), Vec::new()), false);
+                let rel = entry.path.clone();
+                self.push(entry, false);
                 self.add_dir(listings, &rel);
                 continue;
             }
             // The names of one inode in this layer are one hard-link set.
-            if let Some(&first) = self.first_names.get(&ino) {
+            if let Some(&first) = self.first_names.get(&entry.host_ino) {
                 if self.entries[first].link_id == 0 {
                     self.next_link_id += 1;
                     self.entries[first].link_id = self.next_link_id;
                 }
-                let mut entry = self.entries[first].clone();
-                entry.path = rel.into();
+                let mut link = self.entries[first].clone();
+                link.path = entry.path;
                 let deferred = self.deferred[first];
-                self.push(entry, deferred);
+                self.push(link, deferred);
                 continue;
             }
-            self.first_names.insert(ino, self.entries.len());
-            match read {
-                Some(read) => {
-                    self.push(entry_from(&rel, &read.stat, read.xattrs.clone(), read.link_target.clone()), false)
-                }
-                None => {
-                    let mut placeholder = Entry::new(&rel, kind);
-                    placeholder.host_ino = ino;
-                    self.push(placeholder, true)
-                }
-            }
+            self.first_names.insert(entry.host_ino, self.entries.len());
+            self.push(entry, deferred);
         }
     }
 
@@ -192,6 +270,7 @@ fn entry_from(rel: &[u8], stat: &FileStat, xattrs: Xattrs, link_target: Vec<u8>)
     e.mtime = Timestamp { sec: stat.st_mtime, nsec: stat.st_mtime_nsec as u32 };
     e.ctime = Some(Timestamp { sec: stat.st_ctime, nsec: stat.st_ctime_nsec as u32 });
     e.host_ino = stat.st_ino;
+    e.host_nlink = stat.st_nlink as u32;
     match kind {
         Kind::File => e.size = stat.st_size as u64,
         Kind::Symlink => {
@@ -489,19 +568,19 @@ mod tests {
         std::fs::write(root.join("d02/.wh.gone"), "").unwrap();
         std::fs::write(root.join("d03/.wh..wh..opq"), "").unwrap();
 
-        let DirIndex { index, deferred } = index_dir(root).unwrap();
+        let host = HostDir::open(root).unwrap();
+        let DirIndex { index, deferred } = host.index().unwrap();
         let paths: Vec<&[u8]> = index.entries.iter().map(|e| &*e.path).collect();
         let mut sorted = paths.clone();
         sorted.sort();
         assert_eq!(paths, sorted, "paths in sorted depth-first order");
         assert_eq!(paths.len(), 1 + 40 * 3 + 3);
         // Files and symlinks are deferred, directories are not; completing reads the host.
-        let root_fd = open_dir(None, root, b"").unwrap();
         let entry = |p: &[u8]| {
             let i = index.entries.iter().position(|e| &*e.path == p).unwrap();
             assert_eq!(deferred[i], index.entries[i].kind != Kind::Dir, "{}", String::from_utf8_lossy(p));
             match deferred[i] {
-                true => complete(&root_fd, root, &index.entries[i]).unwrap(),
+                true => host.complete(&index.entries[i]).unwrap(),
                 false => index.entries[i].clone(),
             }
         };
@@ -516,7 +595,7 @@ mod tests {
         assert_eq!(index.whiteouts.iter().map(|w| &**w).collect::<Vec<_>>(), [&b"d02/gone"[..]]);
         assert_eq!(index.opaque_dirs.iter().map(|w| &**w).collect::<Vec<_>>(), [&b"d03"[..]]);
         for _ in 0..3 {
-            let again = index_dir(root).unwrap().index;
+            let again = host.index().unwrap().index;
             assert_eq!(
                 again.entries.iter().map(|e| &e.path).collect::<Vec<_>>(),
                 index.entries.iter().map(|e| &e.path).collect::<Vec<_>>()
@@ -528,7 +607,7 @@ mod tests {
     fn a_missing_directory_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope");
-        let err = index_dir(&missing).unwrap_err().to_string();
+        let err = HostDir::open(&missing).unwrap_err().to_string();
         assert!(err.contains("nope"), "{err}");
     }
 }

@@ -114,6 +114,8 @@ pub struct Entry {
     pub ctime: Option<Timestamp>,
     /// The file's inode number on the host (directory layers; 0 in tar layers). Not persisted.
     pub host_ino: u64,
+    /// The host file's link count (directory layers, once read; 0 otherwise). Not persisted.
+    pub host_nlink: u32,
 }
 
 /// One extended attribute: (name, value).
@@ -140,7 +142,16 @@ impl Entry {
             xattrs: Vec::new(),
             ctime: None,
             host_ino: 0,
+            host_nlink: 0,
         }
+    }
+
+    /// What a directory no layer names, only implied by deeper entries, shows: root's, 0755,
+    /// as extracting tools make it.
+    pub fn implied_dir() -> Entry {
+        let mut implied = Entry::new(b"", Kind::Dir);
+        implied.mode = 0o755;
+        implied
     }
 }
 

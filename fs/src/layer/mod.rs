@@ -12,8 +12,6 @@ pub mod whiteout;
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -79,9 +77,9 @@ enum Data {
     /// A tar (the original, or its decompressed copy in the cache): files are byte ranges of it.
     /// `key` names the layer in the cache (its digest, or its identity on the host).
     Tar { blob: BlobRange, key: String },
-    /// A host directory, opened once and resolved beneath with `openat2`. `deferred[i]` marks an
-    /// entry whose metadata is read on first use into `completed[i]` (see `dir_index`).
-    Directory { path: PathBuf, root: OwnedFd, deferred: Vec<bool>, completed: Box<[OnceLock<Entry>]> },
+    /// A host directory. `deferred[i]` marks an entry whose metadata is read on first use into
+    /// `completed[i]` (see `dir_index`).
+    Directory { host: dir_index::HostDir, deferred: Vec<bool>, completed: Box<[OnceLock<Entry>]> },
 }
 
 /// A loaded, immutable layer.
@@ -117,19 +115,14 @@ impl Layer {
         let name = source.describe();
         match source {
             LayerSource::Directory(path) => {
-                let dir_index::DirIndex { index, deferred } = dir_index::index_dir(path)?;
+                let host = dir_index::HostDir::open(path)?;
+                let dir_index::DirIndex { index, deferred } = host.index()?;
                 let completed = (0..index.entries.len()).map(|_| OnceLock::new()).collect();
-                let root = nix::fcntl::open(
-                    path,
-                    nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-                    nix::sys::stat::Mode::empty(),
-                )
-                .map_err(|e| Error::io(path, e.into()))?;
                 Ok(Layer {
                     name,
                     info: LayerInfo::default(),
                     index,
-                    data: Data::Directory { path: path.clone(), root, deferred, completed },
+                    data: Data::Directory { host, deferred, completed },
                 })
             }
             LayerSource::Blob { range, expected_digest, expected_diff_id } => {
@@ -253,8 +246,9 @@ impl Layer {
     pub fn entry(&self, i: usize) -> &Entry {
         let placeholder = &self.index.entries[i];
         match &self.data {
-            Data::Directory { path, root, deferred, completed } if deferred[i] => completed[i]
-                .get_or_init(|| dir_index::complete(root, path, placeholder).unwrap_or_else(|_| placeholder.clone())),
+            Data::Directory { host, deferred, completed } if deferred[i] => {
+                completed[i].get_or_init(|| host.complete(placeholder).unwrap_or_else(|_| placeholder.clone()))
+            }
             _ => placeholder,
         }
     }
@@ -270,14 +264,14 @@ impl Layer {
             Data::Tar { blob, .. } => {
                 Ok(FileReader::InArchive { blob: blob.clone(), start: entry.data_offset, len: entry.size })
             }
-            Data::Directory { root, .. } => open_beneath(root, &entry.path).map(FileReader::Host),
+            Data::Directory { host, .. } => host.open_file(&entry.path).map(FileReader::Host),
         }
     }
 
     /// The host directory of a directory layer.
     pub fn host_dir(&self) -> Option<&Path> {
         match &self.data {
-            Data::Directory { path, .. } => Some(path),
+            Data::Directory { host, .. } => Some(&host.path),
             Data::Tar { .. } => None,
         }
     }
@@ -337,18 +331,6 @@ impl FileReader {
             FileReader::Host(file) => file.read_at(buf, offset),
         }
     }
-}
-
-/// Opens `rel` beneath `root` without following any symlink, so a directory layer that changes
-/// under us can never redirect a read outside it.
-fn open_beneath(root: &OwnedFd, rel: &[u8]) -> io::Result<File> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let rel = if rel.is_empty() { Path::new(".") } else { Path::new(std::ffi::OsStr::from_bytes(rel)) };
-    let fd = nix::fcntl::openat2(root.as_fd(), rel, how).map_err(io::Error::from)?;
-    Ok(File::from(fd))
 }
 
 /// Cache key of a blob the image names no digest for: its identity on the host (path, device,

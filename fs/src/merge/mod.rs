@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use crate::layer::index::{Kind, LayerIndex};
 use crate::path;
 
+pub mod lazy;
+
 /// Index of a node in the tree; the root is 0.
 pub type NodeId = u32;
 

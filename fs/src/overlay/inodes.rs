@@ -40,8 +40,8 @@ pub struct Table {
     inodes: HashMap<Ino, Inode>,
     /// Host inode number of an upper copy → the inode number it had before copy-up.
     origins: HashMap<u64, Ino>,
-    /// Names of a lower hard-link set (by its inode node) deleted without copy-up.
-    removed: HashMap<NodeId, u32>,
+    /// Names of a lower hard-link set (by its inode number) deleted without copy-up.
+    removed: HashMap<Ino, u32>,
     /// The next number for an object that exists only in the upper.
     next_ino: Ino,
 }
@@ -169,11 +169,11 @@ impl Table {
         }
     }
 
-    pub fn note_removed_name(&mut self, set: NodeId) {
+    pub fn note_removed_name(&mut self, set: Ino) {
         *self.removed.entry(set).or_default() += 1;
     }
 
-    pub fn removed_names(&self, set: NodeId) -> u32 {
+    pub fn removed_names(&self, set: Ino) -> u32 {
         self.removed.get(&set).copied().unwrap_or(0)
     }
 }

@@ -1,4 +1,4 @@
-//! The writable union: an inode table over the immutable lower view ([`ImageView`]) and the
+//! The writable union: an inode table over the immutable lower layers ([`Lower`]) and the
 //! private [`Upper`] directory, with kernel overlayfs' semantics. Lookups see the upper first
 //! (whiteouts hide, opaque directories stop the merge), then the lower tree. Every change copies
 //! the object up first (parents first, atomically via the work directory), deletions of lower
@@ -6,28 +6,25 @@
 //! The FUSE adapter (`fuse::overlay_fs`) only translates requests into these calls.
 
 mod inodes;
+mod lower;
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use fuser::FileAttr;
 
 use crate::fuse::attr;
 use crate::layer::cache::Cache;
-use crate::layer::index::{Entry, Kind};
+use crate::layer::index::Kind;
 use crate::layer::FileReader;
 use crate::merge::{NodeId, ROOT};
 use crate::upper::{CopySource, Upper, UpperEntry, XattrMode};
-use crate::view::ImageView;
 use inodes::{Inode, Table, ROOT_INO};
-
-/// Host inode numbers from this one up do not fit the 48 bits `Overlay::lower_ino` gives them
-/// (nor layers from 2^15 up the 15 bits above); such objects are numbered like tar-layer ones.
-const HOST_INO_LIMIT: u64 = 1 << 48;
+pub use lower::{DirStack, Lower};
 
 pub use inodes::Ino;
 
@@ -126,15 +123,15 @@ fn forget_host_meta(table: &mut Table, meta: &std::fs::Metadata) {
 }
 
 pub struct Overlay {
-    view: ImageView,
+    lower: Lower,
     upper: Upper,
     table: Mutex<Table>,
 }
 
-/// Opens a writable overlay of `view` with its upper and work directories (created if missing),
+/// Opens a writable overlay of `lower` with its upper and work directories (created if missing),
 /// refusing an upper or work directory that overlaps a lower directory or each other: writes
 /// would otherwise land in a lower layer.
-pub fn open(view: ImageView, upper: &Path, work: &Path) -> crate::Result<Overlay> {
+pub fn open(lower: Lower, upper: &Path, work: &Path) -> crate::Result<Overlay> {
     let refuse = |detail: String| crate::Error::Mount { path: upper.to_path_buf(), detail };
     for dir in [upper, work] {
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
@@ -148,22 +145,22 @@ pub fn open(view: ImageView, upper: &Path, work: &Path) -> crate::Result<Overlay
             w.display()
         )));
     }
-    for lower in view.layers.iter().filter_map(|l| l.host_dir()) {
-        let l = canonical(lower)?;
+    for dir in lower.host_dirs() {
+        let l = canonical(dir)?;
         if l.starts_with(&u) || u.starts_with(&l) || l.starts_with(&w) || w.starts_with(&l) {
             return Err(refuse(format!("the lower directory {} overlaps the upper or work directory", l.display())));
         }
     }
     let mode = if crate::upper::privileged() { XattrMode::Trusted } else { XattrMode::User };
     let upper = Upper::open(&u, &w, mode).map_err(|e| refuse(e.to_string()))?;
-    Ok(Overlay::new(view, upper))
+    Ok(Overlay::new(lower, upper))
 }
 
 impl Overlay {
-    pub fn new(view: ImageView, upper: Upper) -> Overlay {
+    pub fn new(lower: Lower, upper: Upper) -> Overlay {
         let root_lower = (!upper.is_opaque(b"")).then_some(ROOT);
-        let first_free = view.tree.len() as Ino + 1;
-        Overlay { table: Mutex::new(Table::new(root_lower, first_free)), view, upper }
+        let first_free = lower.first_free_ino();
+        Overlay { table: Mutex::new(Table::new(root_lower, first_free)), lower, upper }
     }
 
     /// The inode table. A panic in another request must not take the whole mount down with a
@@ -172,31 +169,12 @@ impl Overlay {
         self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A lower object's inode number. A directory layer's object shows its host inode number,
-    /// as kernel overlayfs shows it (and as `git status` compares with the numbers its index
-    /// recorded): in the low 48 bits, with bit 63 set and the layer above them, so numbers of
-    /// layers on different filesystems cannot meet, nor meet the small numbers of tar-layer
-    /// objects (merged-tree node + 1) and upper-only objects (counted from there; see `Table`).
     fn lower_ino(&self, node: NodeId) -> Ino {
-        let inode_node = self.view.tree.node(node).inode_node;
-        let host_ino = self.view.host_ino_of(inode_node);
-        let layer = self.view.tree.node(inode_node).layer as u64;
-        if host_ino != 0 && host_ino < HOST_INO_LIMIT && layer < 1 << 15 {
-            return 1 << 63 | layer << 48 | host_ino;
-        }
-        inode_node as u64 + 1
-    }
-
-    fn lower_entry(&self, node: NodeId) -> Entry {
-        self.view.entry_of(node).cloned().unwrap_or_else(|| {
-            let mut implicit = Entry::new(b"", Kind::Dir);
-            implicit.mode = 0o755;
-            implicit
-        })
+        self.lower.ino(node)
     }
 
     fn lower_kind(&self, node: NodeId) -> Kind {
-        self.view.kind_of(node)
+        self.lower.kind(node)
     }
 
     /// Resolves `name` in directory `parent`: (inode number, inode) without registering it.
@@ -218,7 +196,10 @@ impl Overlay {
         }
         let dir_path = table.path(parent)?;
         let path = crate::path::join(&dir_path, name);
-        let lower_child = dir.lower.and_then(|d| self.view.tree.lookup_child(d, name));
+        let lower_child = match dir.lower {
+            Some(d) => self.lower.lookup_child(d, name)?,
+            None => None,
+        };
         if dir.upper {
             match self.upper.entry(&path)? {
                 UpperEntry::Whiteout => return Ok(Probe::Absent { whiteout: true }),
@@ -266,10 +247,9 @@ impl Overlay {
             return Ok(attr::from_metadata(&meta, ino));
         }
         let node_id = inode.lower.expect("an inode is in the upper, the lower, or both");
-        let node = self.view.tree.node(node_id);
-        let mut a = attr::attr(node, self.view.entry(node));
+        let mut a = self.lower.attr(node_id);
         a.ino = fuser::INodeNo(ino);
-        a.nlink = a.nlink.saturating_sub(table.removed_names(node.inode_node));
+        a.nlink = a.nlink.saturating_sub(table.removed_names(self.lower_ino(node_id)));
         Ok(a)
     }
 
@@ -280,10 +260,11 @@ impl Overlay {
             let target = std::fs::read_link(self.upper.host(&table.path(ino)?))?;
             return Ok(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec());
         }
-        match inode.lower.and_then(|n| self.view.entry_of(n)) {
+        let Some(node) = inode.lower else { return Err(errno(libc::EINVAL)) };
+        self.lower.with_entry(node, |e| match e {
             Some(e) if e.kind == Kind::Symlink => Ok(e.link_target.to_vec()),
             _ => Err(errno(libc::EINVAL)),
-        }
+        })
     }
 
     /// The merged listing of a directory, without `.` and `..`.
@@ -305,14 +286,9 @@ impl Overlay {
             }
         }
         if let Some(lower) = dir.lower {
-            for &child in self.view.tree.children(lower) {
-                let name = self.view.tree.name(child);
-                if !seen.contains(name) {
-                    out.push(DirEntry {
-                        name: name.to_vec(),
-                        ino: self.lower_ino(child),
-                        kind: self.lower_kind(child),
-                    });
+            for (child, name) in self.lower.children(lower)? {
+                if !seen.contains(&name) {
+                    out.push(DirEntry { name, ino: self.lower_ino(child), kind: self.lower_kind(child) });
                 }
             }
         }
@@ -331,12 +307,8 @@ impl Overlay {
         self.copy_up(table, inode.parent())?;
         let path = table.path(ino)?;
         let node = inode.lower.expect("an inode not in the upper is in the lower");
-        let entry = self.lower_entry(node);
-        let reader = if entry.kind == Kind::File {
-            Some(self.view.layers[self.view.tree.node(node).layer as usize].open(&entry)?)
-        } else {
-            None
-        };
+        let entry = self.lower.entry(node);
+        let reader = if entry.kind == Kind::File { Some(self.lower.open(node)?) } else { None };
         let source = reader.as_ref().map(|r| match r {
             FileReader::InArchive { blob, start, len } => {
                 CopySource { file: &blob.file, offset: blob.offset + start, len: *len }
@@ -347,7 +319,7 @@ impl Overlay {
         let host_ino = std::fs::symlink_metadata(self.upper.host(&path))?.ino();
         table.set_origin(host_ino, ino);
         table.get_mut(ino)?.upper = true;
-        if entry.kind == Kind::File && self.view.tree.node(node).nlink > 1 {
+        if entry.kind == Kind::File && self.lower.nlink(node) > 1 {
             self.copy_up_other_names(table, node, &path)?;
         }
         Ok(())
@@ -355,15 +327,7 @@ impl Overlay {
 
     /// Links every other visible name of the lower hard-link set of `node` to the copy at `path`.
     fn copy_up_other_names(&self, table: &mut Table, node: NodeId, path: &[u8]) -> io::Result<()> {
-        let set = self.view.tree.node(node).inode_node;
-        let others: Vec<Vec<u8>> = self
-            .view
-            .tree
-            .iter()
-            .filter(|(_, n)| n.inode_node == set)
-            .map(|(id, _)| self.view.tree.path_of(id))
-            .filter(|other| other != path)
-            .collect();
+        let others: Vec<Vec<u8>> = self.lower.link_set_paths(node)?.into_iter().filter(|other| other != path).collect();
         for other in others {
             // Only names still showing the lower file: not deleted, replaced or hidden.
             if self.resolve_path(table, &other).is_ok_and(|(i, inode)| !inode.upper && i == self.lower_ino(node)) {
@@ -408,8 +372,7 @@ impl Overlay {
             return Ok(OpenFile::Upper(self.upper.open_file(&table.path(ino)?, flags)?));
         }
         let node = inode.lower.expect("an inode not in the upper is in the lower");
-        let entry = self.view.entry_of(node).ok_or_else(|| errno(libc::EISDIR))?;
-        Ok(OpenFile::Lower(self.view.layers[self.view.tree.node(node).layer as usize].open(entry)?))
+        Ok(OpenFile::Lower(self.lower.open(node)?))
     }
 
     /// Creates a non-directory object (or, with `Kind::Dir`, a directory) named `name`.
@@ -522,7 +485,7 @@ impl Overlay {
     fn name_gone(&self, table: &mut Table, ino: Ino, parent: Ino, name: &[u8]) -> io::Result<()> {
         let inode = table.get(ino)?;
         if let (false, Some(node)) = (inode.upper, inode.lower) {
-            table.note_removed_name(self.view.tree.node(node).inode_node);
+            table.note_removed_name(self.lower_ino(node));
         }
         table.remove_name(ino, parent, name);
         Ok(())
@@ -532,7 +495,10 @@ impl Overlay {
     /// only then does a deletion need a whiteout (kernel overlayfs reads opaque and upper-only
     /// directories as they are, so a whiteout there would show as a device).
     fn lower_shows(&self, table: &Table, dir: Ino, name: &[u8]) -> io::Result<bool> {
-        Ok(table.get(dir)?.lower.and_then(|d| self.view.tree.lookup_child(d, name)).is_some())
+        match table.get(dir)?.lower {
+            Some(d) => Ok(self.lower.lookup_child(d, name)?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// The upper object at `path` is about to go: its host inode number may be reused by the
@@ -550,11 +516,11 @@ impl Overlay {
         }
         let Some(lower) = dir.lower else { return Ok(true) };
         if !dir.upper {
-            return Ok(self.view.tree.children(lower).is_empty());
+            return Ok(self.lower.children(lower)?.is_empty());
         }
         let (_, hidden) = self.upper.list(&table.path(ino)?)?;
         let hidden: HashSet<&[u8]> = hidden.iter().map(|h| &h[..]).collect();
-        Ok(self.view.tree.children(lower).iter().all(|&c| hidden.contains(self.view.tree.name(c))))
+        Ok(self.lower.children(lower)?.iter().all(|(_, name)| hidden.contains(&name[..])))
     }
 
     /// Renames with renameat2 semantics. A directory that has lower content cannot move
@@ -685,9 +651,11 @@ impl Overlay {
         if inode.upper {
             return self.upper.xattr(&table.path(ino)?, name);
         }
-        let entry = inode.lower.and_then(|n| self.view.entry_of(n));
-        let found = entry.and_then(|e| e.xattrs.iter().find(|(n, _)| **n == *name));
-        Ok(found.filter(|(n, _)| !crate::layer::whiteout::is_internal_xattr(n)).map(|(_, v)| v.to_vec()))
+        let Some(node) = inode.lower else { return Ok(None) };
+        Ok(self.lower.with_entry(node, |e| {
+            let found = e.and_then(|e| e.xattrs.iter().find(|(n, _)| **n == *name));
+            found.filter(|(n, _)| !crate::layer::whiteout::is_internal_xattr(n)).map(|(_, v)| v.to_vec())
+        }))
     }
 
     pub fn xattrs(&self, ino: Ino) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -696,7 +664,7 @@ impl Overlay {
         if inode.upper {
             return self.upper.xattrs(&table.path(ino)?);
         }
-        let list = inode.lower.and_then(|n| self.view.entry_of(n)).map(|e| e.xattrs.clone()).unwrap_or_default();
+        let list = inode.lower.map(|n| self.lower.entry(n).xattrs).unwrap_or_default();
         Ok(list
             .into_iter()
             .filter(|(n, _)| !crate::layer::whiteout::is_internal_xattr(n))
@@ -731,7 +699,9 @@ impl Overlay {
         Ok(if inode.upper {
             self.upper.xattrs(&table.path(ino)?)?.iter().any(|(n, _)| n == name)
         } else {
-            inode.lower.and_then(|n| self.view.entry_of(n)).is_some_and(|e| e.xattrs.iter().any(|(n, _)| **n == *name))
+            inode.lower.is_some_and(|node| {
+                self.lower.with_entry(node, |e| e.is_some_and(|e| e.xattrs.iter().any(|(n, _)| **n == *name)))
+            })
         })
     }
 
@@ -755,14 +725,9 @@ impl Overlay {
             let table = self.table();
             let inode = table.get(ino)?;
             let Some(node) = inode.lower.filter(|_| !inode.upper) else { return Ok(None) };
-            let layer = &self.view.layers[self.view.tree.node(node).layer as usize];
-            if layer.host_dir().is_some() {
-                // A directory layer's files are host files already.
-                return Ok(None);
-            }
-            let copied = |e: &&Entry| e.kind == Kind::File && (1..=max_size).contains(&e.size);
-            let Some(entry) = self.view.entry_of(node).filter(copied) else { return Ok(None) };
-            (Arc::clone(layer), entry.clone())
+            // A directory layer's files are host files already.
+            let Some(file) = self.lower.tar_file(node, max_size) else { return Ok(None) };
+            file
         };
         // Made outside the table lock: a first copy of a large file takes a while.
         layer.shared_copy(&entry, cache)

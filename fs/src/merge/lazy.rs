@@ -1,0 +1,212 @@
+//! The merged view of a stack of directory layers, built one directory at a time, when it is
+//! first looked into: pure logic over the [`Layers`] it is given, no syscalls of its own.
+//!
+//! A mount over directory lowers (`strata-overlayfs`, `--layer DIR --upper …`) would otherwise
+//! list every directory of every layer before it could answer anything, as [`super::MergedTree`]
+//! needs whole layer indexes; kernel overlayfs and fuse-overlayfs read a directory only when it is
+//! looked up. A directory here merges its layers as overlayfs does: top layer first, a name seen
+//! higher hides the same name lower unless both are directories (which then merge), whiteouts hide
+//! the name in the layers below, and an opaque directory ends the merge.
+//!
+//! Node numbers follow the order directories were first looked into, so they are unique within a
+//! mount but not the same on every mount (inode numbers come from the host for directory layers).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use super::{NodeId, ROOT};
+use crate::layer::dir_index::{self, Listing};
+use crate::layer::index::{Entry, Kind};
+use crate::path;
+
+/// What the merge reads of its layers, one directory at a time.
+pub trait Layers {
+    /// Directory `path` of layer `layer`, whose entry there is `dir`.
+    fn list(&self, layer: usize, path: &[u8], dir: &Entry) -> crate::Result<Listing>;
+    /// The full entry of a deferred placeholder of layer `layer` (the placeholder itself if the
+    /// object has gone from the host since).
+    fn complete(&self, layer: usize, placeholder: &Entry) -> Entry;
+}
+
+/// One merged path.
+#[derive(Debug)]
+pub struct LazyNode {
+    pub parent: NodeId,
+    /// The layer (0 = bottom) that provides this path's metadata and content.
+    pub layer: u16,
+    /// Its entry there: a placeholder while `deferred` and not yet completed.
+    entry: Entry,
+    deferred: bool,
+    completed: OnceLock<Entry>,
+    /// A directory: the same path's directories in lower layers that merge into it, top first.
+    lower_dirs: Box<[(u16, Entry)]>,
+    /// A directory's children, sorted by name, once it has been looked into.
+    children: OnceLock<Box<[NodeId]>>,
+}
+
+impl LazyNode {
+    /// The path's name in its directory (empty for the root).
+    pub fn name(&self) -> &[u8] {
+        path::split_parent(&self.entry.path).map_or(&self.entry.path[..], |(_, name)| name)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.entry.kind
+    }
+
+    /// The object's host inode number, known without reading its metadata.
+    pub fn host_ino(&self) -> u64 {
+        self.entry.host_ino
+    }
+
+    /// The full entry, read from the layer on first use if it was deferred.
+    pub fn entry(&self, layers: &dyn Layers) -> &Entry {
+        match self.deferred {
+            true => self.completed.get_or_init(|| layers.complete(self.layer as usize, &self.entry)),
+            false => &self.entry,
+        }
+    }
+
+    /// True for a directory that more than one layer provides (overlayfs' "merged" directory).
+    pub fn is_merged_dir(&self) -> bool {
+        !self.lower_dirs.is_empty()
+    }
+}
+
+/// A merged tree that grows as directories are looked into.
+#[derive(Debug)]
+pub struct LazyTree {
+    nodes: RwLock<Vec<Arc<LazyNode>>>,
+    /// Held while a directory is merged, so each is merged once.
+    merging: Mutex<()>,
+}
+
+/// A child of the directory being merged, before it becomes a node.
+struct Found {
+    layer: u16,
+    entry: Entry,
+    deferred: bool,
+    lower_dirs: Vec<(u16, Entry)>,
+    /// Same-named directories of lower layers may still merge into it.
+    merges: bool,
+}
+
+impl LazyTree {
+    /// The tree over layers whose root directories are `roots`: (layer, root entry), top first.
+    pub fn new(roots: Vec<(u16, Entry)>) -> LazyTree {
+        let mut roots = roots.into_iter();
+        let (layer, entry) = roots.next().expect("a stack has at least one layer");
+        let root = LazyNode {
+            parent: ROOT,
+            layer,
+            entry,
+            deferred: false,
+            completed: OnceLock::new(),
+            lower_dirs: roots.collect(),
+            children: OnceLock::new(),
+        };
+        LazyTree { nodes: RwLock::new(vec![Arc::new(root)]), merging: Mutex::new(()) }
+    }
+
+    pub fn node(&self, id: NodeId) -> Arc<LazyNode> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())[id as usize].clone()
+    }
+
+    /// How many paths have been merged so far.
+    pub fn len(&self) -> usize {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A directory's children, sorted by name, merging the directory first if needed.
+    pub fn children(&self, layers: &dyn Layers, dir: NodeId) -> crate::Result<Vec<NodeId>> {
+        let node = self.node(dir);
+        if let Some(children) = node.children.get() {
+            return Ok(children.to_vec());
+        }
+        let _merging = self.merging.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(children) = node.children.get() {
+            return Ok(children.to_vec());
+        }
+        let found = merge_dir(layers, &node)?;
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let first = nodes.len() as NodeId;
+        for f in found.into_values() {
+            nodes.push(Arc::new(LazyNode {
+                parent: dir,
+                layer: f.layer,
+                entry: f.entry,
+                deferred: f.deferred,
+                completed: OnceLock::new(),
+                lower_dirs: f.lower_dirs.into(),
+                children: OnceLock::new(),
+            }));
+        }
+        let children: Box<[NodeId]> = (first..nodes.len() as NodeId).collect();
+        let _ = node.children.set(children.clone());
+        Ok(children.into_vec())
+    }
+
+    pub fn lookup_child(&self, layers: &dyn Layers, dir: NodeId, name: &[u8]) -> crate::Result<Option<NodeId>> {
+        let children = self.children(layers, dir)?;
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        Ok(children.binary_search_by(|&c| nodes[c as usize].name().cmp(name)).ok().map(|i| children[i]))
+    }
+
+    /// Merges every directory not merged yet: for the rare question only the whole tree answers
+    /// (every name of a hard-link set).
+    pub fn merge_all(&self, layers: &dyn Layers) -> crate::Result<()> {
+        let mut pending = vec![ROOT];
+        while let Some(dir) = pending.pop() {
+            for child in self.children(layers, dir)? {
+                if self.node(child).kind() == Kind::Dir {
+                    pending.push(child);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every node merged so far.
+    pub fn nodes(&self) -> Vec<(NodeId, Arc<LazyNode>)> {
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        nodes.iter().enumerate().map(|(i, n)| (i as NodeId, n.clone())).collect()
+    }
+}
+
+/// The children of directory `dir`, by name: its layers top first, each name taken from the
+/// highest layer that has it, lower same-named directories merging into a directory, whiteouts
+/// hiding names in the layers below theirs, and an opaque directory ending the merge.
+fn merge_dir(layers: &dyn Layers, dir: &LazyNode) -> crate::Result<BTreeMap<Box<[u8]>, Found>> {
+    let mut found: BTreeMap<Box<[u8]>, Found> = BTreeMap::new();
+    let mut hidden: HashSet<Box<[u8]>> = HashSet::new();
+    let own = std::iter::once((dir.layer, &dir.entry));
+    for (layer, dir_entry) in own.chain(dir.lower_dirs.iter().map(|(l, e)| (*l, e))) {
+        let listing = layers.list(layer as usize, &dir.entry.path, dir_entry)?;
+        for (entry, deferred) in listing.objects {
+            let name: Box<[u8]> = path::split_parent(&entry.path).map_or(&entry.path[..], |(_, n)| n).into();
+            if hidden.contains(&name) {
+                continue;
+            }
+            match found.get_mut(&name) {
+                None => {
+                    let merges = entry.kind == Kind::Dir && !dir_index::is_opaque(&entry.xattrs);
+                    found.insert(name, Found { layer, entry, deferred, lower_dirs: Vec::new(), merges });
+                }
+                Some(higher) if higher.merges && entry.kind == Kind::Dir => higher.lower_dirs.push((layer, entry)),
+                Some(higher) => higher.merges = false,
+            }
+        }
+        hidden.extend(listing.whiteouts);
+        if listing.opaque {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests;
