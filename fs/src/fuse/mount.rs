@@ -109,6 +109,11 @@ impl<FS: Filesystem> Mounted<FS> {
     /// Serves requests on the configured threads until the filesystem is unmounted.
     pub fn run(self) -> Result<()> {
         let path = self.mountpoint;
+        // Loading the index and merging the stack freed more than they kept (decoded bytes, the
+        // merge's path map): give those pages back before serving for the mount's lifetime
+        // (the daemon of a 30k-file image: 15 MiB resident before, 10 after).
+        // SAFETY: malloc_trim only returns free heap memory to the kernel.
+        unsafe { libc::malloc_trim(0) };
         let outcome = self.session.run();
         match &outcome {
             Ok(()) => tracing::info!("{} unmounted", path.display()),
