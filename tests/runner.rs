@@ -180,6 +180,29 @@ fn writes_land_in_the_upper_and_never_in_the_image() {
     assert!(!stdout(&env.strata(&["ps"])).contains(&name));
 }
 
+/// A root filesystem given as a host directory (`--layer DIR`) is merged a directory at a time:
+/// the container runs from it, its writes land in the upper, and the directory never changes.
+#[test]
+fn a_directory_rootfs_runs_and_stays_untouched() {
+    let Some(env) = Env::new() else { return };
+    let rootfs = env.dirs.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::create_dir_all(rootfs.join("etc/deep/er")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).unwrap();
+    std::fs::write(rootfs.join("etc/deep/er/conf"), "from the directory\n").unwrap();
+    let before = support::tree::snapshot(&rootfs).0;
+    let name = unique("dir");
+    let script = "cat /etc/deep/er/conf; echo mine > /etc/deep/er/conf; /bin/busybox rm /bin/sh; /bin/busybox ls /bin";
+    let out =
+        env.strata(&["run", "--name", &name, "--layer", rootfs.to_str().unwrap(), "/bin/busybox", "sh", "-c", script]);
+    assert_eq!(assert_ok(&out), "from the directory\nbusybox\n");
+    let upper = env.data_dir(&name).join("upper");
+    assert_eq!(std::fs::read_to_string(upper.join("etc/deep/er/conf")).unwrap(), "mine\n");
+    assert_eq!(support::tree::snapshot(&rootfs).0, before, "the directory layer changed");
+    assert_ok(&env.strata(&["rm", &name]));
+}
+
 #[test]
 fn rm_flag_leaves_nothing_behind() {
     let Some(env) = Env::new() else { return };

@@ -449,13 +449,15 @@ impl DaemonJob<'_> {
         let waiter = std::thread::Builder::new()
             .name("strata-wait".into())
             .spawn(move || {
+                // POLLHUP once the container's copy of the write end closes: at exec, or at its
+                // end if it failed (the supervisor reads any message; this only waits).
+                let mut fds = [PollFd::new(exec_seen.as_fd(), PollFlags::empty())];
+                while matches!(poll(&mut fds, PollTimeout::NONE), Err(nix::errno::Errno::EINTR)) {}
                 if let Some(original) = pinned {
-                    // POLLHUP once the container's copy of the write end closes: at exec, or at
-                    // its end if it failed (the supervisor reads any message; this only waits).
-                    let mut fds = [PollFd::new(exec_seen.as_fd(), PollFlags::empty())];
-                    while matches!(poll(&mut fds, PollTimeout::NONE), Err(nix::errno::Errno::EINTR)) {}
                     original.restore_all_threads();
                 }
+                // Off the start's path: the container has exec'd (or failed) by now.
+                mount::release_freed_memory();
                 drop(exec_seen);
                 let code = waitpid(container, None).ok().and_then(process::exit_code_of);
                 if !keep_upper {
