@@ -12,6 +12,7 @@ use strata_fs::image::{self, Selector};
 use strata_fs::inspect;
 use strata_fs::layer::{self, cache::Cache, Quiet};
 use strata_fs::merge::MergedTree;
+use strata_fs::overlay::Lower;
 use strata_fs::view::ImageView;
 use strata_tools::fixture;
 
@@ -54,8 +55,7 @@ pub fn run() -> Result<()> {
 /// Mounts the same image writable, changes it, and shows what landed in the upper directory.
 fn show_writable(work: &Path, image: &image::Image, cache: &Cache, mountpoint: &Path) -> Result<()> {
     let (upper, scratch) = (work.join("upper"), work.join("work"));
-    let view = ImageView::new(layer::load_all(&image.layers, cache, &Quiet)?)?;
-    let overlay = strata_fs::overlay::open(view.into(), &upper, &scratch)?;
+    let overlay = strata_fs::overlay::open(Lower::load(&image.layers, cache, &Quiet)?, &upper, &scratch)?;
     let config = MountConfig { source: "demo".into(), allow_other: false, dev_suid: false, threads: 2, writable: true };
     mount::serve_in_background(strata_fs::fuse::overlay_fs::OverlayFs::new(overlay), mountpoint, &config)?;
     let changed = (|| -> std::io::Result<()> {
@@ -89,7 +89,7 @@ fn run_container(work: &Path, image: &image::Image, cache: &Cache) -> Result<()>
     use strata_runner::container::{self, Launch};
     use strata_runner::spec::{RunOptions, Spec};
     let dirs = strata_runner::state::StateDirs { run: work.join("state/run"), data: work.join("state/data") };
-    let view = ImageView::new(layer::load_all(&image.layers, cache, &Quiet)?)?;
+    let lower = Lower::load(&image.layers, cache, &Quiet)?;
     let command = ["/bin/sh", "-c", CONTAINER_SCRIPT].map(String::from).to_vec();
     let options = RunOptions { command, ..RunOptions::default() };
     let name = "strata-demo";
@@ -101,7 +101,7 @@ strata run {name} /bin/sh -c …: new namespaces, the image as its writable root
     let launch = Launch {
         name: name.into(),
         image: "demo".into(),
-        lower: view.into(),
+        lower,
         cache: cache.clone(),
         spec,
         remove: true,

@@ -1,12 +1,12 @@
 //! The image arguments every image command shares: `IMAGE` or `--layer …`, and `--tag`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use strata_fs::image::{self, Selector};
-use strata_fs::layer::{self, cache::Cache, LayerSource};
-use strata_fs::overlay::{DirStack, Lower};
+use strata_fs::layer::{self, cache::Cache};
+use strata_fs::overlay::Lower;
 use strata_fs::view::ImageView;
 
 use crate::progress::TerminalProgress;
@@ -79,22 +79,11 @@ pub fn load_layers(image: &image::Image) -> Result<ImageView> {
     load_layers_from(image, &Cache::from_env())
 }
 
-/// The layers a writable overlay mounts over: merged a directory at a time, as they are looked
-/// into, when every layer is a host directory (nothing is listed before the mount is up); else
-/// [`load_layers_from`].
+/// The layers a writable overlay mounts over, merged a directory at a time as they are looked
+/// into (tar layers loaded from the cache, indexed first if needed).
 pub fn load_lower(image: &image::Image, cache: &Cache) -> Result<Lower> {
-    let dirs: Option<Vec<&Path>> = image
-        .layers
-        .iter()
-        .map(|l| match l {
-            LayerSource::Directory(path) => Some(path.as_path()),
-            LayerSource::Blob { .. } => None,
-        })
-        .collect();
-    match dirs {
-        Some(dirs) => Ok(Lower::Dirs(DirStack::open(&dirs).context("opening the lower directories")?)),
-        None => Ok(load_layers_from(image, cache)?.into()),
-    }
+    Lower::load(&image.layers, cache, &TerminalProgress::default())
+        .with_context(|| format!("loading layers (cache {})", cache.root().display()))
 }
 
 /// [`load_layers`] from a given cache.

@@ -27,7 +27,7 @@ use std::sync::{Condvar, Mutex};
 
 use nix::sys::stat::FileStat;
 
-use super::index::{Entry, Kind, LayerIndex, Timestamp, Xattrs};
+use super::index::{Entry, Kind, LayerIndex, Listed, Listing, Timestamp, Xattrs};
 use super::whiteout::{self, WhiteoutName};
 use crate::error::{Error, IoContext, Result};
 use crate::path;
@@ -68,17 +68,6 @@ pub struct HostDir {
     root: OwnedFd,
 }
 
-/// One directory of a directory layer, as a per-directory merge needs it.
-#[derive(Debug, Default)]
-pub struct Listing {
-    /// The directory hides what the layers below have at its path (opaque xattr or marker).
-    pub opaque: bool,
-    /// Names this directory deletes from the layers below (every whiteout form).
-    pub whiteouts: Vec<Box<[u8]>>,
-    /// Its objects, sorted by name: each entry, and whether it is a deferred placeholder.
-    pub objects: Vec<(Entry, bool)>,
-}
-
 impl HostDir {
     pub fn open(path: &Path) -> Result<HostDir> {
         Ok(HostDir { path: path.to_path_buf(), root: open_dir(None, path, b"")? })
@@ -113,7 +102,7 @@ impl HostDir {
                 Named::Hides(path) => {
                     listing.whiteouts.push(path::split_parent(&path).map_or(&path[..], |(_, n)| n).into())
                 }
-                Named::Object(entry, deferred) => listing.objects.push((entry, deferred)),
+                Named::Object(entry, deferred) => listing.objects.push(Listed::object(entry, deferred)),
             }
         }
         Ok(listing)

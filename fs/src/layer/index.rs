@@ -155,6 +155,52 @@ impl Entry {
     }
 }
 
+/// One directory of one layer, as the merge that reads a directory at a time needs it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The directory hides what the layers below have at its path.
+    pub opaque: bool,
+    /// Names this directory deletes from the layers below.
+    pub whiteouts: Vec<Box<[u8]>>,
+    /// What the directory holds, sorted by name.
+    pub objects: Vec<Listed>,
+}
+
+/// One name of a [`Listing`].
+#[derive(Debug)]
+pub struct Listed {
+    /// Its entry: a deferred placeholder (see `dir_index`), or [`Entry::implied_dir`] for a
+    /// directory the layer has no entry for.
+    pub entry: Entry,
+    pub deferred: bool,
+    pub presence: Presence,
+    /// The entry's index in its layer's index (tar layers), else [`NO_INDEX`].
+    pub index: u32,
+}
+
+/// No index: an object of a directory layer, or a directory a tar layer has no entry for.
+pub const NO_INDEX: u32 = u32::MAX;
+
+/// How a name is in a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// The layer has an entry for it.
+    Entry,
+    /// A directory implied by entries below it (a tar layer may name `a/b` without `a`): it
+    /// exists, but a directory the layers below have there keeps its own metadata.
+    Implied,
+    /// A directory the layer holds only whiteouts or an opaque marker in: they apply to the
+    /// layers below, but the layer does not make the directory exist.
+    Markers,
+}
+
+impl Listed {
+    /// An object the layer has an entry for (every object of a directory layer).
+    pub fn object(entry: Entry, deferred: bool) -> Listed {
+        Listed { entry, deferred, presence: Presence::Entry, index: NO_INDEX }
+    }
+}
+
 /// The whole index of one layer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LayerIndex {

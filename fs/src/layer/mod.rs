@@ -3,6 +3,7 @@
 //! access to its file bytes ([`FileReader`]). A loaded [`Layer`] is immutable; share it by `Arc`.
 
 pub mod blob;
+pub mod by_dir;
 pub mod cache;
 pub mod codec;
 pub mod dir_index;
@@ -89,6 +90,8 @@ pub struct Layer {
     pub info: LayerInfo,
     pub index: LayerIndex,
     data: Data,
+    /// The index by directory, made on first use (by a mount that merges lazily).
+    by_dir: OnceLock<by_dir::ByDirectory>,
 }
 
 /// Reports progress of a long indexing step: total and done bytes.
@@ -118,12 +121,7 @@ impl Layer {
                 let host = dir_index::HostDir::open(path)?;
                 let dir_index::DirIndex { index, deferred } = host.index()?;
                 let completed = (0..index.entries.len()).map(|_| OnceLock::new()).collect();
-                Ok(Layer {
-                    name,
-                    info: LayerInfo::default(),
-                    index,
-                    data: Data::Directory { host, deferred, completed },
-                })
+                Ok(Layer::new(name, LayerInfo::default(), index, Data::Directory { host, deferred, completed }))
             }
             LayerSource::Blob { range, expected_digest, expected_diff_id } => {
                 let key = match expected_digest {
@@ -168,7 +166,7 @@ impl Layer {
             }
             blob
         };
-        Some(Layer { name: name.to_string(), info, index, data: Data::Tar { blob: data, key: key.to_string() } })
+        Some(Layer::new(name.to_string(), info, index, Data::Tar { blob: data, key: key.to_string() }))
     }
 
     fn build(
@@ -238,7 +236,16 @@ impl Layer {
         progress.start(&format!("indexing {name}"), tar.len);
         let index = tar_index::index_tar(tar.reader(), tar.len, &name, &|done| progress.set(done))?;
         progress.finish();
-        Ok(Layer { name, info, index, data: Data::Tar { blob: tar, key: key.to_string() } })
+        Ok(Layer::new(name, info, index, Data::Tar { blob: tar, key: key.to_string() }))
+    }
+
+    fn new(name: String, info: LayerInfo, index: LayerIndex, data: Data) -> Layer {
+        Layer { name, info, index, data, by_dir: OnceLock::new() }
+    }
+
+    /// The index arranged by directory, for a merge that reads one directory at a time.
+    pub fn by_directory(&self) -> &by_dir::ByDirectory {
+        self.by_dir.get_or_init(|| by_dir::ByDirectory::new(&self.index))
     }
 
     /// Entry `i` of the index, its metadata read from the host first if it was deferred. A file

@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::{NodeId, ROOT};
-use crate::layer::dir_index::{self, Listing};
-use crate::layer::index::{Entry, Kind};
+use crate::layer::dir_index;
+use crate::layer::index::{Entry, Kind, Listing, Presence, NO_INDEX};
 use crate::path;
 
 /// What the merge reads of its layers, one directory at a time.
@@ -34,12 +34,15 @@ pub struct LazyNode {
     pub parent: NodeId,
     /// The layer (0 = bottom) that provides this path's metadata and content.
     pub layer: u16,
+    /// The entry's index in that layer's index (tar layers), else [`NO_INDEX`].
+    pub index: u32,
     /// Its entry there: a placeholder while `deferred` and not yet completed.
     entry: Entry,
     deferred: bool,
     completed: OnceLock<Entry>,
-    /// A directory: the same path's directories in lower layers that merge into it, top first.
-    lower_dirs: Box<[(u16, Entry)]>,
+    /// A directory: every layer whose directory at this path merges into it, top first, with
+    /// that directory's entry there.
+    dirs: Box<[(u16, Entry)]>,
     /// A directory's children, sorted by name, once it has been looked into.
     children: OnceLock<Box<[NodeId]>>,
 }
@@ -69,7 +72,12 @@ impl LazyNode {
 
     /// True for a directory that more than one layer provides (overlayfs' "merged" directory).
     pub fn is_merged_dir(&self) -> bool {
-        !self.lower_dirs.is_empty()
+        self.dirs.len() > 1
+    }
+
+    /// The path in the image (empty for the root).
+    pub fn path(&self) -> &[u8] {
+        &self.entry.path
     }
 }
 
@@ -83,26 +91,33 @@ pub struct LazyTree {
 
 /// A child of the directory being merged, before it becomes a node.
 struct Found {
+    /// Where its metadata comes from: (layer, index, entry, deferred).
     layer: u16,
+    index: u32,
     entry: Entry,
     deferred: bool,
-    lower_dirs: Vec<(u16, Entry)>,
+    /// How the layer that provides the metadata has it; `Markers` while no layer seen so far
+    /// makes the directory exist.
+    presence: Presence,
+    dirs: Vec<(u16, Entry)>,
     /// Same-named directories of lower layers may still merge into it.
     merges: bool,
 }
 
 impl LazyTree {
-    /// The tree over layers whose root directories are `roots`: (layer, root entry), top first.
-    pub fn new(roots: Vec<(u16, Entry)>) -> LazyTree {
-        let mut roots = roots.into_iter();
-        let (layer, entry) = roots.next().expect("a stack has at least one layer");
+    /// The tree over layers whose root directories are `roots`, top first: (layer, root entry,
+    /// whether the layer has an entry for its root). The root shows the highest such entry.
+    pub fn new(roots: Vec<(u16, Entry, bool)>) -> LazyTree {
+        let named = roots.iter().find(|(_, _, named)| *named);
+        let (layer, entry) = named.map_or((0, Entry::implied_dir()), |(l, e, _)| (*l, e.clone()));
         let root = LazyNode {
             parent: ROOT,
             layer,
+            index: NO_INDEX,
             entry,
             deferred: false,
             completed: OnceLock::new(),
-            lower_dirs: roots.collect(),
+            dirs: roots.into_iter().map(|(l, e, _)| (l, e)).collect(),
             children: OnceLock::new(),
         };
         LazyTree { nodes: RwLock::new(vec![Arc::new(root)]), merging: Mutex::new(()) }
@@ -134,14 +149,15 @@ impl LazyTree {
         let found = merge_dir(layers, &node)?;
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
         let first = nodes.len() as NodeId;
-        for f in found.into_values() {
+        for f in found.into_values().filter(|f| f.presence != Presence::Markers) {
             nodes.push(Arc::new(LazyNode {
                 parent: dir,
                 layer: f.layer,
+                index: f.index,
                 entry: f.entry,
                 deferred: f.deferred,
                 completed: OnceLock::new(),
-                lower_dirs: f.lower_dirs.into(),
+                dirs: f.dirs.into(),
                 children: OnceLock::new(),
             }));
         }
@@ -179,24 +195,51 @@ impl LazyTree {
 
 /// The children of directory `dir`, by name: its layers top first, each name taken from the
 /// highest layer that has it, lower same-named directories merging into a directory, whiteouts
-/// hiding names in the layers below theirs, and an opaque directory ending the merge.
+/// hiding names in the layers below theirs, and an opaque directory ending the merge. A
+/// directory a layer only implies takes the metadata of a directory lower down; one a layer only
+/// holds markers in exists only if a lower layer has it.
 fn merge_dir(layers: &dyn Layers, dir: &LazyNode) -> crate::Result<BTreeMap<Box<[u8]>, Found>> {
     let mut found: BTreeMap<Box<[u8]>, Found> = BTreeMap::new();
     let mut hidden: HashSet<Box<[u8]>> = HashSet::new();
-    let own = std::iter::once((dir.layer, &dir.entry));
-    for (layer, dir_entry) in own.chain(dir.lower_dirs.iter().map(|(l, e)| (*l, e))) {
-        let listing = layers.list(layer as usize, &dir.entry.path, dir_entry)?;
-        for (entry, deferred) in listing.objects {
-            let name: Box<[u8]> = path::split_parent(&entry.path).map_or(&entry.path[..], |(_, n)| n).into();
+    for (layer, dir_entry) in dir.dirs.iter() {
+        let listing = layers.list(*layer as usize, &dir.entry.path, dir_entry)?;
+        for listed in listing.objects {
+            let name: Box<[u8]> = path::split_parent(&listed.entry.path).map_or(&listed.entry.path[..], |(_, n)| n).into();
             if hidden.contains(&name) {
                 continue;
             }
+            let is_dir = listed.entry.kind == Kind::Dir;
+            let ends_merge = is_dir && dir_index::is_opaque(&listed.entry.xattrs);
+            let new = |listed: crate::layer::index::Listed, dirs: Vec<(u16, Entry)>, merges: bool| Found {
+                layer: *layer,
+                index: listed.index,
+                entry: listed.entry,
+                deferred: listed.deferred,
+                presence: listed.presence,
+                dirs,
+                merges,
+            };
             match found.get_mut(&name) {
                 None => {
-                    let merges = entry.kind == Kind::Dir && !dir_index::is_opaque(&entry.xattrs);
-                    found.insert(name, Found { layer, entry, deferred, lower_dirs: Vec::new(), merges });
+                    let dirs = if is_dir { vec![(*layer, listed.entry.clone())] } else { Vec::new() };
+                    found.insert(name, new(listed, dirs, is_dir && !ends_merge));
                 }
-                Some(higher) if higher.merges && entry.kind == Kind::Dir => higher.lower_dirs.push((layer, entry)),
+                Some(higher) if higher.merges && is_dir => {
+                    higher.dirs.push((*layer, listed.entry.clone()));
+                    let takes_metadata = match higher.presence {
+                        Presence::Markers => listed.presence != Presence::Markers,
+                        Presence::Implied => listed.presence == Presence::Entry,
+                        Presence::Entry => false,
+                    };
+                    let merges = !ends_merge;
+                    if takes_metadata {
+                        let dirs = std::mem::take(&mut higher.dirs);
+                        *higher = new(listed, dirs, merges);
+                    }
+                    higher.merges = merges;
+                }
+                // Markers over a non-directory apply to nothing: the object shows as it is.
+                Some(higher) if higher.presence == Presence::Markers => *higher = new(listed, Vec::new(), false),
                 Some(higher) => higher.merges = false,
             }
         }

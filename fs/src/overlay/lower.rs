@@ -1,8 +1,9 @@
-//! What the overlay sees below its upper directory: the whole-stack merge of an image
-//! ([`ImageView`]), or, when every layer is a host directory, the per-directory merge that reads a
-//! directory only when it is first looked into ([`LazyTree`]), as kernel overlayfs and
-//! fuse-overlayfs do: a mount over large directory lowers then starts without listing them.
-//! One interface for both, so the overlay's rules do not depend on which it is. Reads only.
+//! What the overlay sees below its upper directory: its layers, merged a directory at a time
+//! when the directory is first looked into ([`LazyTree`]), as kernel overlayfs and
+//! fuse-overlayfs read their lowers: a mount starts without listing directory layers or merging
+//! whole indexes, and a container touches only the directories it uses. Host directories are
+//! read through [`HostDir`], tar layers through their cached index arranged by directory
+//! ([`crate::layer::by_dir`]). Reads only.
 
 use std::io;
 use std::path::Path;
@@ -12,51 +13,46 @@ use fuser::FileAttr;
 
 use super::inodes::Ino;
 use crate::fuse::attr;
-use crate::layer::dir_index::{HostDir, Listing};
-use crate::layer::index::{Entry, Kind};
-use crate::layer::FileReader;
-use crate::merge::lazy::{self, LazyTree};
+use crate::layer::cache::Cache;
+use crate::layer::dir_index::HostDir;
+use crate::layer::index::{Entry, Kind, Listing, NO_INDEX};
+use crate::layer::{FileReader, Layer, LayerSource, Progress};
+use crate::merge::lazy::{self, LazyNode, LazyTree};
 use crate::merge::NodeId;
-use crate::view::ImageView;
 
 /// Host inode numbers from this one up do not fit the 48 bits [`Lower::ino`] gives them (nor
 /// layers from 2^15 up the 15 bits above); such objects are numbered by their node instead.
 const HOST_INO_LIMIT: u64 = 1 << 48;
 
-/// Node numbers of a lazily merged tree stay below this (they are u32): upper-only objects are
-/// numbered from here, as they are from the node count of a whole-stack merge.
-const LAZY_NODE_LIMIT: Ino = 1 << 32;
+/// Node numbers stay below this (they are u32): objects numbered by node get node + 1, and
+/// upper-only objects are numbered from here up.
+const NODE_LIMIT: Ino = 1 << 32;
 
-pub enum Lower {
-    Image(ImageView),
-    Dirs(DirStack),
+/// One layer below the upper.
+enum LowerLayer {
+    Host(HostDir),
+    Tar(Arc<Layer>),
 }
 
-/// Directory layers (bottom first) merged one directory at a time.
-pub struct DirStack {
-    layers: Vec<HostDir>,
+pub struct Lower {
+    /// Bottom first.
+    layers: Vec<LowerLayer>,
     tree: LazyTree,
 }
 
-impl DirStack {
-    /// Opens directory layers, bottom first, reading nothing but their root directories.
-    pub fn open(paths: &[&Path]) -> crate::Result<DirStack> {
-        let layers = paths.iter().map(|p| HostDir::open(p)).collect::<crate::Result<Vec<_>>>()?;
-        let mut roots = Vec::with_capacity(layers.len());
-        for (i, layer) in layers.iter().enumerate().rev() {
-            roots.push((i as u16, layer.root_entry()?));
-        }
-        Ok(DirStack { layers, tree: LazyTree::new(roots) })
-    }
-}
-
-impl lazy::Layers for Vec<HostDir> {
+impl lazy::Layers for Vec<LowerLayer> {
     fn list(&self, layer: usize, path: &[u8], dir: &Entry) -> crate::Result<Listing> {
-        self[layer].list(path, dir)
+        match &self[layer] {
+            LowerLayer::Host(host) => host.list(path, dir),
+            LowerLayer::Tar(tar) => Ok(tar.by_directory().list(&tar.index, path)),
+        }
     }
 
     fn complete(&self, layer: usize, placeholder: &Entry) -> Entry {
-        self[layer].complete(placeholder).unwrap_or_else(|_| placeholder.clone())
+        match &self[layer] {
+            LowerLayer::Host(host) => host.complete(placeholder).unwrap_or_else(|_| placeholder.clone()),
+            LowerLayer::Tar(_) => placeholder.clone(),
+        }
     }
 }
 
@@ -71,159 +67,152 @@ fn io_error(e: crate::Error) -> io::Error {
 }
 
 impl Lower {
-    /// The host directories among the layers (to refuse an upper that overlaps one).
-    pub fn host_dirs(&self) -> Vec<&Path> {
-        match self {
-            Lower::Image(view) => view.layers.iter().filter_map(|l| l.host_dir()).collect(),
-            Lower::Dirs(stack) => stack.layers.iter().map(|l| l.path.as_path()).collect(),
-        }
+    /// Opens the layers, bottom first: a host directory as it is (only its root is read), a tar
+    /// from its cached index (indexing it first if needed, see [`Layer::load`]).
+    pub fn load(sources: &[LayerSource], cache: &Cache, progress: &dyn Progress) -> crate::Result<Lower> {
+        let layers = sources
+            .iter()
+            .map(|source| match source {
+                LayerSource::Directory(path) => HostDir::open(path).map(LowerLayer::Host),
+                LayerSource::Blob { .. } => Layer::load(source, cache, progress).map(|l| LowerLayer::Tar(Arc::new(l))),
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        Lower::of(layers)
     }
 
-    /// The first inode number above every number [`Lower::ino`] can give.
-    pub fn first_free_ino(&self) -> Ino {
-        match self {
-            Lower::Image(view) => view.tree.len() as Ino + 1,
-            Lower::Dirs(_) => LAZY_NODE_LIMIT + 1,
+    /// Over layers already loaded (tar layers, shared with other mounts).
+    pub fn of_layers(layers: &[Arc<Layer>]) -> crate::Result<Lower> {
+        Lower::of(layers.iter().map(|l| LowerLayer::Tar(Arc::clone(l))).collect())
+    }
+
+    fn of(layers: Vec<LowerLayer>) -> crate::Result<Lower> {
+        let mut roots = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate().rev() {
+            roots.push(match layer {
+                LowerLayer::Host(host) => (i as u16, host.root_entry()?, true),
+                LowerLayer::Tar(tar) => match tar.index.entries.iter().find(|e| e.path.is_empty()) {
+                    Some(root) => (i as u16, root.clone(), true),
+                    None => (i as u16, Entry::implied_dir(), false),
+                },
+            });
         }
+        Ok(Lower { layers, tree: LazyTree::new(roots) })
+    }
+
+    /// The host directories among the layers (to refuse an upper that overlaps one).
+    pub fn host_dirs(&self) -> Vec<&Path> {
+        self.layers
+            .iter()
+            .filter_map(|l| match l {
+                LowerLayer::Host(host) => Some(host.path.as_path()),
+                LowerLayer::Tar(tar) => tar.host_dir(),
+            })
+            .collect()
+    }
+
+    /// The first inode number above every number [`Lower::ino`] can give but tar objects'.
+    pub fn first_free_ino(&self) -> Ino {
+        NODE_LIMIT + 1
     }
 
     /// A lower object's inode number, shared by every name of a hard-link set. A directory
     /// layer's object shows its host inode number, as kernel overlayfs shows it (and as
     /// `git status` compares with the numbers its index recorded): in the low 48 bits, with bit
     /// 63 set and the layer above them, so numbers of layers on different filesystems cannot
-    /// meet, nor meet the small numbers of other objects (node + 1) and upper-only objects
+    /// meet. A tar layer's object is numbered by its layer and the first name of its hard-link
+    /// set (bit 62 set), the same on every mount. Anything else (a directory a layer only
+    /// implies, a huge host number) gets its node + 1, below every upper-only object's number
     /// (counted from [`Lower::first_free_ino`]).
     pub fn ino(&self, node: NodeId) -> Ino {
-        let (canonical, layer, host_ino) = match self {
-            Lower::Image(view) => {
-                let canonical = view.tree.node(node).inode_node;
-                (canonical, view.tree.node(canonical).layer as u64, view.host_ino_of(canonical))
+        let n = self.tree.node(node);
+        let layer = n.layer as u64;
+        match &self.layers[n.layer as usize] {
+            LowerLayer::Host(_) if n.host_ino() != 0 && n.host_ino() < HOST_INO_LIMIT && layer < 1 << 15 => {
+                1 << 63 | layer << 48 | n.host_ino()
             }
-            Lower::Dirs(stack) => {
-                let n = stack.tree.node(node);
-                (node, n.layer as u64, n.host_ino())
+            LowerLayer::Tar(tar) if n.index != NO_INDEX && layer < 1 << 30 => {
+                1 << 62 | layer << 32 | tar.by_directory().first_name(n.entry(&self.layers), n.index) as u64
             }
-        };
-        if host_ino != 0 && host_ino < HOST_INO_LIMIT && layer < 1 << 15 {
-            return 1 << 63 | layer << 48 | host_ino;
+            _ => node as u64 + 1,
         }
-        canonical as u64 + 1
     }
 
     /// What kind of object a node is, without reading deferred metadata.
     pub fn kind(&self, node: NodeId) -> Kind {
-        match self {
-            Lower::Image(view) => view.kind_of(node),
-            Lower::Dirs(stack) => stack.tree.node(node).kind(),
-        }
+        self.tree.node(node).kind()
     }
 
-    /// Calls `f` with a node's full entry (None for a directory only implied by deeper entries).
-    pub fn with_entry<R>(&self, node: NodeId, f: impl FnOnce(Option<&Entry>) -> R) -> R {
-        match self {
-            Lower::Image(view) => f(view.entry_of(node)),
-            Lower::Dirs(stack) => f(Some(stack.tree.node(node).entry(&stack.layers))),
-        }
+    /// Calls `f` with a node's full entry.
+    pub fn with_entry<R>(&self, node: NodeId, f: impl FnOnce(&Entry) -> R) -> R {
+        f(self.tree.node(node).entry(&self.layers))
     }
 
-    /// A node's entry, owned; an implied directory gets overlayfs' defaults.
     pub fn entry(&self, node: NodeId) -> Entry {
-        self.with_entry(node, |e| e.cloned().unwrap_or_else(Entry::implied_dir))
+        self.with_entry(node, Entry::clone)
     }
 
-    /// A node's attributes (its `ino` field still to be set by the caller). Over directory
-    /// layers, a file's link count is its host file's, and a directory several layers merge
-    /// shows 1, as kernel overlayfs shows them.
+    /// A node's attributes (its `ino` field still to be set by the caller): a file's link count
+    /// is its host file's, or its number of names in its tar layer; a directory several layers
+    /// merge shows 1, as kernel overlayfs shows it.
     pub fn attr(&self, node: NodeId) -> FileAttr {
-        match self {
-            Lower::Image(view) => {
-                let n = view.tree.node(node);
-                attr::attr(n, view.entry(n))
-            }
-            Lower::Dirs(stack) => {
-                let n = stack.tree.node(node);
-                let entry = n.entry(&stack.layers);
-                let mut a = attr::of_entry(entry);
-                a.nlink = if n.is_merged_dir() { 1 } else { entry.host_nlink.max(1) };
-                a
-            }
-        }
+        let n = self.tree.node(node);
+        let entry = n.entry(&self.layers);
+        let mut a = attr::of_entry(entry);
+        a.nlink = if n.is_merged_dir() { 1 } else { entry.host_nlink.max(1) };
+        a
     }
 
     /// How many names the node's object has in the lower layers.
     pub fn nlink(&self, node: NodeId) -> u32 {
-        match self {
-            Lower::Image(view) => view.tree.node(node).nlink,
-            Lower::Dirs(_) => self.attr(node).nlink,
-        }
+        self.attr(node).nlink
     }
 
     pub fn lookup_child(&self, dir: NodeId, name: &[u8]) -> io::Result<Option<NodeId>> {
-        match self {
-            Lower::Image(view) => Ok(view.tree.lookup_child(dir, name)),
-            Lower::Dirs(stack) => stack.tree.lookup_child(&stack.layers, dir, name).map_err(io_error),
-        }
+        self.tree.lookup_child(&self.layers, dir, name).map_err(io_error)
     }
 
     /// A directory's children, sorted by name: (node, name).
     pub fn children(&self, dir: NodeId) -> io::Result<Vec<(NodeId, Vec<u8>)>> {
-        match self {
-            Lower::Image(view) => {
-                Ok(view.tree.children(dir).iter().map(|&c| (c, view.tree.name(c).to_vec())).collect())
-            }
-            Lower::Dirs(stack) => {
-                let children = stack.tree.children(&stack.layers, dir).map_err(io_error)?;
-                Ok(children.into_iter().map(|c| (c, stack.tree.node(c).name().to_vec())).collect())
-            }
-        }
+        let children = self.tree.children(&self.layers, dir).map_err(io_error)?;
+        Ok(children.into_iter().map(|c| (c, self.tree.node(c).name().to_vec())).collect())
     }
 
-    /// The paths of every name of `node`'s lower hard-link set, `node`'s own included.
+    /// The paths of every name of `node`'s lower hard-link set in its layer, its own included
+    /// (some may be hidden by higher layers: the caller checks).
     pub fn link_set_paths(&self, node: NodeId) -> io::Result<Vec<Vec<u8>>> {
-        match self {
-            Lower::Image(view) => {
-                let set = view.tree.node(node).inode_node;
-                let names = view.tree.iter().filter(|(_, n)| n.inode_node == set);
-                Ok(names.map(|(id, _)| view.tree.path_of(id)).collect())
+        let of = self.tree.node(node);
+        match &self.layers[of.layer as usize] {
+            LowerLayer::Tar(tar) => {
+                let link_id = of.entry(&self.layers).link_id;
+                let names = tar.index.entries.iter().filter(|e| link_id != 0 && e.link_id == link_id);
+                Ok(names.map(|e| e.path.to_vec()).chain((link_id == 0).then(|| of.path().to_vec())).collect())
             }
-            Lower::Dirs(stack) => {
+            LowerLayer::Host(_) => {
                 // The names of one host inode can be anywhere in its layer: merge the whole tree.
-                stack.tree.merge_all(&stack.layers).map_err(io_error)?;
-                let of = stack.tree.node(node);
-                let same = |n: &lazy::LazyNode| n.layer == of.layer && n.host_ino() == of.host_ino();
-                let names = stack.tree.nodes().into_iter().filter(|(_, n)| n.kind() != Kind::Dir && same(n));
-                Ok(names.map(|(_, n)| n.entry(&stack.layers).path.to_vec()).collect())
+                self.tree.merge_all(&self.layers).map_err(io_error)?;
+                let same = |n: &LazyNode| n.kind() != Kind::Dir && n.layer == of.layer && n.host_ino() == of.host_ino();
+                let names = self.tree.nodes().into_iter().filter(|(_, n)| same(n));
+                Ok(names.map(|(_, n)| n.path().to_vec()).collect())
             }
         }
     }
 
     /// Opens a lower file's bytes.
     pub fn open(&self, node: NodeId) -> io::Result<FileReader> {
-        match self {
-            Lower::Image(view) => {
-                let entry = view.entry_of(node).ok_or_else(|| io::Error::from_raw_os_error(libc::EISDIR))?;
-                view.layers[view.tree.node(node).layer as usize].open(entry)
-            }
-            Lower::Dirs(stack) => {
-                let n = stack.tree.node(node);
-                stack.layers[n.layer as usize].open_file(&n.entry(&stack.layers).path).map(FileReader::Host)
-            }
+        let n = self.tree.node(node);
+        match &self.layers[n.layer as usize] {
+            LowerLayer::Host(host) => host.open_file(n.path()).map(FileReader::Host),
+            LowerLayer::Tar(tar) => tar.open(n.entry(&self.layers)),
         }
     }
 
     /// The layer and entry of a non-empty file of at most `max_size` bytes served from a tar
     /// layer (whose bytes `Layer::shared_copy` can put in a host file); None otherwise.
-    pub fn tar_file(&self, node: NodeId, max_size: u64) -> Option<(Arc<crate::layer::Layer>, Entry)> {
-        let Lower::Image(view) = self else { return None };
-        let layer = &view.layers[view.tree.node(node).layer as usize];
-        let entry = view.entry_of(node)?;
+    pub fn tar_file(&self, node: NodeId, max_size: u64) -> Option<(Arc<Layer>, Entry)> {
+        let n = self.tree.node(node);
+        let LowerLayer::Tar(tar) = &self.layers[n.layer as usize] else { return None };
+        let entry = n.entry(&self.layers);
         let fits = entry.kind == Kind::File && (1..=max_size).contains(&entry.size);
-        (layer.host_dir().is_none() && fits).then(|| (Arc::clone(layer), entry.clone()))
-    }
-}
-
-impl From<ImageView> for Lower {
-    fn from(view: ImageView) -> Lower {
-        Lower::Image(view)
+        fits.then(|| (Arc::clone(tar), entry.clone()))
     }
 }

@@ -24,7 +24,7 @@ use crate::layer::FileReader;
 use crate::merge::{NodeId, ROOT};
 use crate::upper::{CopySource, Upper, UpperEntry, XattrMode};
 use inodes::{Inode, Table, ROOT_INO};
-pub use lower::{DirStack, Lower};
+pub use lower::Lower;
 
 pub use inodes::Ino;
 
@@ -261,8 +261,8 @@ impl Overlay {
             return Ok(std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str()).to_vec());
         }
         let Some(node) = inode.lower else { return Err(errno(libc::EINVAL)) };
-        self.lower.with_entry(node, |e| match e {
-            Some(e) if e.kind == Kind::Symlink => Ok(e.link_target.to_vec()),
+        self.lower.with_entry(node, |e| match e.kind {
+            Kind::Symlink => Ok(e.link_target.to_vec()),
             _ => Err(errno(libc::EINVAL)),
         })
     }
@@ -653,7 +653,7 @@ impl Overlay {
         }
         let Some(node) = inode.lower else { return Ok(None) };
         Ok(self.lower.with_entry(node, |e| {
-            let found = e.and_then(|e| e.xattrs.iter().find(|(n, _)| **n == *name));
+            let found = e.xattrs.iter().find(|(n, _)| **n == *name);
             found.filter(|(n, _)| !crate::layer::whiteout::is_internal_xattr(n)).map(|(_, v)| v.to_vec())
         }))
     }
@@ -700,7 +700,7 @@ impl Overlay {
             self.upper.xattrs(&table.path(ino)?)?.iter().any(|(n, _)| n == name)
         } else {
             inode.lower.is_some_and(|node| {
-                self.lower.with_entry(node, |e| e.is_some_and(|e| e.xattrs.iter().any(|(n, _)| **n == *name)))
+                self.lower.with_entry(node, |e| e.xattrs.iter().any(|(n, _)| **n == *name))
             })
         })
     }

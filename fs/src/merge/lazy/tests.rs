@@ -3,7 +3,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::layer::index::LayerIndex;
+use crate::layer::by_dir::ByDirectory;
+use crate::layer::index::{IndexBuilder, LayerIndex, Listed};
 use crate::merge::MergedTree;
 
 /// A directory layer in memory: its objects by path (every parent a directory of the layer),
@@ -47,9 +48,9 @@ impl DirLayer {
     }
 
     /// The same layer as a whole index, for the eager merge.
-    fn index(&self) -> LayerIndex {
-        let mut entries = vec![Entry::new(b"", Kind::Dir)];
-        entries.extend(self.objects.iter().map(|(p, k)| Entry::new(p.as_bytes(), *k)));
+    fn index(&self, layer: usize) -> LayerIndex {
+        let mut entries = vec![entry(b"", Kind::Dir, layer)];
+        entries.extend(self.objects.iter().map(|(p, k)| entry(p.as_bytes(), *k, layer)));
         let boxed = |set: &BTreeSet<String>| set.iter().map(|p| p.as_bytes().into()).collect();
         LayerIndex { entries, whiteouts: boxed(&self.whiteouts), opaque_dirs: boxed(&self.opaque) }
     }
@@ -64,6 +65,12 @@ fn is_child(parent: &str, path: &str) -> bool {
 
 struct InMemory(Vec<DirLayer>);
 
+impl InMemory {
+    fn indexes(&self) -> Vec<LayerIndex> {
+        self.0.iter().enumerate().map(|(i, l)| l.index(i)).collect()
+    }
+}
+
 impl Layers for InMemory {
     fn list(&self, layer: usize, path: &[u8], _dir: &Entry) -> crate::Result<Listing> {
         let l = &self.0[layer];
@@ -76,41 +83,58 @@ impl Layers for InMemory {
                 .objects
                 .iter()
                 .filter(|(p, _)| is_child(dir, p))
-                .map(|(p, k)| (Entry::new(p.as_bytes(), *k), *k != Kind::Dir))
+                .map(|(p, k)| match k {
+                    // A file's metadata is deferred: a placeholder without its mode.
+                    Kind::Dir => Listed::object(entry(p.as_bytes(), *k, layer), false),
+                    _ => Listed::object(Entry { mode: 0, ..entry(p.as_bytes(), *k, layer) }, true),
+                })
                 .collect(),
         })
     }
 
     fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
-        let mut full = placeholder.clone();
-        full.mode = 0o644;
-        full
+        Entry { mode: 0o600, ..placeholder.clone() }
     }
 }
 
-fn lazy(layers: &InMemory) -> LazyTree {
-    LazyTree::new((0..layers.0.len() as u16).rev().map(|l| (l, Entry::new(b"", Kind::Dir))).collect())
+fn lazy(layer_count: usize) -> LazyTree {
+    LazyTree::new((0..layer_count as u16).rev().map(|l| (l, entry(b"", Kind::Dir, l as usize), true)).collect())
 }
 
-/// Every path of the lazy tree (merging all of it), with its layer and kind.
-fn lazy_view(layers: &InMemory) -> BTreeMap<String, (u16, Kind)> {
-    let tree = lazy(layers);
+/// An entry that tells which layer it comes from (its data offset) and that it is not implied
+/// (its mode): what two merges must agree on.
+fn entry(path: &[u8], kind: Kind, layer: usize) -> Entry {
+    let mut e = Entry::new(path, kind);
+    (e.mode, e.data_offset) = (0o600, layer as u64);
+    e
+}
+
+/// What a path shows: kind, mode, and the layer its entry comes from (0 for an implied one).
+type Shown = (Kind, u32, u64);
+
+fn shown(e: &Entry) -> Shown {
+    (e.kind, e.mode, e.data_offset)
+}
+
+/// Every path of the lazy tree (merging all of it).
+fn lazy_view(layers: &dyn Layers, layer_count: usize) -> BTreeMap<String, Shown> {
+    let tree = lazy(layer_count);
     tree.merge_all(layers).unwrap();
     tree.nodes()
         .into_iter()
         .skip(1)
-        .map(|(_, n)| (String::from_utf8(n.entry.path.to_vec()).unwrap(), (n.layer, n.kind())))
+        .map(|(_, n)| (String::from_utf8(n.path().to_vec()).unwrap(), shown(n.entry(layers))))
         .collect()
 }
 
-fn eager_view(layers: &InMemory) -> BTreeMap<String, (u16, Kind)> {
-    let indexes: Vec<LayerIndex> = layers.0.iter().map(DirLayer::index).collect();
+fn eager_view(indexes: &[LayerIndex]) -> BTreeMap<String, Shown> {
     let tree = MergedTree::build(&indexes.iter().collect::<Vec<_>>()).unwrap();
+    let implied = Entry::implied_dir();
     tree.iter()
         .skip(1)
         .map(|(id, n)| {
-            let kind = indexes[n.layer as usize].entries[n.entry as usize].kind;
-            (String::from_utf8(tree.path_of(id)).unwrap(), (n.layer, kind))
+            let e = if n.entry == crate::merge::IMPLICIT { &implied } else { &indexes[n.layer as usize].entries[n.entry as usize] };
+            (String::from_utf8(tree.path_of(id)).unwrap(), shown(e))
         })
         .collect()
 }
@@ -122,7 +146,7 @@ fn stack(specs: &[&[&str]]) -> InMemory {
 #[test]
 fn a_directory_is_merged_only_when_looked_into() {
     let layers = stack(&[&["f:a/x", "f:b/y"], &["f:a/z"]]);
-    let tree = lazy(&layers);
+    let tree = lazy(layers.0.len());
     assert_eq!(tree.len(), 1, "nothing read at first");
     let a = tree.lookup_child(&layers, ROOT, b"a").unwrap().unwrap();
     assert_eq!(tree.len(), 3, "the root's two children");
@@ -140,19 +164,19 @@ fn whiteouts_opaque_directories_and_replacements_hide_the_layers_below() {
         &["f:a/old", "f:gone", "d:keep/in", "f:file_then_dir", "d:dir_then_file/x"],
         &["w:gone", "o:a", "f:a/new", "d:file_then_dir/now", "f:dir_then_file"],
     ]);
-    let view = lazy_view(&layers);
+    let view = lazy_view(&layers, layers.0.len());
     let paths: Vec<&str> = view.keys().map(|p| p.as_str()).collect();
     assert_eq!(paths, ["a", "a/new", "dir_then_file", "file_then_dir", "file_then_dir/now", "keep", "keep/in"]);
-    assert_eq!(view, eager_view(&layers));
+    assert_eq!(view, eager_view(&layers.indexes()));
 }
 
 #[test]
 fn a_deferred_entry_is_completed_once_on_first_use() {
     let layers = stack(&[&["f:f"]]);
-    let tree = lazy(&layers);
+    let tree = lazy(layers.0.len());
     let f = tree.node(tree.lookup_child(&layers, ROOT, b"f").unwrap().unwrap());
     assert_eq!(f.entry.mode, 0, "a placeholder until asked");
-    assert_eq!(f.entry(&layers).mode, 0o644);
+    assert_eq!(f.entry(&layers).mode, 0o600);
 }
 
 fn item() -> impl Strategy<Value = String> {
@@ -166,6 +190,66 @@ proptest! {
     #[test]
     fn the_lazy_merge_equals_the_whole_stack_merge(specs in prop::collection::vec(prop::collection::vec(item(), 0..8), 1..5)) {
         let layers = InMemory(specs.iter().map(|s| DirLayer::of(s)).collect());
-        prop_assert_eq!(lazy_view(&layers), eager_view(&layers));
+        prop_assert_eq!(lazy_view(&layers, layers.0.len()), eager_view(&layers.indexes()));
+    }
+}
+
+/// Tar layers as their indexes, listed a directory at a time through [`ByDirectory`].
+struct Tars(Vec<(LayerIndex, ByDirectory)>);
+
+impl Layers for Tars {
+    fn list(&self, layer: usize, path: &[u8], _dir: &Entry) -> crate::Result<Listing> {
+        let (index, by_dir) = &self.0[layer];
+        Ok(by_dir.list(index, path))
+    }
+
+    fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
+        placeholder.clone()
+    }
+}
+
+/// A tar layer from items `d:path`, `f:path`, `w:path`, `o:path` in archive order (parents
+/// left out, as a tar may); None when the layer names an entry below its own file.
+fn tar_layer(layer: usize, items: &[String]) -> Option<LayerIndex> {
+    let mut b = IndexBuilder::default();
+    for item in items {
+        let (kind, path) = item.split_once(':').unwrap();
+        match kind {
+            "d" => b.add(entry(path.as_bytes(), Kind::Dir, layer)).ok()?,
+            "f" => b.add(entry(path.as_bytes(), Kind::File, layer)).ok()?,
+            "w" => b.add_whiteout(path.as_bytes()),
+            _ => b.add_opaque_dir(path.as_bytes()),
+        }
+    }
+    Some(b.finish())
+}
+
+#[test]
+fn a_tar_layer_that_only_implies_a_directory_keeps_the_lower_directorys_metadata() {
+    let mut lower = Entry::new(b"a", Kind::Dir);
+    lower.mode = 0o700;
+    let bottom = LayerIndex { entries: vec![lower, Entry::new(b"a/old", Kind::File)], ..LayerIndex::default() };
+    let top = tar_layer(1, &["f:a/new".into(), "w:a/old".into(), "o:b".into()]).unwrap();
+    let tars = Tars(vec![(ByDirectory::new(&bottom), bottom), (ByDirectory::new(&top), top)].into_iter().map(|(b, i)| (i, b)).collect());
+    let tree = lazy(2);
+    let a = tree.lookup_child(&tars, ROOT, b"a").unwrap().unwrap();
+    assert_eq!((tree.node(a).layer, tree.node(a).entry(&tars).mode), (0, 0o700), "a/ is the bottom layer's");
+    let names: Vec<Vec<u8>> = tree.children(&tars, a).unwrap().iter().map(|&c| tree.node(c).name().to_vec()).collect();
+    assert_eq!(names, [b"new".to_vec()]);
+    assert_eq!(tree.lookup_child(&tars, ROOT, b"b").unwrap(), None, "an opaque marker alone makes nothing");
+}
+
+proptest! {
+    /// The same with tar layers, whose entries come in any order and leave parents out, listed
+    /// through [`ByDirectory`]; stacks the whole-stack merge refuses are left out.
+    #[test]
+    fn the_lazy_merge_of_tar_layers_equals_the_whole_stack_merge(specs in prop::collection::vec(prop::collection::vec(item(), 0..8), 1..5)) {
+        let Some(indexes) = specs.iter().enumerate().map(|(i, s)| tar_layer(i, s)).collect::<Option<Vec<_>>>() else { return Ok(()) };
+        if MergedTree::build(&indexes.iter().collect::<Vec<_>>()).is_err() {
+            return Ok(());
+        }
+        let eager = eager_view(&indexes);
+        let tars = Tars(indexes.into_iter().map(|i| { let b = ByDirectory::new(&i); (i, b) }).collect());
+        prop_assert_eq!(lazy_view(&tars, tars.0.len()), eager);
     }
 }

@@ -1,0 +1,121 @@
+//! A tar layer's index arranged by directory, for the merge that reads one directory at a time
+//! (`merge::lazy`): pure, built once from the [`LayerIndex`] and shared by every mount of the
+//! layer. A tar names paths in any order and may leave parents out; here every directory the
+//! layer touches is known, with how it is there ([`Presence`]), its entries, whiteouts and
+//! opaque marker, and every hard-link set with its first name and size.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::index::{Entry, Kind, LayerIndex, Listed, Listing, Presence, NO_INDEX};
+use crate::path;
+
+#[derive(Debug, Default)]
+struct Dir {
+    /// Entries directly in the directory (indexes into the layer's entries).
+    entries: Vec<u32>,
+    /// Subdirectories without an entry, by name: implied by entries below, or holding markers only.
+    unnamed: BTreeMap<Box<[u8]>, Presence>,
+    whiteouts: Vec<Box<[u8]>>,
+    opaque: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct ByDirectory {
+    dirs: HashMap<Box<[u8]>, Dir>,
+    /// Hard-link set -> (index of its first name, number of names).
+    link_sets: HashMap<u32, (u32, u32)>,
+}
+
+impl ByDirectory {
+    pub fn new(index: &LayerIndex) -> ByDirectory {
+        let mut by = ByDirectory::default();
+        let named: HashMap<&[u8], usize> = index.entries.iter().enumerate().map(|(i, e)| (&*e.path, i)).collect();
+        for (i, e) in index.entries.iter().enumerate() {
+            if e.link_id != 0 {
+                let set = by.link_sets.entry(e.link_id).or_insert((i as u32, 0));
+                set.1 += 1;
+            }
+            if let Some((parent, _)) = split(&e.path) {
+                by.dirs.entry(parent.into()).or_default().entries.push(i as u32);
+                by.reach(parent, Presence::Implied, &named);
+            }
+        }
+        for gone in &index.whiteouts {
+            if let Some((parent, name)) = split(gone) {
+                by.dirs.entry(parent.into()).or_default().whiteouts.push(name.into());
+                by.reach(parent, Presence::Markers, &named);
+            }
+        }
+        for dir in &index.opaque_dirs {
+            by.dirs.entry(dir.clone()).or_default().opaque = true;
+            by.reach(dir, Presence::Markers, &named);
+        }
+        by
+    }
+
+    /// Records that directory `dir` and its ancestors are there, at least as `how`, unless the
+    /// layer has entries for them.
+    fn reach(&mut self, mut dir: &[u8], how: Presence, named: &HashMap<&[u8], usize>) {
+        while let Some((parent, name)) = split(dir) {
+            if named.contains_key(dir) {
+                return;
+            }
+            let unnamed = &mut self.dirs.entry(parent.into()).or_default().unnamed;
+            match unnamed.get(name) {
+                Some(Presence::Implied) => return,
+                Some(_) if how == Presence::Markers => return,
+                _ => drop(unnamed.insert(name.into(), how)),
+            }
+            dir = parent;
+        }
+    }
+
+    /// Directory `dir` of the layer whose index is `index` (which this was built from).
+    pub fn list(&self, index: &LayerIndex, dir: &[u8]) -> Listing {
+        let Some(d) = self.dirs.get(dir) else {
+            return Listing::default();
+        };
+        let mut objects: Vec<Listed> = d
+            .entries
+            .iter()
+            .map(|&i| {
+                let mut entry = index.entries[i as usize].clone();
+                entry.host_nlink = self.names_of(&entry);
+                Listed { entry, deferred: false, presence: Presence::Entry, index: i }
+            })
+            .collect();
+        objects.extend(d.unnamed.iter().map(|(name, &presence)| {
+            let mut entry = Entry::implied_dir();
+            entry.path = path::join(dir, name).into();
+            Listed { entry, deferred: false, presence, index: NO_INDEX }
+        }));
+        objects.sort_by(|a, b| name_of(&a.entry).cmp(name_of(&b.entry)));
+        Listing { opaque: d.opaque, whiteouts: d.whiteouts.clone(), objects }
+    }
+
+    /// How many names the entry's object has in the layer.
+    fn names_of(&self, entry: &Entry) -> u32 {
+        match (entry.kind, self.link_sets.get(&entry.link_id)) {
+            (Kind::Dir, _) => 0,
+            (_, Some(&(_, names))) if entry.link_id != 0 => names,
+            _ => 1,
+        }
+    }
+
+    /// The index of the first name of `entry`'s hard-link set (the entry's own for a single name).
+    pub fn first_name(&self, entry: &Entry, index: u32) -> u32 {
+        match self.link_sets.get(&entry.link_id) {
+            Some(&(first, _)) if entry.link_id != 0 => first,
+            _ => index,
+        }
+    }
+}
+
+/// (parent, name) of a non-root path.
+fn split(p: &[u8]) -> Option<(&[u8], &[u8])> {
+    (!p.is_empty()).then(|| path::split_parent(p).unwrap_or((b"", p)))
+}
+
+fn name_of(entry: &Entry) -> &[u8] {
+    split(&entry.path).map_or(&[][..], |(_, name)| name)
+}
