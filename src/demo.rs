@@ -98,14 +98,7 @@ fn run_container(work: &Path, image: &image::Image, cache: &Cache) -> Result<()>
         "
 strata run {name} /bin/sh -c …: new namespaces, the image as its writable root (--rm):"
     );
-    let launch = Launch {
-        name: name.into(),
-        image: "demo".into(),
-        lower,
-        cache: cache.clone(),
-        spec,
-        remove: true,
-    };
+    let launch = Launch { name: name.into(), image: "demo".into(), lower, cache: cache.clone(), spec, remove: true };
     let code = container::run(launch, &dirs).context("running the demo container")?;
     println!("the container exited with code {code}; its state and upper were removed (--rm)");
     if code != 0 {

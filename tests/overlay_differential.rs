@@ -35,11 +35,11 @@ const COMPARE_EVERY: usize = 25;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Subject {
-    /// strata over the directory lowers: merged a directory at a time (`overlay::DirStack`).
+    /// strata over the directory lowers.
     Strata,
-    /// strata with an empty tar layer below the lowers, which makes it merge the whole stack up
-    /// front (`view::ImageView`), as it does for images: the same rules through the other path.
-    StrataWholeStack,
+    /// strata with an empty tar layer below the lowers: a stack mixing tar and directory
+    /// layers, whose tar layer is read through its index.
+    StrataWithTar,
     FuseOverlayfs,
 }
 
@@ -55,7 +55,7 @@ impl Subject {
     fn name(self) -> &'static str {
         match self {
             Subject::Strata => "strata",
-            Subject::StrataWholeStack => "strata (whole-stack merge)",
+            Subject::StrataWithTar => "strata (with a tar layer)",
             Subject::FuseOverlayfs => "fuse-overlayfs",
         }
     }
@@ -267,9 +267,9 @@ impl SubjectMount {
         }
         let s = |p: &Path| p.to_str().unwrap().to_string();
         let strata = match kind {
-            Subject::Strata | Subject::StrataWholeStack => {
+            Subject::Strata | Subject::StrataWithTar => {
                 let mut args = vec!["--upper".to_string(), s(upper), "--work".to_string(), s(work)];
-                if kind == Subject::StrataWholeStack {
+                if kind == Subject::StrataWithTar {
                     let empty_tar = upper.with_extension("empty.tar");
                     std::fs::write(&empty_tar, [0u8; 1024]).unwrap();
                     args.extend(["--layer".to_string(), s(&empty_tar)]);
@@ -297,7 +297,7 @@ impl SubjectMount {
 
     fn unmount(&mut self) {
         let out = match self.kind {
-            Subject::Strata | Subject::StrataWholeStack => {
+            Subject::Strata | Subject::StrataWithTar => {
                 run_strata(&self.cache, &["umount", self.dir.to_str().unwrap()])
             }
             Subject::FuseOverlayfs => Command::new("umount").arg(&self.dir).output().unwrap(),
@@ -1161,9 +1161,9 @@ fn hand_written_cases_match_kernel_overlayfs() {
 }
 
 #[test]
-fn hand_written_cases_match_kernel_overlayfs_through_the_whole_stack_merge() {
+fn hand_written_cases_match_kernel_overlayfs_with_a_tar_layer_below() {
     if require_fuse() && subject() == Some(Subject::Strata) {
-        hand_written_cases_on(Subject::StrataWholeStack);
+        hand_written_cases_on(Subject::StrataWithTar);
     }
 }
 
@@ -1203,9 +1203,9 @@ fn random_sequences_match_kernel_overlayfs() {
 }
 
 #[test]
-fn random_sequences_match_kernel_overlayfs_through_the_whole_stack_merge() {
+fn random_sequences_match_kernel_overlayfs_with_a_tar_layer_below() {
     if require_fuse() && subject() == Some(Subject::Strata) {
-        random_sequences_on(Subject::StrataWholeStack, 10);
+        random_sequences_on(Subject::StrataWithTar, 10);
     }
 }
 

@@ -1,15 +1,20 @@
-//! The merged view of a stack of directory layers, built one directory at a time, when it is
-//! first looked into: pure logic over the [`Layers`] it is given, no syscalls of its own.
+//! The merged view of a layer stack built one directory at a time, when the directory is first
+//! looked into: pure logic over the [`Layers`] it is given, no syscalls of its own. The writable
+//! overlay's view of its lowers (`overlay::Lower`).
 //!
-//! A mount over directory lowers (`strata-overlayfs`, `--layer DIR --upper …`) would otherwise
-//! list every directory of every layer before it could answer anything, as [`super::MergedTree`]
-//! needs whole layer indexes; kernel overlayfs and fuse-overlayfs read a directory only when it is
-//! looked up. A directory here merges its layers as overlayfs does: top layer first, a name seen
-//! higher hides the same name lower unless both are directories (which then merge), whiteouts hide
-//! the name in the layers below, and an opaque directory ends the merge.
+//! [`super::MergedTree`] merges whole layer indexes up front, which a mount over directory lowers
+//! (`strata-overlayfs`, `--layer DIR --upper …`) would pay by listing every directory of every
+//! layer first; kernel overlayfs and fuse-overlayfs read a directory only when it is looked up. A
+//! directory here merges its layers as overlayfs does: top layer first, a name seen higher hides
+//! the same name lower unless both are directories (which then merge), whiteouts hide the name in
+//! the layers below, and an opaque directory ends the merge. Tar layers add the OCI rules the
+//! whole-stack merge applies (and the tests check it against): a directory a layer only implies
+//! by entries below it keeps a lower directory's metadata, and one it only holds markers in does
+//! not exist by itself.
 //!
 //! Node numbers follow the order directories were first looked into, so they are unique within a
-//! mount but not the same on every mount (inode numbers come from the host for directory layers).
+//! mount but not the same on every mount: inode numbers come from the host (directory layers) or
+//! from the layer's index (tar layers) instead.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -26,6 +31,8 @@ pub trait Layers {
     /// The full entry of a deferred placeholder of layer `layer` (the placeholder itself if the
     /// object has gone from the host since).
     fn complete(&self, layer: usize, placeholder: &Entry) -> Entry;
+    /// How layer `layer` is named in messages.
+    fn name(&self, layer: usize) -> String;
 }
 
 /// One merged path.
@@ -45,6 +52,8 @@ pub struct LazyNode {
     dirs: Box<[(u16, Entry)]>,
     /// A directory's children, sorted by name, once it has been looked into.
     children: OnceLock<Box<[NodeId]>>,
+    /// How many names its hard-link set shows in the merged tree, once counted.
+    pub names_shown: OnceLock<u32>,
 }
 
 impl LazyNode {
@@ -102,6 +111,8 @@ struct Found {
     dirs: Vec<(u16, Entry)>,
     /// Same-named directories of lower layers may still merge into it.
     merges: bool,
+    /// The lowest layer seen so far making the directory exist only implies it.
+    implied_last: bool,
 }
 
 impl LazyTree {
@@ -119,6 +130,7 @@ impl LazyTree {
             completed: OnceLock::new(),
             dirs: roots.into_iter().map(|(l, e, _)| (l, e)).collect(),
             children: OnceLock::new(),
+            names_shown: OnceLock::new(),
         };
         LazyTree { nodes: RwLock::new(vec![Arc::new(root)]), merging: Mutex::new(()) }
     }
@@ -159,6 +171,7 @@ impl LazyTree {
                 completed: OnceLock::new(),
                 dirs: f.dirs.into(),
                 children: OnceLock::new(),
+                names_shown: OnceLock::new(),
             }));
         }
         let children: Box<[NodeId]> = (first..nodes.len() as NodeId).collect();
@@ -170,6 +183,18 @@ impl LazyTree {
         let children = self.children(layers, dir)?;
         let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
         Ok(children.binary_search_by(|&c| nodes[c as usize].name().cmp(name)).ok().map(|i| children[i]))
+    }
+
+    /// Resolves a path (no symlinks followed), merging the directories on the way.
+    pub fn lookup(&self, layers: &dyn Layers, path: &[u8]) -> crate::Result<Option<NodeId>> {
+        let mut node = ROOT;
+        for name in path.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+            match self.lookup_child(layers, node, name)? {
+                Some(child) => node = child,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(node))
     }
 
     /// Merges every directory not merged yet: for the rare question only the whole tree answers
@@ -204,7 +229,8 @@ fn merge_dir(layers: &dyn Layers, dir: &LazyNode) -> crate::Result<BTreeMap<Box<
     for (layer, dir_entry) in dir.dirs.iter() {
         let listing = layers.list(*layer as usize, &dir.entry.path, dir_entry)?;
         for listed in listing.objects {
-            let name: Box<[u8]> = path::split_parent(&listed.entry.path).map_or(&listed.entry.path[..], |(_, n)| n).into();
+            let name: Box<[u8]> =
+                path::split_parent(&listed.entry.path).map_or(&listed.entry.path[..], |(_, n)| n).into();
             if hidden.contains(&name) {
                 continue;
             }
@@ -213,6 +239,7 @@ fn merge_dir(layers: &dyn Layers, dir: &LazyNode) -> crate::Result<BTreeMap<Box<
             let new = |listed: crate::layer::index::Listed, dirs: Vec<(u16, Entry)>, merges: bool| Found {
                 layer: *layer,
                 index: listed.index,
+                implied_last: listed.presence == Presence::Implied,
                 entry: listed.entry,
                 deferred: listed.deferred,
                 presence: listed.presence,
@@ -226,6 +253,9 @@ fn merge_dir(layers: &dyn Layers, dir: &LazyNode) -> crate::Result<BTreeMap<Box<
                 }
                 Some(higher) if higher.merges && is_dir => {
                     higher.dirs.push((*layer, listed.entry.clone()));
+                    if listed.presence != Presence::Markers {
+                        higher.implied_last = listed.presence == Presence::Implied;
+                    }
                     let takes_metadata = match higher.presence {
                         Presence::Markers => listed.presence != Presence::Markers,
                         Presence::Implied => listed.presence == Presence::Entry,
@@ -233,10 +263,24 @@ fn merge_dir(layers: &dyn Layers, dir: &LazyNode) -> crate::Result<BTreeMap<Box<
                     };
                     let merges = !ends_merge;
                     if takes_metadata {
-                        let dirs = std::mem::take(&mut higher.dirs);
-                        *higher = new(listed, dirs, merges);
+                        let (dirs, implied_last) = (std::mem::take(&mut higher.dirs), higher.implied_last);
+                        *higher = Found { implied_last, ..new(listed, dirs, merges) };
                     }
                     higher.merges = merges;
+                }
+                Some(higher) if higher.merges && higher.implied_last => {
+                    // A tar layer's entries below a path a lower layer has as a file: extracting
+                    // the layers in order would fail there, and the whole-stack merge refuses it.
+                    return Err(crate::Error::ParentNotDirectory {
+                        layer: layers.name(higher.layer as usize),
+                        entry: String::from_utf8_lossy(&path::join(&listed.entry.path, b"...")).into_owned(),
+                        parent: format!(
+                            "{} (a {} in {})",
+                            String::from_utf8_lossy(&listed.entry.path),
+                            listed.entry.kind.name(),
+                            layers.name(*layer as usize)
+                        ),
+                    });
                 }
                 // Markers over a non-directory apply to nothing: the object shows as it is.
                 Some(higher) if higher.presence == Presence::Markers => *higher = new(listed, Vec::new(), false),

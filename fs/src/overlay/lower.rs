@@ -54,6 +54,13 @@ impl lazy::Layers for Vec<LowerLayer> {
             LowerLayer::Tar(_) => placeholder.clone(),
         }
     }
+
+    fn name(&self, layer: usize) -> String {
+        match &self[layer] {
+            LowerLayer::Host(host) => host.path.display().to_string(),
+            LowerLayer::Tar(tar) => tar.name.clone(),
+        }
+    }
 }
 
 /// A lazy merge's failure to read a directory layer, as the errno the caller gets; the log names
@@ -151,15 +158,32 @@ impl Lower {
         self.with_entry(node, Entry::clone)
     }
 
-    /// A node's attributes (its `ino` field still to be set by the caller): a file's link count
-    /// is its host file's, or its number of names in its tar layer; a directory several layers
-    /// merge shows 1, as kernel overlayfs shows it.
+    /// A node's attributes (its `ino` field still to be set by the caller). A file's link count
+    /// is its host file's (as kernel overlayfs shows it), or, in a tar layer, how many names of
+    /// its set the merged tree shows (as the image extracted shows it); a directory several
+    /// layers merge shows 1, as kernel overlayfs shows it.
     pub fn attr(&self, node: NodeId) -> FileAttr {
         let n = self.tree.node(node);
         let entry = n.entry(&self.layers);
         let mut a = attr::of_entry(entry);
-        a.nlink = if n.is_merged_dir() { 1 } else { entry.host_nlink.max(1) };
+        a.nlink = match &self.layers[n.layer as usize] {
+            _ if n.is_merged_dir() => 1,
+            LowerLayer::Tar(_) if entry.link_id != 0 => *n.names_shown.get_or_init(|| self.names_shown(&n)),
+            _ => entry.host_nlink.max(1),
+        };
         a
+    }
+
+    /// How many names of tar node `n`'s hard-link set resolve to the set in the merged tree
+    /// (later layers may delete or replace some).
+    fn names_shown(&self, n: &LazyNode) -> u32 {
+        let link_id = n.entry(&self.layers).link_id;
+        let shows_set = |path: &[u8]| {
+            let found = self.tree.lookup(&self.layers, path).ok().flatten().map(|id| self.tree.node(id));
+            found.is_some_and(|f| f.layer == n.layer && f.index != NO_INDEX && f.entry(&self.layers).link_id == link_id)
+        };
+        let paths = self.tar_link_set(n.layer, link_id);
+        paths.iter().filter(|p| shows_set(p)).count().max(1) as u32
     }
 
     /// How many names the node's object has in the lower layers.
@@ -182,11 +206,10 @@ impl Lower {
     pub fn link_set_paths(&self, node: NodeId) -> io::Result<Vec<Vec<u8>>> {
         let of = self.tree.node(node);
         match &self.layers[of.layer as usize] {
-            LowerLayer::Tar(tar) => {
-                let link_id = of.entry(&self.layers).link_id;
-                let names = tar.index.entries.iter().filter(|e| link_id != 0 && e.link_id == link_id);
-                Ok(names.map(|e| e.path.to_vec()).chain((link_id == 0).then(|| of.path().to_vec())).collect())
-            }
+            LowerLayer::Tar(_) => match of.entry(&self.layers).link_id {
+                0 => Ok(vec![of.path().to_vec()]),
+                link_id => Ok(self.tar_link_set(of.layer, link_id)),
+            },
             LowerLayer::Host(_) => {
                 // The names of one host inode can be anywhere in its layer: merge the whole tree.
                 self.tree.merge_all(&self.layers).map_err(io_error)?;
@@ -195,6 +218,12 @@ impl Lower {
                 Ok(names.map(|(_, n)| n.path().to_vec()).collect())
             }
         }
+    }
+
+    /// The paths of hard-link set `link_id` of tar layer `layer`.
+    fn tar_link_set(&self, layer: u16, link_id: u32) -> Vec<Vec<u8>> {
+        let LowerLayer::Tar(tar) = &self.layers[layer as usize] else { return Vec::new() };
+        tar.index.entries.iter().filter(|e| e.link_id == link_id).map(|e| e.path.to_vec()).collect()
     }
 
     /// Opens a lower file's bytes.

@@ -699,9 +699,7 @@ impl Overlay {
         Ok(if inode.upper {
             self.upper.xattrs(&table.path(ino)?)?.iter().any(|(n, _)| n == name)
         } else {
-            inode.lower.is_some_and(|node| {
-                self.lower.with_entry(node, |e| e.xattrs.iter().any(|(n, _)| **n == *name))
-            })
+            inode.lower.is_some_and(|node| self.lower.with_entry(node, |e| e.xattrs.iter().any(|(n, _)| **n == *name)))
         })
     }
 

@@ -95,6 +95,10 @@ impl Layers for InMemory {
     fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
         Entry { mode: 0o600, ..placeholder.clone() }
     }
+
+    fn name(&self, layer: usize) -> String {
+        format!("dir {layer}")
+    }
 }
 
 fn lazy(layer_count: usize) -> LazyTree {
@@ -133,7 +137,11 @@ fn eager_view(indexes: &[LayerIndex]) -> BTreeMap<String, Shown> {
     tree.iter()
         .skip(1)
         .map(|(id, n)| {
-            let e = if n.entry == crate::merge::IMPLICIT { &implied } else { &indexes[n.layer as usize].entries[n.entry as usize] };
+            let e = if n.entry == crate::merge::IMPLICIT {
+                &implied
+            } else {
+                &indexes[n.layer as usize].entries[n.entry as usize]
+            };
             (String::from_utf8(tree.path_of(id)).unwrap(), shown(e))
         })
         .collect()
@@ -206,6 +214,10 @@ impl Layers for Tars {
     fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
         placeholder.clone()
     }
+
+    fn name(&self, layer: usize) -> String {
+        format!("tar {layer}")
+    }
 }
 
 /// A tar layer from items `d:path`, `f:path`, `w:path`, `o:path` in archive order (parents
@@ -230,7 +242,12 @@ fn a_tar_layer_that_only_implies_a_directory_keeps_the_lower_directorys_metadata
     lower.mode = 0o700;
     let bottom = LayerIndex { entries: vec![lower, Entry::new(b"a/old", Kind::File)], ..LayerIndex::default() };
     let top = tar_layer(1, &["f:a/new".into(), "w:a/old".into(), "o:b".into()]).unwrap();
-    let tars = Tars(vec![(ByDirectory::new(&bottom), bottom), (ByDirectory::new(&top), top)].into_iter().map(|(b, i)| (i, b)).collect());
+    let tars = Tars(
+        vec![(ByDirectory::new(&bottom), bottom), (ByDirectory::new(&top), top)]
+            .into_iter()
+            .map(|(b, i)| (i, b))
+            .collect(),
+    );
     let tree = lazy(2);
     let a = tree.lookup_child(&tars, ROOT, b"a").unwrap().unwrap();
     assert_eq!((tree.node(a).layer, tree.node(a).entry(&tars).mode), (0, 0o700), "a/ is the bottom layer's");
@@ -239,12 +256,24 @@ fn a_tar_layer_that_only_implies_a_directory_keeps_the_lower_directorys_metadata
     assert_eq!(tree.lookup_child(&tars, ROOT, b"b").unwrap(), None, "an opaque marker alone makes nothing");
 }
 
+#[test]
+fn entries_a_tar_layer_puts_below_a_lower_file_are_an_error_naming_both() {
+    let bottom = tar_layer(0, &["f:a".into()]).unwrap();
+    let top = tar_layer(1, &["f:a/x".into()]).unwrap();
+    let tars = Tars([bottom, top].into_iter().map(|i| (ByDirectory::new(&i), i)).map(|(b, i)| (i, b)).collect());
+    let err = lazy(2).lookup_child(&tars, ROOT, b"a").unwrap_err().to_string();
+    assert!(err.contains("tar 1") && err.contains("tar 0") && err.contains("a file"), "{err}");
+}
+
 proptest! {
     /// The same with tar layers, whose entries come in any order and leave parents out, listed
     /// through [`ByDirectory`]; stacks the whole-stack merge refuses are left out.
     #[test]
     fn the_lazy_merge_of_tar_layers_equals_the_whole_stack_merge(specs in prop::collection::vec(prop::collection::vec(item(), 0..8), 1..5)) {
         let Some(indexes) = specs.iter().enumerate().map(|(i, s)| tar_layer(i, s)).collect::<Option<Vec<_>>>() else { return Ok(()) };
+        // Refused stacks put entries below a lower layer's file; the lazy merge refuses the
+        // directory where a layer only implies it, but accepts a layer that names the directory
+        // after its children (extraction order matters to the whole-stack merge only).
         if MergedTree::build(&indexes.iter().collect::<Vec<_>>()).is_err() {
             return Ok(());
         }
