@@ -139,15 +139,6 @@ impl LazyTree {
         self.nodes.read().unwrap_or_else(|e| e.into_inner())[id as usize].clone()
     }
 
-    /// How many paths have been merged so far.
-    pub fn len(&self) -> usize {
-        self.nodes.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// A directory's children, sorted by name, merging the directory first if needed.
     pub fn children(&self, layers: &dyn Layers, dir: NodeId) -> crate::Result<Vec<NodeId>> {
         let node = self.node(dir);

@@ -87,11 +87,6 @@ impl Lower {
         Lower::of(layers)
     }
 
-    /// Over layers already loaded (tar layers, shared with other mounts).
-    pub fn of_layers(layers: &[Arc<Layer>]) -> crate::Result<Lower> {
-        Lower::of(layers.iter().map(|l| LowerLayer::Tar(Arc::clone(l))).collect())
-    }
-
     fn of(layers: Vec<LowerLayer>) -> crate::Result<Lower> {
         let mut roots = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate().rev() {
