@@ -46,16 +46,6 @@ impl ImageView {
         self.entry(self.tree.node(id))
     }
 
-    /// The host inode number of a node's object (directory layers; 0 otherwise), without
-    /// reading any deferred metadata.
-    pub fn host_ino_of(&self, id: NodeId) -> u64 {
-        let node = self.tree.node(id);
-        match node.entry {
-            IMPLICIT => 0,
-            e => self.layers[node.layer as usize].index.entries[e as usize].host_ino,
-        }
-    }
-
     /// What kind of object a node is (an implicit directory is a directory), without reading
     /// any deferred metadata.
     pub fn kind_of(&self, id: NodeId) -> Kind {
