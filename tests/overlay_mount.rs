@@ -76,6 +76,42 @@ fn directory_lowers_are_read_when_first_looked_into() {
     assert_eq!(std::fs::metadata(m.join("a")).unwrap().nlink(), std::fs::metadata(lower.join("a")).unwrap().nlink());
 }
 
+/// A lower directory swapped for a symlink under a running mount, before anything looked into
+/// it, is not followed out of the layer: the lookup fails and the log names the directory.
+#[test]
+fn a_lower_directory_swapped_for_a_symlink_is_not_followed() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let outside = w.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("f3"), "not the layer's").unwrap();
+    let (upper, scratch, log) = (w.join("upper"), w.join("work"), w.join("daemon.log"));
+    let args = [
+        "--log",
+        log.to_str().unwrap(),
+        "--upper",
+        upper.to_str().unwrap(),
+        "--work",
+        scratch.to_str().unwrap(),
+        "--layer",
+        lower.to_str().unwrap(),
+    ];
+    let mnt = Mounted::new(&w.join("cache"), &args, &w.join("mnt"));
+    assert!(std::fs::symlink_metadata(mnt.dir.join("c")).unwrap().is_dir(), "listed as a directory at first");
+    std::fs::rename(lower.join("c"), w.join("c-moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, lower.join("c")).unwrap();
+    let err = std::fs::read_to_string(mnt.dir.join("c/f3")).unwrap_err();
+    assert!(matches!(err.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)), "{err}");
+    drop(mnt);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let expected = lower.join("c").display().to_string();
+    assert!(text.lines().any(|l| l.contains("WARN") && l.contains(&expected)), "{text}");
+}
+
 #[test]
 fn writes_land_in_the_upper_in_kernel_overlayfs_format() {
     if !require_fuse() {

@@ -22,18 +22,24 @@ pub fn from_io(err: &io::Error) -> Errno {
         _ => libc::EIO,
     };
     if !is_routine(code) {
-        let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let admitted = LOG_BUDGET.lock().unwrap_or_else(|e| e.into_inner()).admit(second);
-        match admitted {
-            Admit::Log { dropped_before: 0 } => tracing::warn!("a request failed: {err}"),
-            Admit::Log { dropped_before } => {
-                tracing::warn!("{dropped_before} more failed requests were not logged");
-                tracing::warn!("a request failed: {err}");
-            }
-            Admit::Drop => {}
-        }
+        log_failure(&format_args!("a request failed: {err}"));
     }
     Errno::from_i32(code)
+}
+
+/// Logs why a request failed, within the shared budget of [`LINES_PER_SECOND`] lines: for a
+/// failure whose errno alone would not say where (a layer directory that cannot be read).
+pub(crate) fn log_failure(line: &dyn std::fmt::Display) {
+    let second = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let admitted = LOG_BUDGET.lock().unwrap_or_else(|e| e.into_inner()).admit(second);
+    match admitted {
+        Admit::Log { dropped_before: 0 } => tracing::warn!("{line}"),
+        Admit::Log { dropped_before } => {
+            tracing::warn!("{dropped_before} more failed requests were not logged");
+            tracing::warn!("{line}");
+        }
+        Admit::Drop => {}
+    }
 }
 
 /// How many failure lines this second has had, and how many were left out.

@@ -66,7 +66,7 @@ impl lazy::Layers for Vec<LowerLayer> {
 /// A lazy merge's failure to read a directory layer, as the errno the caller gets; the log names
 /// the directory (errno alone would not).
 fn io_error(e: crate::Error) -> io::Error {
-    tracing::warn!("{e}");
+    crate::fuse::errno::log_failure(&e);
     match e {
         crate::Error::Io { cause, .. } => cause,
         other => io::Error::other(other.to_string()),
