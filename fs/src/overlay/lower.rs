@@ -107,12 +107,13 @@ impl Lower {
             .iter()
             .filter_map(|l| match l {
                 LowerLayer::Host(host) => Some(host.path.as_path()),
-                LowerLayer::Tar(tar) => tar.host_dir(),
+                LowerLayer::Tar(_) => None,
             })
             .collect()
     }
 
-    /// The first inode number above every number [`Lower::ino`] can give but tar objects'.
+    /// Where the numbers of objects that exist only in the upper start: above every number
+    /// [`Lower::ino`] gives by node, far below the tar and host ranges (bits 62 and 63).
     pub fn first_free_ino(&self) -> Ino {
         NODE_LIMIT + 1
     }
