@@ -2,7 +2,7 @@
 //! method converts arguments, calls the overlay, and replies; errno mapping is `errno::from_io`.
 //! `flush` is deliberately not implemented: its ENOSYS makes the kernel stop sending one per
 //! close (it still writes dirty pages back itself), saving a round trip per file. As root, upper
-//! files are opened in FUSE passthrough ([`IoModes`] keeps the kernel's per-inode rules);
+//! files are opened in FUSE passthrough (`io_modes::IoModes` keeps the kernel's per-inode rules);
 //! otherwise the writeback cache batches writes.
 
 use std::collections::HashMap;
