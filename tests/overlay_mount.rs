@@ -32,9 +32,21 @@ fn make_lower(dir: &Path, big: bool) -> PathBuf {
 
 /// A writable mount of `lower` with its upper and work directories under `base`.
 fn writable_in(cache_dir: &Path, base: &Path, lower: &Path, mnt: &Path) -> Mounted {
+    writable_with(cache_dir, base, lower, mnt, &[])
+}
+
+/// [`writable_in`] with more options first (`--log FILE`).
+fn writable_with(cache_dir: &Path, base: &Path, lower: &Path, mnt: &Path, options: &[&str]) -> Mounted {
     let (upper, work) = (base.join("upper"), base.join("work"));
-    let args =
-        ["--upper", upper.to_str().unwrap(), "--work", work.to_str().unwrap(), "--layer", lower.to_str().unwrap()];
+    let mut args = options.to_vec();
+    args.extend([
+        "--upper",
+        upper.to_str().unwrap(),
+        "--work",
+        work.to_str().unwrap(),
+        "--layer",
+        lower.to_str().unwrap(),
+    ]);
     Mounted::new(&cache_dir.join("cache"), &args, mnt)
 }
 
@@ -89,18 +101,8 @@ fn a_lower_directory_swapped_for_a_symlink_is_not_followed() {
     let outside = w.join("outside");
     std::fs::create_dir(&outside).unwrap();
     std::fs::write(outside.join("f3"), "not the layer's").unwrap();
-    let (upper, scratch, log) = (w.join("upper"), w.join("work"), w.join("daemon.log"));
-    let args = [
-        "--log",
-        log.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-        "--work",
-        scratch.to_str().unwrap(),
-        "--layer",
-        lower.to_str().unwrap(),
-    ];
-    let mnt = Mounted::new(&w.join("cache"), &args, &w.join("mnt"));
+    let log = w.join("daemon.log");
+    let mnt = writable_with(w, w, &lower, &w.join("mnt"), &["--log", log.to_str().unwrap()]);
     assert!(std::fs::symlink_metadata(mnt.dir.join("c")).unwrap().is_dir(), "listed as a directory at first");
     std::fs::rename(lower.join("c"), w.join("c-moved")).unwrap();
     std::os::unix::fs::symlink(&outside, lower.join("c")).unwrap();
