@@ -141,13 +141,25 @@ impl LazyTree {
 
     /// A directory's children, sorted by name, merging the directory first if needed.
     pub fn children(&self, layers: &dyn Layers, dir: NodeId) -> crate::Result<Vec<NodeId>> {
+        Ok(self.merged(layers, dir)?.children.get().expect("merged").to_vec())
+    }
+
+    pub fn lookup_child(&self, layers: &dyn Layers, dir: NodeId, name: &[u8]) -> crate::Result<Option<NodeId>> {
+        let dir = self.merged(layers, dir)?;
+        let children = dir.children.get().expect("merged");
+        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
+        Ok(children.binary_search_by(|&c| nodes[c as usize].name().cmp(name)).ok().map(|i| children[i]))
+    }
+
+    /// Directory `dir`, its children merged.
+    fn merged(&self, layers: &dyn Layers, dir: NodeId) -> crate::Result<Arc<LazyNode>> {
         let node = self.node(dir);
-        if let Some(children) = node.children.get() {
-            return Ok(children.to_vec());
+        if node.children.get().is_some() {
+            return Ok(node);
         }
         let _merging = self.merging.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(children) = node.children.get() {
-            return Ok(children.to_vec());
+        if node.children.get().is_some() {
+            return Ok(node);
         }
         let found = merge_dir(layers, &node)?;
         let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
@@ -165,15 +177,8 @@ impl LazyTree {
                 names_shown: OnceLock::new(),
             }));
         }
-        let children: Box<[NodeId]> = (first..nodes.len() as NodeId).collect();
-        let _ = node.children.set(children.clone());
-        Ok(children.into_vec())
-    }
-
-    pub fn lookup_child(&self, layers: &dyn Layers, dir: NodeId, name: &[u8]) -> crate::Result<Option<NodeId>> {
-        let children = self.children(layers, dir)?;
-        let nodes = self.nodes.read().unwrap_or_else(|e| e.into_inner());
-        Ok(children.binary_search_by(|&c| nodes[c as usize].name().cmp(name)).ok().map(|i| children[i]))
+        let _ = node.children.set((first..nodes.len() as NodeId).collect());
+        Ok(node)
     }
 
     /// Resolves a path (no symlinks followed), merging the directories on the way.
