@@ -36,9 +36,9 @@ pub fn layer_table(layers: &[std::sync::Arc<Layer>]) -> Vec<LayerRow> {
             } else {
                 l.info.uncompressed_size
             },
-            entries: l.index.entries.len(),
-            whiteouts: l.index.whiteouts.len(),
-            opaque_dirs: l.index.opaque_dirs.len(),
+            entries: l.index().entries.len(),
+            whiteouts: l.index().whiteouts.len(),
+            opaque_dirs: l.index().opaque_dirs.len(),
         })
         .collect()
 }
@@ -76,7 +76,7 @@ pub fn path_report(
     let node = tree.lookup(&p).map(|id| tree.node(id));
     let mut mentions = Vec::new();
     for (li, layer) in layers.iter().enumerate() {
-        let idx = &layer.index;
+        let idx = layer.index();
         for ancestor in path::ancestors(&p).chain(std::iter::once(&[][..]).filter(|_| !p.is_empty())) {
             if idx.opaque_dirs.iter().any(|d| **d == *ancestor) {
                 mentions.push((li, Mention::OpaqueAncestor(shown(ancestor))));

@@ -2,7 +2,8 @@
 //! (`merge::lazy`): pure, built once from the [`LayerIndex`] and shared by every mount of the
 //! layer. A tar names paths in any order and may leave parents out; here every directory the
 //! layer touches is known, with how it is there ([`Presence`]), its entries, whiteouts and
-//! opaque marker, and every hard-link set with its first name and size.
+//! opaque marker, and every hard-link set with its names. It holds entry numbers only: listing
+//! a directory reads its entries from the index (see `codec::EncodedIndex`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -22,35 +23,62 @@ struct Dir {
 #[derive(Debug, Default)]
 pub struct ByDirectory {
     dirs: HashMap<Box<[u8]>, Dir>,
-    /// Hard-link set -> (index of its first name, number of names).
-    link_sets: HashMap<u32, (u32, u32)>,
+    /// Hard-link set -> the indexes of its names, in index order.
+    link_sets: HashMap<u32, Vec<u32>>,
+    /// The index of the layer's entry for its root directory, if it has one.
+    root: Option<u32>,
 }
 
 impl ByDirectory {
     pub fn new(index: &LayerIndex) -> ByDirectory {
+        let entry = |i: usize| (index.entries[i].path.clone(), index.entries[i].link_id);
+        ByDirectory::build(index.entries.len(), entry, &index.whiteouts, &index.opaque_dirs)
+    }
+
+    /// From the index's `count` entries (`entry(i)`: path and hard-link set), whiteouts and
+    /// opaque directories.
+    pub fn build(
+        count: usize,
+        entry: impl Fn(usize) -> (Box<[u8]>, u32),
+        whiteouts: &[Box<[u8]>],
+        opaque_dirs: &[Box<[u8]>],
+    ) -> ByDirectory {
         let mut by = ByDirectory::default();
-        let named: HashMap<&[u8], usize> = index.entries.iter().enumerate().map(|(i, e)| (&*e.path, i)).collect();
-        for (i, e) in index.entries.iter().enumerate() {
-            if e.link_id != 0 {
-                let set = by.link_sets.entry(e.link_id).or_insert((i as u32, 0));
-                set.1 += 1;
+        let entries: Vec<(Box<[u8]>, u32)> = (0..count).map(entry).collect();
+        let named: HashMap<&[u8], usize> = entries.iter().enumerate().map(|(i, (p, _))| (&**p, i)).collect();
+        for (i, (path, link_id)) in entries.iter().enumerate() {
+            if *link_id != 0 {
+                by.link_sets.entry(*link_id).or_default().push(i as u32);
             }
-            if let Some((parent, _)) = split(&e.path) {
-                by.dirs.entry(parent.into()).or_default().entries.push(i as u32);
-                by.reach(parent, Presence::Implied, &named);
+            match split(path) {
+                Some((parent, _)) => {
+                    by.dirs.entry(parent.into()).or_default().entries.push(i as u32);
+                    by.reach(parent, Presence::Implied, &named);
+                }
+                None => by.root = Some(i as u32),
             }
         }
-        for gone in &index.whiteouts {
+        for gone in whiteouts {
             if let Some((parent, name)) = split(gone) {
                 by.dirs.entry(parent.into()).or_default().whiteouts.push(name.into());
                 by.reach(parent, Presence::Markers, &named);
             }
         }
-        for dir in &index.opaque_dirs {
+        for dir in opaque_dirs {
             by.dirs.entry(dir.clone()).or_default().opaque = true;
             by.reach(dir, Presence::Markers, &named);
         }
         by
+    }
+
+    /// The index of the layer's entry for its root directory, if it has one.
+    pub fn root(&self) -> Option<u32> {
+        self.root
+    }
+
+    /// The indexes of the names of hard-link set `link_id`.
+    pub fn link_set(&self, link_id: u32) -> &[u32] {
+        self.link_sets.get(&link_id).map_or(&[], |set| set.as_slice())
     }
 
     /// Records that directory `dir` and its ancestors are there, at least as `how`, unless the
@@ -70,8 +98,8 @@ impl ByDirectory {
         }
     }
 
-    /// Directory `dir` of the layer whose index is `index` (which this was built from).
-    pub fn list(&self, index: &LayerIndex, dir: &[u8]) -> Listing {
+    /// Directory `dir`, its entries read with `entry_at` from the index this was built from.
+    pub fn list(&self, dir: &[u8], entry_at: impl Fn(usize) -> Entry) -> Listing {
         let Some(d) = self.dirs.get(dir) else {
             return Listing::default();
         };
@@ -79,7 +107,7 @@ impl ByDirectory {
             .entries
             .iter()
             .map(|&i| {
-                let mut entry = index.entries[i as usize].clone();
+                let mut entry = entry_at(i as usize);
                 entry.host_nlink = self.names_of(&entry);
                 Listed { entry, deferred: false, presence: Presence::Entry, index: i }
             })
@@ -95,17 +123,17 @@ impl ByDirectory {
 
     /// How many names the entry's object has in the layer.
     fn names_of(&self, entry: &Entry) -> u32 {
-        match (entry.kind, self.link_sets.get(&entry.link_id)) {
-            (Kind::Dir, _) => 0,
-            (_, Some(&(_, names))) if entry.link_id != 0 => names,
+        match entry.kind {
+            Kind::Dir => 0,
+            _ if entry.link_id != 0 => self.link_set(entry.link_id).len() as u32,
             _ => 1,
         }
     }
 
     /// The index of the first name of `entry`'s hard-link set (the entry's own for a single name).
     pub fn first_name(&self, entry: &Entry, index: u32) -> u32 {
-        match self.link_sets.get(&entry.link_id) {
-            Some(&(first, _)) if entry.link_id != 0 => first,
+        match self.link_set(entry.link_id).first() {
+            Some(&first) if entry.link_id != 0 => first,
             _ => index,
         }
     }

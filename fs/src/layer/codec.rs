@@ -115,47 +115,124 @@ pub fn decode_info(head: &[u8]) -> Result<LayerInfo, DecodeProblem> {
 }
 
 pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
-    let len = check_header(data)?;
-    let payload = &data[HEADER_LEN..];
-    if (payload.len() as u64) < len {
+    let (info, encoded) = decode_lazily(data.to_vec())?;
+    Ok((info, encoded.to_index()))
+}
+
+/// A validated index kept encoded: each entry is decoded when asked for. An encoded entry takes
+/// about a third of the memory of a decoded one, which matters to a container's daemon: it keeps
+/// its own copy of every layer's index, and reads only the entries of directories it looks into.
+#[derive(Debug)]
+pub struct EncodedIndex {
+    payload: Box<[u8]>,
+    /// Where entry `i` starts in the payload.
+    offsets: Box<[u32]>,
+    pub whiteouts: Vec<Box<[u8]>>,
+    pub opaque_dirs: Vec<Box<[u8]>>,
+}
+
+impl EncodedIndex {
+    pub fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
+    /// Entry `i`.
+    pub fn entry(&self, i: usize) -> Entry {
+        read_entry(&mut Reader(&self.payload[self.offsets[i] as usize..])).expect("validated when decoded")
+    }
+
+    /// Entry `i`'s path and hard-link set, decoding nothing else.
+    pub fn path_and_link(&self, i: usize) -> (Box<[u8]>, u32) {
+        let mut r = Reader(&self.payload[self.offsets[i] as usize..]);
+        let read = (|| {
+            let path = r.bytes()?;
+            r.take(1 + FIXED_FIELDS)?;
+            r.skip_bytes()?;
+            Ok::<_, DecodeProblem>((path, r.u32()?))
+        })();
+        read.expect("validated when decoded")
+    }
+
+    pub fn to_index(&self) -> LayerIndex {
+        LayerIndex {
+            entries: (0..self.len()).map(|i| self.entry(i)).collect(),
+            whiteouts: self.whiteouts.clone(),
+            opaque_dirs: self.opaque_dirs.clone(),
+        }
+    }
+}
+
+/// Validates an index file completely (header, checksum, every entry) and keeps it encoded.
+pub fn decode_lazily(mut data: Vec<u8>) -> Result<(LayerInfo, EncodedIndex), DecodeProblem> {
+    let len = check_header(&data)?;
+    let payload_len = data.len() - HEADER_LEN;
+    if (payload_len as u64) < len {
         return Err(DecodeProblem::Truncated);
     }
-    if payload.len() as u64 != len {
+    if payload_len as u64 != len {
         return Err(DecodeProblem::Malformed("length"));
     }
-    if Sha256::digest(payload).as_slice() != &data[20..52] {
+    if Sha256::digest(&data[HEADER_LEN..]).as_slice() != &data[20..52] {
         return Err(DecodeProblem::ChecksumMismatch);
     }
-    let mut r = Reader(payload);
+    let payload: Box<[u8]> = data.split_off(HEADER_LEN).into_boxed_slice();
+    let mut r = Reader(&payload);
     let info = read_info(&mut r)?;
     let count = r.count()?;
-    let mut entries = Vec::with_capacity(count);
+    let mut offsets = Vec::with_capacity(count);
     for _ in 0..count {
-        let path = r.bytes()?;
-        let kind = Kind::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("entry kind"))?;
-        let mut e = Entry::new(&path, kind);
-        e.mode = r.u32()?;
-        e.uid = r.u32()?;
-        e.gid = r.u32()?;
-        e.mtime = Timestamp { sec: r.u64()? as i64, nsec: r.u32()? };
-        e.size = r.u64()?;
-        e.data_offset = r.u64()?;
-        e.rdev_major = r.u32()?;
-        e.rdev_minor = r.u32()?;
-        e.link_target = r.bytes()?;
-        e.link_id = r.u32()?;
-        let xattrs = r.u32()? as usize;
-        for _ in 0..xattrs {
-            e.xattrs.push((r.bytes()?, r.bytes()?));
-        }
-        entries.push(e);
+        offsets.push((payload.len() - r.0.len()) as u32);
+        check_entry(&mut r)?;
     }
     let whiteouts = r.path_list()?;
     let opaque_dirs = r.path_list()?;
     if !r.0.is_empty() {
         return Err(DecodeProblem::Malformed("trailing bytes"));
     }
-    Ok((info, LayerIndex { entries, whiteouts, opaque_dirs }))
+    Ok((info, EncodedIndex { offsets: offsets.into(), whiteouts, opaque_dirs, payload }))
+}
+
+/// The bytes of an entry's fixed-size fields after its kind: mode, uid, gid, mtime (8 + 4),
+/// size, data offset, device major and minor.
+const FIXED_FIELDS: usize = 4 + 4 + 4 + 12 + 8 + 8 + 4 + 4;
+
+/// Checks one entry's encoding as [`read_entry`] reads it, allocating nothing.
+fn check_entry(r: &mut Reader<'_>) -> Result<(), DecodeProblem> {
+    r.skip_bytes()?;
+    Kind::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("entry kind"))?;
+    r.take(FIXED_FIELDS)?;
+    r.skip_bytes()?;
+    r.u32()?;
+    for _ in 0..r.u32()? {
+        r.skip_bytes()?;
+        r.skip_bytes()?;
+    }
+    Ok(())
+}
+
+fn read_entry(r: &mut Reader<'_>) -> Result<Entry, DecodeProblem> {
+    let path = r.bytes()?;
+    let kind = Kind::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("entry kind"))?;
+    let mut e = Entry::new(&path, kind);
+    e.mode = r.u32()?;
+    e.uid = r.u32()?;
+    e.gid = r.u32()?;
+    e.mtime = Timestamp { sec: r.u64()? as i64, nsec: r.u32()? };
+    e.size = r.u64()?;
+    e.data_offset = r.u64()?;
+    e.rdev_major = r.u32()?;
+    e.rdev_minor = r.u32()?;
+    e.link_target = r.bytes()?;
+    e.link_id = r.u32()?;
+    let xattrs = r.u32()? as usize;
+    for _ in 0..xattrs {
+        e.xattrs.push((r.bytes()?, r.bytes()?));
+    }
+    Ok(e)
 }
 
 struct Writer(Vec<u8>);
@@ -211,6 +288,10 @@ impl Reader<'_> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.into())
     }
+    fn skip_bytes(&mut self) -> Result<(), DecodeProblem> {
+        let n = self.u32()? as usize;
+        self.take(n).map(|_| ())
+    }
     fn string(&mut self) -> Result<String, DecodeProblem> {
         String::from_utf8(self.bytes()?.into_vec()).map_err(|_| DecodeProblem::Malformed("string"))
     }
@@ -252,6 +333,21 @@ mod tests {
         let (info2, index2) = decode(&encode(&info, &index)).unwrap();
         assert_eq!(info2, info);
         assert_eq!(index2, index);
+    }
+
+    #[test]
+    fn an_encoded_index_reads_entries_one_at_a_time() {
+        let (info, mut index) = sample();
+        let mut linked = Entry::new(b"etc/link", Kind::Symlink);
+        (linked.link_target, linked.link_id) = (b"passwd"[..].into(), 7);
+        index.entries.push(linked);
+        let (_, encoded) = decode_lazily(encode(&info, &index)).unwrap();
+        assert_eq!(encoded.len(), 3);
+        for (i, e) in index.entries.iter().enumerate() {
+            assert_eq!(&encoded.entry(i), e);
+            assert_eq!(encoded.path_and_link(i), (e.path.clone(), e.link_id));
+        }
+        assert_eq!(encoded.to_index(), index);
     }
 
     #[test]

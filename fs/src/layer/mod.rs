@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -88,10 +88,19 @@ enum Data {
 pub struct Layer {
     pub name: String,
     pub info: LayerInfo,
-    pub index: LayerIndex,
+    index: Indexed,
     data: Data,
     /// The index by directory, made on first use (by a mount that merges lazily).
     by_dir: OnceLock<by_dir::ByDirectory>,
+}
+
+/// A layer's index: decoded (as read from a directory or a tar), or as loaded from the cache,
+/// each entry decoded when asked for ([`codec::EncodedIndex`]); a whole-stack merge decodes it
+/// all once, and the encoded copy goes.
+#[derive(Debug)]
+enum Indexed {
+    Decoded(LayerIndex),
+    Encoded { encoded: Mutex<Option<codec::EncodedIndex>>, decoded: OnceLock<LayerIndex> },
 }
 
 /// Reports progress of a long indexing step: total and done bytes.
@@ -121,7 +130,8 @@ impl Layer {
                 let host = dir_index::HostDir::open(path)?;
                 let dir_index::DirIndex { index, deferred } = host.index()?;
                 let completed = (0..index.entries.len()).map(|_| OnceLock::new()).collect();
-                Ok(Layer::new(name, LayerInfo::default(), index, Data::Directory { host, deferred, completed }))
+                let data = Data::Directory { host, deferred, completed };
+                Ok(Layer::new(name, LayerInfo::default(), Indexed::Decoded(index), data))
             }
             LayerSource::Blob { range, expected_digest, expected_diff_id } => {
                 let key = match expected_digest {
@@ -132,8 +142,8 @@ impl Layer {
                 if let Some(layer) = Self::load_cached(&name, &key, range, &index_path, cache) {
                     return Ok(layer);
                 }
-                let layer = Self::build(
-                    name,
+                let (info, index, data) = Self::build(
+                    &name,
                     &key,
                     range,
                     expected_digest.as_deref(),
@@ -141,9 +151,9 @@ impl Layer {
                     cache,
                     progress,
                 )?;
-                let encoded = codec::encode(&layer.info, &layer.index);
-                cache.write_atomic(&index_path, |f| io::Write::write_all(f, &encoded))?;
-                Ok(layer)
+                let bytes = codec::encode(&info, &index);
+                cache.write_atomic(&index_path, |f| io::Write::write_all(f, &bytes))?;
+                Ok(Layer::new(name, info, Indexed::Decoded(index), data))
             }
         }
     }
@@ -151,7 +161,7 @@ impl Layer {
     /// A cached index, if present, valid, and still describing the blob it is served from.
     fn load_cached(name: &str, key: &str, range: &BlobRange, index_path: &Path, cache: &Cache) -> Option<Layer> {
         let bytes = fs::read(index_path).ok()?;
-        let (info, index) = codec::decode(&bytes).ok()?;
+        let (info, encoded) = codec::decode_lazily(bytes).ok()?;
         if info.stored_size != range.len {
             return None;
         }
@@ -166,25 +176,27 @@ impl Layer {
             }
             blob
         };
+        let index = Indexed::Encoded { encoded: Mutex::new(Some(encoded)), decoded: OnceLock::new() };
         Some(Layer::new(name.to_string(), info, index, Data::Tar { blob: data, key: key.to_string() }))
     }
 
+    /// Indexes a tar layer not in the cache: its description, index, and where its bytes are.
     fn build(
-        name: String,
+        name: &str,
         key: &str,
         range: &BlobRange,
         expected_digest: Option<&str>,
         expected_diff_id: Option<&str>,
         cache: &Cache,
         progress: &dyn Progress,
-    ) -> Result<Layer> {
+    ) -> Result<(LayerInfo, LayerIndex, Data)> {
         let compression = range.compression().at(&range.path)?;
         let mismatch = |expected: &str, actual: &str| Error::DigestMismatch {
             path: PathBuf::from(&name),
             expected: expected.into(),
             actual: actual.into(),
         };
-        let corrupt = |e: io::Error| Error::CorruptArchive { layer: name.clone(), detail: e.to_string() };
+        let corrupt = |e: io::Error| Error::CorruptArchive { layer: name.to_string(), detail: e.to_string() };
         let (info, tar) = if compression == Compression::None {
             let digest = if expected_digest.is_some() || expected_diff_id.is_some() {
                 progress.start(&format!("verifying {name}"), range.len);
@@ -234,24 +246,55 @@ impl Layer {
             (info, BlobRange::whole(file, blob_path.clone()).at(&blob_path)?)
         };
         progress.start(&format!("indexing {name}"), tar.len);
-        let index = tar_index::index_tar(tar.reader(), tar.len, &name, &|done| progress.set(done))?;
+        let index = tar_index::index_tar(tar.reader(), tar.len, name, &|done| progress.set(done))?;
         progress.finish();
-        Ok(Layer::new(name, info, index, Data::Tar { blob: tar, key: key.to_string() }))
+        Ok((info, index, Data::Tar { blob: tar, key: key.to_string() }))
     }
 
-    fn new(name: String, info: LayerInfo, index: LayerIndex, data: Data) -> Layer {
+    fn new(name: String, info: LayerInfo, index: Indexed, data: Data) -> Layer {
         Layer { name, info, index, data, by_dir: OnceLock::new() }
+    }
+
+    /// The whole index (one loaded from the cache is decoded on the first call).
+    pub fn index(&self) -> &LayerIndex {
+        match &self.index {
+            Indexed::Decoded(index) => index,
+            Indexed::Encoded { encoded, decoded } => {
+                let index = decoded.get_or_init(|| lock(encoded).as_ref().expect("kept until decoded").to_index());
+                lock(encoded).take();
+                index
+            }
+        }
+    }
+
+    /// Entry `i` as the index has it (a deferred entry of a directory layer as a placeholder).
+    pub fn entry_at(&self, i: usize) -> Entry {
+        match &self.index {
+            Indexed::Decoded(index) => index.entries[i].clone(),
+            Indexed::Encoded { encoded, decoded } => match lock(encoded).as_ref() {
+                Some(encoded) => encoded.entry(i),
+                None => decoded.get().expect("decoded before the encoded copy goes").entries[i].clone(),
+            },
+        }
     }
 
     /// The index arranged by directory, for a merge that reads one directory at a time.
     pub fn by_directory(&self) -> &by_dir::ByDirectory {
-        self.by_dir.get_or_init(|| by_dir::ByDirectory::new(&self.index))
+        self.by_dir.get_or_init(|| {
+            if let Indexed::Encoded { encoded, .. } = &self.index {
+                if let Some(encoded) = lock(encoded).as_ref() {
+                    let entry = |i| encoded.path_and_link(i);
+                    return by_dir::ByDirectory::build(encoded.len(), entry, &encoded.whiteouts, &encoded.opaque_dirs);
+                }
+            }
+            by_dir::ByDirectory::new(self.index())
+        })
     }
 
     /// Entry `i` of the index, its metadata read from the host first if it was deferred. A file
     /// that vanished from a directory layer since the mount keeps its placeholder.
     pub fn entry(&self, i: usize) -> &Entry {
-        let placeholder = &self.index.entries[i];
+        let placeholder = &self.index().entries[i];
         match &self.data {
             Data::Directory { host, deferred, completed } if deferred[i] => {
                 completed[i].get_or_init(|| host.complete(placeholder).unwrap_or_else(|_| placeholder.clone()))
@@ -262,7 +305,7 @@ impl Layer {
 
     /// The kind of entry `i`, without reading anything deferred.
     pub fn kind(&self, i: usize) -> Kind {
-        self.index.entries[i].kind
+        self.index().entries[i].kind
     }
 
     /// Opens the bytes of a file entry for reading.
@@ -364,4 +407,8 @@ fn identity_key(range: &BlobRange) -> Result<String> {
 /// Loads every source in order (bottom first), sharing each loaded layer by `Arc`.
 pub fn load_all(sources: &[LayerSource], cache: &Cache, progress: &dyn Progress) -> Result<Vec<Arc<Layer>>> {
     sources.iter().map(|s| Layer::load(s, cache, progress).map(Arc::new)).collect()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

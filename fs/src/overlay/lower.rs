@@ -44,7 +44,7 @@ impl lazy::Layers for Vec<LowerLayer> {
     fn list(&self, layer: usize, path: &[u8], dir: &Entry) -> crate::Result<Listing> {
         match &self[layer] {
             LowerLayer::Host(host) => host.list(path, dir),
-            LowerLayer::Tar(tar) => Ok(tar.by_directory().list(&tar.index, path)),
+            LowerLayer::Tar(tar) => Ok(tar.by_directory().list(path, |i| tar.entry_at(i))),
         }
     }
 
@@ -92,8 +92,8 @@ impl Lower {
         for (i, layer) in layers.iter().enumerate().rev() {
             roots.push(match layer {
                 LowerLayer::Host(host) => (i as u16, host.root_entry()?, true),
-                LowerLayer::Tar(tar) => match tar.index.entries.iter().find(|e| e.path.is_empty()) {
-                    Some(root) => (i as u16, root.clone(), true),
+                LowerLayer::Tar(tar) => match tar.by_directory().root() {
+                    Some(root) => (i as u16, tar.entry_at(root as usize), true),
                     None => (i as u16, Entry::implied_dir(), false),
                 },
             });
@@ -219,7 +219,7 @@ impl Lower {
     /// The paths of hard-link set `link_id` of tar layer `layer`.
     fn tar_link_set(&self, layer: u16, link_id: u32) -> Vec<Vec<u8>> {
         let LowerLayer::Tar(tar) = &self.layers[layer as usize] else { return Vec::new() };
-        tar.index.entries.iter().filter(|e| e.link_id == link_id).map(|e| e.path.to_vec()).collect()
+        tar.by_directory().link_set(link_id).iter().map(|&i| tar.entry_at(i as usize).path.into_vec()).collect()
     }
 
     /// Opens a lower file's bytes.

@@ -208,7 +208,7 @@ struct Tars(Vec<(LayerIndex, ByDirectory)>);
 impl Layers for Tars {
     fn list(&self, layer: usize, path: &[u8], _dir: &Entry) -> crate::Result<Listing> {
         let (index, by_dir) = &self.0[layer];
-        Ok(by_dir.list(index, path))
+        Ok(by_dir.list(path, |i| index.entries[i].clone()))
     }
 
     fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
