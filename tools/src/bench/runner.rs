@@ -32,6 +32,8 @@
 //! `sleep`, each supervisor's child (the filesystem daemon) has its `Pss` and `Rss` read from
 //! `/proc/PID/smaps_rollup`. Pss shares the pages the daemons have in common (the strata binary,
 //! the cached index) among them, so it is what one more container costs; Rss counts them in full.
+//! The same again with the debootstrap image of the read-only benchmark, when that data set has
+//! been made (`strata-bench --rootfs debootstrap`): a daemon's own memory grows with the index.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -180,12 +182,17 @@ impl Setup {
 
     /// `strata run --rm IMAGE COMMAND...` with strata's cache and data under `WORK/runner`.
     fn strata_run(&self, command: &[&str]) -> Command {
+        self.strata_run_image(&[self.image.as_os_str()], command)
+    }
+
+    /// The same for the image given by `image` (a path, or `--layer PATH`).
+    fn strata_run_image(&self, image: &[&std::ffi::OsStr], command: &[&str]) -> Command {
         let mut cmd = Command::new(&self.strata);
         cmd.env("STRATA_CACHE", self.dir.join("strata-cache"))
             .env("STRATA_RUN_DIR", RUN_DIR)
             .env("STRATA_DATA_DIR", self.dir.join("strata-data"))
             .args(["run", "--rm"])
-            .arg(&self.image)
+            .args(image)
             .args(command);
         cmd
     }
@@ -309,14 +316,26 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut starts = BTreeMap::new();
     let mut outcome = measure(opts, &setup, &runners, &mut starts, &mut results);
     let mut memory = Vec::new();
-    if outcome.is_ok() && starts.contains_key(&Runner::Strata) {
-        eprintln!("strata-bench: memory of {CONTAINERS} strata filesystem daemons");
+    let debootstrap = work.join("debootstrap/layer.tar");
+    let images: [(&str, Vec<&std::ffi::OsStr>); 2] = [
+        ("the runner image", vec![setup.image.as_os_str()]),
+        ("the debootstrap image", vec!["--layer".as_ref(), debootstrap.as_os_str()]),
+    ];
+    for (label, image) in images {
+        if outcome.is_err() || !starts.contains_key(&Runner::Strata) {
+            break;
+        }
+        if label == "the debootstrap image" && !debootstrap.exists() {
+            results.notes.push("no debootstrap data set: run `strata-bench --rootfs debootstrap` first".into());
+            break;
+        }
+        eprintln!("strata-bench: memory of {CONTAINERS} strata filesystem daemons, {label}");
         super::settle(&mut results);
-        match daemon_memory(&setup) {
-            Ok(daemons) => memory = daemons,
+        match daemon_memory(&setup, &image) {
+            Ok(daemons) => memory.push((label, daemons)),
             Err(e) => {
                 outcome = host::check_interrupt();
-                results.notes.push(format!("the daemons' memory could not be measured: {e:#}"));
+                results.notes.push(format!("the daemons' memory could not be measured ({label}): {e:#}"));
             }
         }
     }
@@ -384,12 +403,17 @@ fn measure(
     Ok(())
 }
 
-/// Starts [`CONTAINERS`] containers running `sleep 3` and reads their daemons' memory while all
-/// of them run.
-fn daemon_memory(setup: &Setup) -> Result<Vec<Daemon>> {
+/// Starts [`CONTAINERS`] containers of `image` running `sleep 3` and reads their daemons' memory
+/// while all of them run.
+fn daemon_memory(setup: &Setup, image: &[&std::ffi::OsStr]) -> Result<Vec<Daemon>> {
+    // One start first, so the containers measured find the layer indexed.
+    let first = setup.strata_run_image(image, &["true"]).stdin(Stdio::null()).output().context("strata run")?;
+    if !first.status.success() {
+        bail!("strata run ... true failed ({}): {}", first.status, String::from_utf8_lossy(&first.stderr).trim());
+    }
     let mut supervisors = Vec::new();
     let spawned = (0..CONTAINERS).try_for_each(|_| {
-        let mut cmd = setup.strata_run(&["sleep", "3"]);
+        let mut cmd = setup.strata_run_image(image, &["sleep", "3"]);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         supervisors.push(cmd.spawn().context("starting strata run")?);
         Ok(())
@@ -479,7 +503,7 @@ fn render(
     setup: &Setup,
     runners: &[Runner],
     starts: &BTreeMap<Runner, Starts>,
-    memory: &[Daemon],
+    memory: &[(&str, Vec<Daemon>)],
     results: &Results,
     error: Option<&anyhow::Error>,
 ) -> String {
@@ -515,9 +539,9 @@ fn render(
     }
     doc.push('\n');
     doc += &table(starts);
-    if !memory.is_empty() {
+    for (label, daemons) in memory {
         doc.push('\n');
-        doc += &memory_table(memory);
+        doc += &memory_table(label, daemons);
     }
     if !results.notes.is_empty() || error.is_some() {
         doc.push('\n');
@@ -533,9 +557,9 @@ fn render(
         let values: Vec<String> = s.ms.iter().map(|v| format_ms(*v)).collect();
         let _ = writeln!(doc, "- {} (ms): {}", runner.label(), values.join(", "));
     }
-    if !memory.is_empty() {
-        let values: Vec<String> = memory.iter().map(|d| format!("{}/{}", d.pss, d.rss)).collect();
-        let _ = writeln!(doc, "- strata daemons, Pss/Rss (KiB): {}", values.join(", "));
+    for (label, daemons) in memory {
+        let values: Vec<String> = daemons.iter().map(|d| format!("{}/{}", d.pss, d.rss)).collect();
+        let _ = writeln!(doc, "- strata daemons, {label}, Pss/Rss (KiB): {}", values.join(", "));
     }
     doc += "\n</details>\n";
     doc
@@ -571,14 +595,14 @@ fn table(starts: &BTreeMap<Runner, Starts>) -> String {
     out
 }
 
-/// The strata daemons' memory: the median per container and the total.
-fn memory_table(daemons: &[Daemon]) -> String {
+/// The strata daemons' memory with one image: the median per container and the total.
+fn memory_table(image: &str, daemons: &[Daemon]) -> String {
     let column = |f: fn(&Daemon) -> u64| daemons.iter().map(f).collect::<Vec<u64>>();
     let (pss, rss) = (column(|d| d.pss), column(|d| d.rss));
     let as_f64 = |v: &[u64]| v.iter().map(|x| *x as f64).collect::<Vec<f64>>();
     let med = |v: &[u64]| median(&as_f64(v)).map_or("n/a".into(), |m| format!("{m:.0}"));
     let mut out = format!(
-        "| strata filesystem daemon, {} containers running `sleep 3` | Pss (KiB) | Rss (KiB) |\n|---|---:|---:|\n",
+        "| strata filesystem daemon, {} containers of {image} running `sleep 3` | Pss (KiB) | Rss (KiB) |\n|---|---:|---:|\n",
         daemons.len()
     );
     let _ = writeln!(out, "| median per container | {} | {} |", med(&pss), med(&rss));
