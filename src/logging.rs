@@ -1,10 +1,11 @@
 //! Where strata's log goes: the `--log FILE` option and the `STRATA_LOG` level. The libraries
 //! only emit `tracing` events (failed requests, mounts, unmounts); this module alone decides
-//! their destination and detail.
+//! their destination and detail. A container's log goes to its own file by default.
 
 use std::fmt;
 use std::fs::OpenOptions;
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
@@ -37,6 +38,41 @@ pub fn init(file: Option<&Path>) -> Result<()> {
         None => builder.with_writer(std::io::stderr).init(),
     }
     Ok(())
+}
+
+/// Sends events to the file `path`, from the first event on (its directory may not exist yet),
+/// each appended as it comes: the log of one container (`strata run` without `--log`), kept in
+/// its data directory so that its lines never mix with the container's own stderr. The default
+/// detail is `warn`: a start writes nothing there unless something went wrong. Does nothing when
+/// the log already has a destination (`--log`).
+pub fn init_appending(path: &Path) -> Result<()> {
+    let level = match std::env::var(LEVEL_VARIABLE) {
+        Ok(value) if !value.is_empty() => parse_level(&value)?,
+        _ => Level::WARN,
+    };
+    let path = path.to_path_buf();
+    let _already_set = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_timer(TimeAndPid)
+        .with_writer(move || AppendOnWrite(path.clone()))
+        .try_init();
+    Ok(())
+}
+
+/// Opens its file for each write: no descriptor is held, and nothing is made before the first
+/// event; a write after the file's directory has gone (`--rm`) is dropped.
+struct AppendOnWrite(PathBuf);
+
+impl Write for AppendOnWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new().create(true).append(true).mode(0o600).open(&self.0)?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn parse_level(value: &str) -> Result<Level> {

@@ -26,8 +26,9 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Append the filesystem daemon's log (mounts, unmounts, failed requests, with pids) to FILE;
-    /// without it, logs go to stderr, which a background daemon no longer has. Detail:
-    /// STRATA_LOG=error|warn|info|debug|trace (default: info in FILE, warn on stderr)
+    /// without it, logs go to stderr, which a background daemon no longer has, and a container's
+    /// to strata.log in its data directory. Detail: STRATA_LOG=error|warn|info|debug|trace
+    /// (default: info in FILE, warn otherwise)
     #[arg(long, global = true, value_name = "FILE")]
     log: Option<PathBuf>,
 }
@@ -173,7 +174,10 @@ fn main() {
         return;
     }
     let cli = Cli::parse();
-    if let Err(err) = logging::init(cli.log.as_deref()).and_then(|()| run(cli)) {
+    // `strata run` without --log logs to the container's own file, once it has a name.
+    let container_log = matches!(cli.command, Command::Run(_)) && cli.log.is_none();
+    let logging = if container_log { Ok(()) } else { logging::init(cli.log.as_deref()) };
+    if let Err(err) = logging.and_then(|()| run(cli)) {
         eprintln!("strata: {err:#}");
         std::process::exit(1);
     }

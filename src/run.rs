@@ -97,6 +97,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
         None => state::generate_name(),
     };
+    crate::logging::init_appending(&dirs.data_dir(&name).join("strata.log"))?;
     let options = RunOptions {
         name: Some(name.clone()),
         remove: args.rm,

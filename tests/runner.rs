@@ -203,6 +203,28 @@ fn a_directory_rootfs_runs_and_stays_untouched() {
     assert_ok(&env.strata(&["rm", &name]));
 }
 
+/// Without `--log`, a container's log goes to strata.log in its data directory, never into the
+/// container's own stderr, and goes with `strata rm`.
+#[test]
+fn a_containers_log_is_its_own_file() {
+    let Some(env) = Env::new() else { return };
+    let name = unique("log");
+    let image_path = image().to_str().unwrap();
+    let out = env
+        .command(&["run", "--name", &name, image_path, "sh", "-c", "echo to-stderr >&2"])
+        .env("STRATA_LOG", "info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(stderr(&out), "to-stderr\n", "only the container's own stderr");
+    let log = env.data_dir(&name).join("strata.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    assert!(text.lines().any(|l| l.contains("INFO") && l.contains("mounted")), "{text}");
+    assert_ok(&env.strata(&["rm", &name]));
+    assert!(!log.exists());
+}
+
 #[test]
 fn rm_flag_leaves_nothing_behind() {
     let Some(env) = Env::new() else { return };
