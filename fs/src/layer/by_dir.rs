@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::index::{Entry, Kind, LayerIndex, Listed, Listing, Presence, NO_INDEX};
+use super::index::{Entry, LayerIndex, Listed, Listing, Presence, NO_INDEX};
 use crate::path;
 
 #[derive(Debug, Default)]
@@ -106,11 +106,7 @@ impl ByDirectory {
         let mut objects: Vec<Listed> = d
             .entries
             .iter()
-            .map(|&i| {
-                let mut entry = entry_at(i as usize);
-                entry.host_nlink = self.names_of(&entry);
-                Listed { entry, deferred: false, presence: Presence::Entry, index: i }
-            })
+            .map(|&i| Listed { entry: entry_at(i as usize), deferred: false, presence: Presence::Entry, index: i })
             .collect();
         objects.extend(d.unnamed.iter().map(|(name, &presence)| {
             let mut entry = Entry::implied_dir();
@@ -119,15 +115,6 @@ impl ByDirectory {
         }));
         objects.sort_by(|a, b| name_of(&a.entry).cmp(name_of(&b.entry)));
         Listing { opaque: d.opaque, whiteouts: d.whiteouts.clone(), objects }
-    }
-
-    /// How many names the entry's object has in the layer.
-    fn names_of(&self, entry: &Entry) -> u32 {
-        match entry.kind {
-            Kind::Dir => 0,
-            _ if entry.link_id != 0 => self.link_set(entry.link_id).len() as u32,
-            _ => 1,
-        }
     }
 
     /// The index of the first name of `entry`'s hard-link set (the entry's own for a single name).

@@ -157,7 +157,8 @@ impl Lower {
     /// A node's attributes (its `ino` field still to be set by the caller). A file's link count
     /// is its host file's (as kernel overlayfs shows it), or, in a tar layer, how many names of
     /// its set the merged tree shows (as the image extracted shows it); a directory several
-    /// layers merge shows 1, as kernel overlayfs shows it.
+    /// layers merge shows 1, as kernel overlayfs shows it, and so does any directory of a tar
+    /// layer (which records no link count).
     pub fn attr(&self, node: NodeId) -> FileAttr {
         let n = self.tree.node(node);
         let entry = n.entry(&self.layers);
