@@ -5,9 +5,9 @@
 //! opaque marker, and every hard-link set with its names. It holds entry numbers only: listing
 //! a directory reads its entries from the index (see `codec::EncodedIndex`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::index::{Entry, LayerIndex, Listed, Listing, Presence, NO_INDEX};
+use super::index::{Entry, Kind, LayerIndex, Listed, Listing, Presence, NO_INDEX};
 use crate::path;
 
 #[derive(Debug, Default)]
@@ -31,44 +31,62 @@ pub struct ByDirectory {
 
 impl ByDirectory {
     pub fn new(index: &LayerIndex) -> ByDirectory {
-        let entry = |i: usize| (index.entries[i].path.clone(), index.entries[i].link_id);
+        let entry = |i: usize| {
+            let e = &index.entries[i];
+            (e.path.clone(), e.kind, e.link_id)
+        };
         ByDirectory::build(index.entries.len(), entry, &index.whiteouts, &index.opaque_dirs)
     }
 
-    /// From the index's `count` entries (`entry(i)`: path and hard-link set), whiteouts and
-    /// opaque directories.
+    /// From the index's `count` entries (`entry(i)`: path, kind and hard-link set), whiteouts
+    /// and opaque directories.
     pub fn build(
         count: usize,
-        entry: impl Fn(usize) -> (Box<[u8]>, u32),
+        entry: impl Fn(usize) -> (Box<[u8]>, Kind, u32),
         whiteouts: &[Box<[u8]>],
         opaque_dirs: &[Box<[u8]>],
     ) -> ByDirectory {
         let mut by = ByDirectory::default();
-        let entries: Vec<(Box<[u8]>, u32)> = (0..count).map(entry).collect();
-        let named: HashMap<&[u8], usize> = entries.iter().enumerate().map(|(i, (p, _))| (&**p, i)).collect();
-        for (i, (path, link_id)) in entries.iter().enumerate() {
-            if *link_id != 0 {
-                by.link_sets.entry(*link_id).or_default().push(i as u32);
+        let mut named_dirs: HashSet<Box<[u8]>> = HashSet::new();
+        for i in 0..count {
+            let (path, kind, link_id) = entry(i);
+            if link_id != 0 {
+                by.link_sets.entry(link_id).or_default().push(i as u32);
             }
-            match split(path) {
-                Some((parent, _)) => {
-                    by.dirs.entry(parent.into()).or_default().entries.push(i as u32);
-                    by.reach(parent, Presence::Implied, &named);
-                }
+            match split(&path) {
+                Some((parent, _)) => by.dir_mut(parent).entries.push(i as u32),
                 None => by.root = Some(i as u32),
+            }
+            if kind == Kind::Dir {
+                named_dirs.insert(path);
             }
         }
         for gone in whiteouts {
             if let Some((parent, name)) = split(gone) {
-                by.dirs.entry(parent.into()).or_default().whiteouts.push(name.into());
-                by.reach(parent, Presence::Markers, &named);
+                by.dir_mut(parent).whiteouts.push(name.into());
             }
         }
         for dir in opaque_dirs {
-            by.dirs.entry(dir.clone()).or_default().opaque = true;
-            by.reach(dir, Presence::Markers, &named);
+            by.dir_mut(dir).opaque = true;
+        }
+        // Every directory the layer touches, and its ancestors, is there: implied by entries
+        // below it, or holding markers only, unless the layer names it.
+        let touched: Vec<(Box<[u8]>, Presence)> = by
+            .dirs
+            .iter()
+            .map(|(dir, d)| (dir.clone(), if d.entries.is_empty() { Presence::Markers } else { Presence::Implied }))
+            .collect();
+        for (dir, how) in touched {
+            by.reach(&dir, how, &named_dirs);
         }
         by
+    }
+
+    fn dir_mut(&mut self, path: &[u8]) -> &mut Dir {
+        if !self.dirs.contains_key(path) {
+            self.dirs.insert(path.into(), Dir::default());
+        }
+        self.dirs.get_mut(path).expect("inserted above")
     }
 
     /// The index of the layer's entry for its root directory, if it has one.
@@ -83,12 +101,12 @@ impl ByDirectory {
 
     /// Records that directory `dir` and its ancestors are there, at least as `how`, unless the
     /// layer has entries for them.
-    fn reach(&mut self, mut dir: &[u8], how: Presence, named: &HashMap<&[u8], usize>) {
+    fn reach(&mut self, mut dir: &[u8], how: Presence, named_dirs: &HashSet<Box<[u8]>>) {
         while let Some((parent, name)) = split(dir) {
-            if named.contains_key(dir) {
+            if named_dirs.contains(dir) {
                 return;
             }
-            let unnamed = &mut self.dirs.entry(parent.into()).or_default().unnamed;
+            let unnamed = &mut self.dir_mut(parent).unnamed;
             match unnamed.get(name) {
                 Some(Presence::Implied) => return,
                 Some(_) if how == Presence::Markers => return,

@@ -145,14 +145,15 @@ impl EncodedIndex {
         read_entry(&mut Reader(&self.payload[self.offsets[i] as usize..])).expect("validated when decoded")
     }
 
-    /// Entry `i`'s path and hard-link set, decoding nothing else.
-    pub fn path_and_link(&self, i: usize) -> (Box<[u8]>, u32) {
+    /// Entry `i`'s path, kind and hard-link set, decoding nothing else.
+    pub fn path_kind_link(&self, i: usize) -> (Box<[u8]>, Kind, u32) {
         let mut r = Reader(&self.payload[self.offsets[i] as usize..]);
         let read = (|| {
             let path = r.bytes()?;
-            r.take(1 + FIXED_FIELDS)?;
+            let kind = Kind::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("entry kind"))?;
+            r.take(FIXED_FIELDS)?;
             r.skip_bytes()?;
-            Ok::<_, DecodeProblem>((path, r.u32()?))
+            Ok::<_, DecodeProblem>((path, kind, r.u32()?))
         })();
         read.expect("validated when decoded")
     }
@@ -345,7 +346,7 @@ mod tests {
         assert_eq!(encoded.len(), 3);
         for (i, e) in index.entries.iter().enumerate() {
             assert_eq!(&encoded.entry(i), e);
-            assert_eq!(encoded.path_and_link(i), (e.path.clone(), e.link_id));
+            assert_eq!(encoded.path_kind_link(i), (e.path.clone(), e.kind, e.link_id));
         }
         assert_eq!(encoded.to_index(), index);
     }

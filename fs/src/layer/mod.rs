@@ -283,7 +283,7 @@ impl Layer {
         self.by_dir.get_or_init(|| {
             if let Indexed::Encoded { encoded, .. } = &self.index {
                 if let Some(encoded) = lock(encoded).as_ref() {
-                    let entry = |i| encoded.path_and_link(i);
+                    let entry = |i| encoded.path_kind_link(i);
                     return by_dir::ByDirectory::build(encoded.len(), entry, &encoded.whiteouts, &encoded.opaque_dirs);
                 }
             }
