@@ -7,9 +7,9 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use strata_fs::layer::by_dir::ByDirectory;
 use strata_fs::layer::codec;
-use strata_fs::layer::index::{Entry, IndexBuilder, Kind, LayerIndex, Listing};
+use strata_fs::layer::index::{Entry, IndexBuilder, Kind, LayerIndex};
 use strata_fs::layer::LayerInfo;
-use strata_fs::merge::lazy::{Layers, LazyTree};
+use strata_fs::merge::lazy::{IndexStack, LazyTree};
 use strata_fs::merge::MergedTree;
 
 /// 100 directories of 1000 files (100k entries) below `usr/share`.
@@ -70,35 +70,12 @@ fn merged_view(c: &mut Criterion) {
     group.finish();
 }
 
-/// Tar layers as their indexes, arranged by directory.
-struct Tars(Vec<(LayerIndex, ByDirectory)>);
-
-impl Tars {
-    fn of(indexes: Vec<LayerIndex>) -> Tars {
-        Tars(indexes.into_iter().map(|i| (ByDirectory::new(&i), i)).map(|(b, i)| (i, b)).collect())
-    }
-
-    fn tree(&self) -> LazyTree {
-        LazyTree::new((0..self.0.len() as u16).rev().map(|l| (l, Entry::implied_dir(), false)).collect())
-    }
+/// A fresh lazy tree over `layers`, whose roots the layers only imply.
+fn fresh_tree(layers: &IndexStack) -> LazyTree {
+    LazyTree::new((0..layers.len() as u16).rev().map(|l| (l, Entry::implied_dir(), false)).collect())
 }
 
-impl Layers for Tars {
-    fn list(&self, layer: usize, path: &[u8], _dir: &Entry) -> strata_fs::Result<Listing> {
-        let (index, by_dir) = &self.0[layer];
-        Ok(by_dir.list(path, |i| index.entries[i].clone()))
-    }
-
-    fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
-        placeholder.clone()
-    }
-
-    fn name(&self, layer: usize) -> String {
-        format!("layer {layer}")
-    }
-}
-
-fn lookup_all(tree: &LazyTree, layers: &Tars, paths: &[String]) -> usize {
+fn lookup_all(tree: &LazyTree, layers: &IndexStack, paths: &[String]) -> usize {
     paths.iter().filter(|p| tree.lookup(layers, p.as_bytes()).unwrap().is_some()).count()
 }
 
@@ -109,9 +86,11 @@ fn lazy_merge(c: &mut Criterion) {
     group.bench_function("by_directory_100k_entries", |b| b.iter(|| ByDirectory::new(&index)));
     let paths: Vec<String> =
         (0..1000).map(|i| format!("usr/share/d{:03}/f{:04}", i * 37 % 100, i * 7919 % 1000)).collect();
-    let layers = Tars::of(vec![index.clone()]);
-    group.bench_function("first_lookup_1000_paths_100k", |b| b.iter(|| lookup_all(&layers.tree(), &layers, &paths)));
-    let tree = layers.tree();
+    let layers = IndexStack::new(vec![index.clone()]);
+    group.bench_function("first_lookup_1000_paths_100k", |b| {
+        b.iter(|| lookup_all(&fresh_tree(&layers), &layers, &paths))
+    });
+    let tree = fresh_tree(&layers);
     lookup_all(&tree, &layers, &paths);
     group.bench_function("lookup_1000_paths_100k_merged", |b| b.iter(|| lookup_all(&tree, &layers, &paths)));
     let dir = tree.lookup(&layers, b"usr/share/d050").unwrap().unwrap();
@@ -120,9 +99,9 @@ fn lazy_merge(c: &mut Criterion) {
     group.bench_function("decode_1000_encoded_entries", |b| {
         b.iter(|| (0..1000).map(|i| encoded.entry(i * 97).path.len()).sum::<usize>())
     });
-    let stack = Tars::of(deep_stack(100));
+    let stack = IndexStack::new(deep_stack(100));
     group.bench_function("first_lookup_in_stack_100", |b| {
-        b.iter(|| stack.tree().lookup(&stack, b"opt/layer50/bin/tool").unwrap().unwrap())
+        b.iter(|| fresh_tree(&stack).lookup(&stack, b"opt/layer50/bin/tool").unwrap().unwrap())
     });
     group.finish();
 }

@@ -20,8 +20,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use super::{NodeId, ROOT};
+use crate::layer::by_dir::ByDirectory;
 use crate::layer::dir_index;
-use crate::layer::index::{Entry, Kind, Listing, Presence, NO_INDEX};
+use crate::layer::index::{Entry, Kind, LayerIndex, Listing, Presence, NO_INDEX};
 use crate::path;
 
 /// What the merge reads of its layers, one directory at a time.
@@ -289,6 +290,39 @@ fn merge_dir(layers: &dyn Layers, dir: &LazyNode) -> crate::Result<BTreeMap<Box<
         }
     }
     Ok(found)
+}
+
+/// Tar layer indexes in memory, bottom first, each arranged by directory: a stack for the lazy
+/// merge with no host file behind it (tests, benchmarks, tools reading indexes).
+pub struct IndexStack(Vec<(LayerIndex, ByDirectory)>);
+
+impl IndexStack {
+    pub fn new(indexes: Vec<LayerIndex>) -> IndexStack {
+        IndexStack(indexes.into_iter().map(|index| (ByDirectory::new(&index), index)).map(|(b, i)| (i, b)).collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Layers for IndexStack {
+    fn list(&self, layer: usize, path: &[u8], _dir: &Entry) -> crate::Result<Listing> {
+        let (index, by_dir) = &self.0[layer];
+        Ok(by_dir.list(path, |i| index.entries[i].clone()))
+    }
+
+    fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
+        placeholder.clone()
+    }
+
+    fn name(&self, layer: usize) -> String {
+        format!("tar {layer}")
+    }
 }
 
 #[cfg(test)]

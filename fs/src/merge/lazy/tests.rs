@@ -3,7 +3,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::layer::by_dir::ByDirectory;
 use crate::layer::index::{IndexBuilder, LayerIndex, Listed};
 use crate::merge::MergedTree;
 
@@ -202,24 +201,6 @@ proptest! {
     }
 }
 
-/// Tar layers as their indexes, listed a directory at a time through [`ByDirectory`].
-struct Tars(Vec<(LayerIndex, ByDirectory)>);
-
-impl Layers for Tars {
-    fn list(&self, layer: usize, path: &[u8], _dir: &Entry) -> crate::Result<Listing> {
-        let (index, by_dir) = &self.0[layer];
-        Ok(by_dir.list(path, |i| index.entries[i].clone()))
-    }
-
-    fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {
-        placeholder.clone()
-    }
-
-    fn name(&self, layer: usize) -> String {
-        format!("tar {layer}")
-    }
-}
-
 /// A tar layer from items `d:path`, `f:path`, `w:path`, `o:path` in archive order (parents
 /// left out, as a tar may); None when the layer names an entry below its own file.
 fn tar_layer(layer: usize, items: &[String]) -> Option<LayerIndex> {
@@ -242,12 +223,7 @@ fn a_tar_layer_that_only_implies_a_directory_keeps_the_lower_directorys_metadata
     lower.mode = 0o700;
     let bottom = LayerIndex { entries: vec![lower, Entry::new(b"a/old", Kind::File)], ..LayerIndex::default() };
     let top = tar_layer(1, &["f:a/new".into(), "w:a/old".into(), "o:b".into()]).unwrap();
-    let tars = Tars(
-        vec![(ByDirectory::new(&bottom), bottom), (ByDirectory::new(&top), top)]
-            .into_iter()
-            .map(|(b, i)| (i, b))
-            .collect(),
-    );
+    let tars = IndexStack::new(vec![bottom, top]);
     let tree = lazy(2);
     let a = tree.lookup_child(&tars, ROOT, b"a").unwrap().unwrap();
     assert_eq!((tree.node(a).layer, tree.node(a).entry(&tars).mode), (0, 0o700), "a/ is the bottom layer's");
@@ -260,7 +236,7 @@ fn a_tar_layer_that_only_implies_a_directory_keeps_the_lower_directorys_metadata
 fn entries_a_tar_layer_puts_below_a_lower_file_are_an_error_naming_both() {
     let bottom = tar_layer(0, &["f:a".into()]).unwrap();
     let top = tar_layer(1, &["f:a/x".into()]).unwrap();
-    let tars = Tars([bottom, top].into_iter().map(|i| (ByDirectory::new(&i), i)).map(|(b, i)| (i, b)).collect());
+    let tars = IndexStack::new(vec![bottom, top]);
     let err = lazy(2).lookup_child(&tars, ROOT, b"a").unwrap_err().to_string();
     assert!(err.contains("tar 1") && err.contains("tar 0") && err.contains("a file"), "{err}");
 }
@@ -278,7 +254,7 @@ proptest! {
             return Ok(());
         }
         let eager = eager_view(&indexes);
-        let tars = Tars(indexes.into_iter().map(|i| { let b = ByDirectory::new(&i); (i, b) }).collect());
-        prop_assert_eq!(lazy_view(&tars, tars.0.len()), eager);
+        let tars = IndexStack::new(indexes);
+        prop_assert_eq!(lazy_view(&tars, tars.len()), eager);
     }
 }
