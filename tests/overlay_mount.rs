@@ -670,6 +670,40 @@ fn directory_lower_files_are_read_in_passthrough() {
     assert_eq!(std::fs::read_to_string(lower.join("a/f1")).unwrap(), "one", "the lower is untouched");
 }
 
+/// Reading lower files through a mount, writable or read-only, and copying them up leave their
+/// access times alone (kernel overlayfs opens lower files with O_NOATIME too): the layer is never
+/// written, not even an atime. The lower's atimes are older than their mtimes, so a plain read on
+/// this relatime host would update them.
+#[test]
+fn reading_and_copying_up_leave_lower_atimes_alone() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let long_ago = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for name in ["a/f1", "c/f3", "d"] {
+        let file = std::fs::File::open(lower.join(name)).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_accessed(long_ago)).unwrap();
+    }
+    let atimes = || ["a/f1", "c/f3", "d"].map(|name| std::fs::metadata(lower.join(name)).unwrap().atime());
+    let before = atimes();
+    assert_eq!(before, [1_000_000_000; 3]);
+
+    let m = writable(w, &lower);
+    assert_eq!(std::fs::read_to_string(m.dir.join("a/f1")).unwrap(), "one");
+    let mut appended = std::fs::OpenOptions::new().append(true).open(m.dir.join("d")).unwrap();
+    std::io::Write::write_all(&mut appended, b"!").unwrap();
+    drop(appended);
+    drop(m);
+    let ro_mnt = w.join("ro");
+    let ro = Mounted::new(&w.join("cache"), &["--layer", lower.to_str().unwrap()], &ro_mnt);
+    assert_eq!(std::fs::read_to_string(ro_mnt.join("c/f3")).unwrap(), "three");
+    drop(ro);
+    assert_eq!(atimes(), before, "lower atimes after reads and a copy-up");
+}
+
 /// Directory-lower objects show their host inode number (in the low bits, with the layer above
 /// them, as kernel overlayfs' xino does) and their host ctime, so what a tool recorded about them
 /// on the host still matches (git's index keeps the low 32 bits of st_ino and the ctime, and

@@ -69,8 +69,14 @@ pub struct HostDir {
 }
 
 impl HostDir {
+    /// Opens the layer's directory: where the caller may (root, in the host's mount namespace),
+    /// through a private read-only, noatime copy of its mount (see [`private_read_only_view`]).
     pub fn open(path: &Path) -> Result<HostDir> {
-        Ok(HostDir { path: path.to_path_buf(), root: open_dir(None, path, b"")? })
+        let root = match private_read_only_view(path) {
+            Some(view) => view,
+            None => open_dir(None, path, b"")?,
+        };
+        Ok(HostDir { path: path.to_path_buf(), root })
     }
 
     /// The whole layer's index, every directory read (see the module doc for what is deferred).
@@ -122,14 +128,24 @@ impl HostDir {
     }
 
     /// Opens file `rel` beneath the layer's root for reading, following no symlink.
+    ///
+    /// Without updating its access time where the caller may ask that (its owner, or
+    /// CAP_FOWNER), as kernel overlayfs opens lower files: reading through a mount must not
+    /// change the layer, not even an atime.
     pub fn open_file(&self, rel: &[u8]) -> std::io::Result<std::fs::File> {
         use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-        let how = OpenHow::new().flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).resolve(
-            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-        let rel = if rel.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(rel)) };
-        let fd = nix::fcntl::openat2(self.root.as_fd(), rel, how).map_err(std::io::Error::from)?;
-        Ok(std::fs::File::from(fd))
+        let open = |flags: OFlag| {
+            let how = OpenHow::new().flags(flags | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW).resolve(
+                ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+            let rel = if rel.is_empty() { Path::new(".") } else { Path::new(OsStr::from_bytes(rel)) };
+            nix::fcntl::openat2(self.root.as_fd(), rel, how)
+        };
+        let fd = match open(OFlag::O_NOATIME) {
+            Err(nix::errno::Errno::EPERM) => open(OFlag::empty()),
+            opened => opened,
+        };
+        Ok(std::fs::File::from(fd.map_err(std::io::Error::from)?))
     }
 }
 
@@ -426,6 +442,47 @@ fn host_path(root: &Path, rel: &[u8]) -> PathBuf {
     }
 }
 
+/// The directory at `path` on a detached copy of its mount (open_tree(2) OPEN_TREE_CLONE) made
+/// read-only and noatime, or None where the caller may not make one (unprivileged, or a mount
+/// whose flags are locked in a user namespace). The kernel then refuses any write into the layer
+/// through it, and reads through it, including those the kernel makes itself for a FUSE
+/// passthrough file opened from it, leave access times alone, as kernel overlayfs leaves them in
+/// its lower layers. Nothing else sees the copy; it goes away with the last descriptor in it.
+/// Like overlayfs' lower layers, it does not include mounts beneath `path`.
+fn private_read_only_view(path: &Path) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
+    // SAFETY: a NUL-terminated path; the result is a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c_path.as_ptr(), flags) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: open_tree returned this descriptor to us alone.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOATIME,
+        attr_clr: libc::MOUNT_ATTR__ATIME,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a live descriptor, an empty NUL-terminated path and a mount_attr of the given size.
+    let set = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if set != 0 {
+        return None;
+    }
+    open_dir(Some(&tree), path, b"").ok()
+}
+
 /// Opens the directory `rel` beneath `root_fd` without following any symlink on the way, or the
 /// layer's root itself (`root_fd` None) at `host`.
 fn open_dir(root_fd: Option<&OwnedFd>, host: &Path, rel: &[u8]) -> Result<OwnedFd> {
@@ -539,6 +596,25 @@ fn read_sized(path: &dyn Fn() -> PathBuf, call: impl Fn(*mut u8, usize) -> libc:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As root a layer is read through a private read-only, noatime copy of its mount: the kernel
+    /// itself refuses writes through it. Unprivileged callers read the directory as it is.
+    #[test]
+    fn layers_are_read_through_a_read_only_noatime_view_as_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let host = HostDir::open(dir.path()).unwrap();
+        use nix::{fcntl::OFlag, sys::stat::Mode, sys::statvfs::FsFlags};
+        let flags = nix::sys::statvfs::fstatvfs(&host.root).unwrap().flags();
+        if nix::unistd::geteuid().is_root() {
+            assert!(flags.contains(FsFlags::ST_RDONLY | FsFlags::ST_NOATIME), "{flags:?}");
+            let created = nix::fcntl::openat(&host.root, "new", OFlag::O_CREAT | OFlag::O_WRONLY, Mode::S_IRUSR);
+            assert_eq!(created.unwrap_err(), nix::errno::Errno::EROFS);
+        } else {
+            assert!(!flags.contains(FsFlags::ST_RDONLY));
+        }
+        assert_eq!(std::io::read_to_string(host.open_file(b"f").unwrap()).unwrap(), "x");
+    }
 
     /// Many directories read by several threads still give one deterministic index, in sorted
     /// depth-first order, with hard links, symlinks and whiteout names as a sequential walk has them.
