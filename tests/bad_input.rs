@@ -202,6 +202,62 @@ fn a_full_cache_disk_leaves_no_partial_shared_copy() {
     assert!(copied == big, "the copy holds the file's bytes");
 }
 
+/// A cache disk with no room: an uncompressed layer still mounts (its index stays in memory and
+/// a warning says it is not kept), a compressed one, which must be decompressed into the cache,
+/// is refused with an error naming the cache and what to do (not "corrupt archive"), and nothing
+/// partial is left in the cache.
+#[test]
+fn a_full_cache_disk_is_named_and_uncompressed_layers_still_mount() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let names: Vec<String> = (0..400).map(|i| format!("etc/file-with-a-long-name-{i:04}")).collect();
+    let mut entries = vec![(header(b"etc", b'5', 0), &b""[..])];
+    entries.extend(names.iter().map(|n| (header(n.as_bytes(), b'0', 2), &b"ok"[..])));
+    let tar = tar_with(&entries);
+    std::fs::write(w.join("layer.tar"), &tar).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar).unwrap();
+    std::fs::write(w.join("layer.tar.gz"), gz.finish().unwrap()).unwrap();
+
+    // One 4 KiB page: room for the cache's directories, not for the index or the blob.
+    let cache = w.join("cache");
+    std::fs::create_dir(&cache).unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"]).arg(&cache).status();
+    assert!(mounted.unwrap().success());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(&cache);
+
+    let mnt = w.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = run_strata(&cache, &["mount", "--layer", w.join("layer.tar").to_str().unwrap(), mnt.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let mount = support::Mounted { dir: mnt.clone() };
+    assert!(stderr.contains("index is not kept") && stderr.contains("STRATA_CACHE"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(mnt.join(&names[399])).unwrap(), "ok");
+    drop(mount);
+
+    let gz_mnt = w.join("mnt-gz");
+    std::fs::create_dir(&gz_mnt).unwrap();
+    let out =
+        run_strata(&cache, &["mount", "--layer", w.join("layer.tar.gz").to_str().unwrap(), gz_mnt.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !is_mounted(&gz_mnt), "{stderr}");
+    assert!(stderr.contains("cannot store it in the cache") && stderr.contains("No space left"), "{stderr}");
+    assert!(!stderr.contains("corrupt"), "{stderr}");
+    let files: Vec<_> = walk(&cache).into_iter().filter(|p| p.is_file()).collect();
+    assert!(files.is_empty(), "nothing partial is left in the cache: {files:?}");
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

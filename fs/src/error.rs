@@ -38,6 +38,9 @@ pub enum Error {
     #[error("{0:?}: no such path in the image")]
     NoSuchPath(String),
 
+    #[error("layer {layer}: cannot store it in the cache: {}: {cause}; make room there, or point STRATA_CACHE at a writable directory with space", path.display())]
+    CacheWrite { layer: String, path: PathBuf, cause: io::Error },
+
     #[error("mount on {}: {detail}", path.display())]
     Mount { path: PathBuf, detail: String },
 }

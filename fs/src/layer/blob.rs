@@ -192,13 +192,21 @@ pub struct Decompressed {
     pub uncompressed_size: u64,
 }
 
+/// Why a decompression failed: the blob (corrupt, truncated, unreadable) or where it was going.
+#[derive(Debug)]
+pub enum DecompressFailure {
+    Input(io::Error),
+    Output(io::Error),
+}
+
 /// Decompresses `range` into `out`, hashing both sides, reporting compressed bytes consumed.
 pub fn decompress(
     range: &BlobRange,
     compression: Compression,
     out: &mut File,
     progress: &dyn Fn(u64),
-) -> io::Result<Decompressed> {
+) -> Result<Decompressed, DecompressFailure> {
+    use DecompressFailure::{Input, Output};
     struct Progress<'a, R> {
         inner: R,
         done: u64,
@@ -222,24 +230,26 @@ pub fn decompress(
             Compression::Gzip => {
                 Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, &mut stored)))
             }
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut stored)?),
-            Compression::None => return Err(io::Error::new(io::ErrorKind::InvalidInput, "the blob is not compressed")),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut stored).map_err(Input)?),
+            Compression::None => {
+                return Err(Input(io::Error::new(io::ErrorKind::InvalidInput, "the blob is not compressed")))
+            }
         };
         loop {
-            let n = decoder.read(&mut buf)?;
+            let n = decoder.read(&mut buf).map_err(Input)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            writer.write_all(&buf[..n])?;
+            writer.write_all(&buf[..n]).map_err(Output)?;
             total += n as u64;
         }
     }
-    writer.flush()?;
+    writer.flush().map_err(Output)?;
     drop(writer);
     // Trailing bytes after the last compressed frame would be silently ignored by the decoder;
     // reading the rest keeps the stored digest honest.
-    io::copy(&mut stored, &mut io::sink())?;
+    io::copy(&mut stored, &mut io::sink()).map_err(Input)?;
     Ok(Decompressed {
         stored_digest: stored.digest(),
         diff_id: format!("sha256:{:x}", hasher.finalize()),

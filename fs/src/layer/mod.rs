@@ -152,7 +152,13 @@ impl Layer {
                     progress,
                 )?;
                 let bytes = codec::encode(&info, &index);
-                cache.write_atomic(&index_path, |f| io::Write::write_all(f, &bytes))?;
+                // The index is in memory: this mount needs nothing more, the next one indexes again.
+                if let Err(e) = cache.write_atomic(&index_path, |f| io::Write::write_all(f, &bytes)) {
+                    tracing::warn!(
+                        "layer {name}: its index is not kept for later mounts ({e}); make room in the cache, or point \
+                         STRATA_CACHE at a writable directory with space"
+                    );
+                }
                 Ok(Layer::new(name, info, Indexed::Decoded(index), data))
             }
         }
@@ -221,11 +227,21 @@ impl Layer {
             (info, range.clone())
         } else {
             progress.start(&format!("decompressing {name}"), range.len);
+            let unstored = |path: &Path, cause: io::Error| Error::CacheWrite {
+                layer: name.to_string(),
+                path: path.to_path_buf(),
+                cause,
+            };
             let tmp_dir = cache.root().join("blobs");
-            fs::create_dir_all(&tmp_dir).at(&tmp_dir)?;
-            let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&tmp_dir).at(&tmp_dir)?;
-            let out =
-                blob::decompress(range, compression, tmp.as_file_mut(), &|done| progress.set(done)).map_err(corrupt)?;
+            fs::create_dir_all(&tmp_dir).map_err(|e| unstored(&tmp_dir, e))?;
+            let mut tmp =
+                tempfile::Builder::new().prefix(".tmp-").tempfile_in(&tmp_dir).map_err(|e| unstored(&tmp_dir, e))?;
+            let out = blob::decompress(range, compression, tmp.as_file_mut(), &|done| progress.set(done)).map_err(
+                |failure| match failure {
+                    blob::DecompressFailure::Input(e) => corrupt(e),
+                    blob::DecompressFailure::Output(e) => unstored(tmp.path(), e),
+                },
+            )?;
             progress.finish();
             if let Some(expected) = expected_digest.filter(|e| *e != out.stored_digest) {
                 return Err(mismatch(expected, &out.stored_digest));
@@ -234,8 +250,8 @@ impl Layer {
                 return Err(mismatch(expected, &out.diff_id));
             }
             let blob_path = cache.blob_path(&out.diff_id);
-            tmp.as_file().sync_data().at(tmp.path())?;
-            let file = tmp.persist(&blob_path).map_err(|e| Error::io(&blob_path, e.error))?;
+            tmp.as_file().sync_data().map_err(|e| unstored(tmp.path(), e))?;
+            let file = tmp.persist(&blob_path).map_err(|e| unstored(&blob_path, e.error))?;
             let info = LayerInfo {
                 stored_digest: out.stored_digest,
                 diff_id: out.diff_id,
