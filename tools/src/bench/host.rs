@@ -264,18 +264,6 @@ pub fn describe_host() -> String {
     format!("Linux {kernel}, {cpus} CPU ({cpu_model}), {mem_gib:.1} GiB RAM")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unescapes_octal_mountinfo_fields() {
-        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
-        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
-    }
-}
-
 /// A journaled ext4 filesystem in a sparse image on a loop device (direct I/O, so the host's page
 /// cache does not hold its blocks twice), mounted at `dir`; unmounted and detached on drop. The
 /// writable benchmark keeps every system's upper here: one filesystem of the most common kind,
@@ -350,5 +338,17 @@ impl Drop for ScratchFs {
         }
         let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
         let _ = fs::remove_file(&self.image);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_octal_mountinfo_fields() {
+        assert_eq!(unescape_mountinfo(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/trailing\04"), r"/trailing\04");
     }
 }

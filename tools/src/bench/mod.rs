@@ -12,11 +12,16 @@
 //!
 //! With `--runner`, [`runner`] times containers from start to exit instead (strata run, bwrap,
 //! unshare + chroot and runc on the same image) and writes `WORK/results-runner.md`.
+//!
+//! With `--scale N`, [`scale`] runs N containers of one image at once with strata, and with bwrap
+//! over kernel overlayfs and over fuse-overlayfs, and writes what they cost to
+//! `WORK/results-scale.md`.
 
 pub mod dataset;
 pub mod host;
 pub mod report;
 pub mod runner;
+pub mod scale;
 pub mod systems;
 pub mod workloads;
 pub mod writable;

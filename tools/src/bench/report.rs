@@ -284,6 +284,25 @@ impl Results {
     }
 }
 
+/// The nearest-rank percentile `p` (0 < p ≤ 1) of `values`; None when empty.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.max(1) - 1).copied()
+}
+
+/// The value of a `Key:   123 kB` line (/proc/meminfo, smaps_rollup).
+pub fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != key {
+            return None;
+        }
+        fields.next()?.parse().ok()
+    })
+}
+
 /// The median; the mean of the middle two for an even count. None when empty.
 pub fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
@@ -340,6 +359,23 @@ pub fn format_ratio(r: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        assert_eq!(percentile(&[], 0.9), None);
+        assert_eq!(percentile(&[7.0], 0.9), Some(7.0));
+        let values: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.9), Some(18.0));
+        assert_eq!(percentile(&values, 0.5), Some(10.0));
+    }
+
+    #[test]
+    fn reads_kib_fields_by_exact_key() {
+        let text = "00400000-7ffc rw-p 00000000 00:00 0 [rollup]\nRss:  2048 kB\nPss:  1024 kB\nPss_Anon:  512 kB\n";
+        assert_eq!(kib_field(text, "Pss:"), Some(1024));
+        assert_eq!(kib_field(text, "Rss:"), Some(2048));
+        assert_eq!(kib_field(text, "Swap:"), None);
+    }
 
     #[test]
     fn median_handles_odd_even_and_empty() {

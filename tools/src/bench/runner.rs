@@ -47,7 +47,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::host;
-use super::report::{format_ms, format_ratio, median, ratio, Results};
+use super::report::{format_ms, format_ratio, kib_field, median, percentile, ratio, Results};
 use crate::fixture;
 
 /// strata's run directory in the benchmark: on tmpfs, like root's default `/run/strata`.
@@ -478,25 +478,6 @@ fn smaps_rollup(pid: u32) -> Result<Daemon> {
     Ok(Daemon { pss: field("Pss:")?, rss: field("Rss:")? })
 }
 
-/// The value of a `Key:   123 kB` line.
-fn kib_field(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        if fields.next()? != key {
-            return None;
-        }
-        fields.next()?.parse().ok()
-    })
-}
-
-/// The nearest-rank percentile `p` (0 < p ≤ 1) of `values`; None when empty.
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted.get(rank.max(1) - 1).copied()
-}
-
 /// The report: context, the start-to-exit table, the daemons' memory, notes and raw samples.
 fn render(
     opts: &Options,
@@ -619,23 +600,6 @@ fn memory_table(image: &str, daemons: &[Daemon]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percentile_is_nearest_rank() {
-        assert_eq!(percentile(&[], 0.9), None);
-        assert_eq!(percentile(&[7.0], 0.9), Some(7.0));
-        let values: Vec<f64> = (1..=20).rev().map(f64::from).collect();
-        assert_eq!(percentile(&values, 0.9), Some(18.0));
-        assert_eq!(percentile(&values, 0.5), Some(10.0));
-    }
-
-    #[test]
-    fn reads_kib_fields_by_exact_key() {
-        let text = "00400000-7ffc rw-p 00000000 00:00 0 [rollup]\nRss:  2048 kB\nPss:  1024 kB\nPss_Anon:  512 kB\n";
-        assert_eq!(kib_field(text, "Pss:"), Some(1024));
-        assert_eq!(kib_field(text, "Rss:"), Some(2048));
-        assert_eq!(kib_field(text, "Swap:"), None);
-    }
 
     #[test]
     fn table_shows_ratios_and_failures() {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, ValueEnum};
-use strata_tools::bench::{self, dataset::Kind, runner};
+use strata_tools::bench::{self, dataset::Kind, runner, scale};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Rootfs {
@@ -46,6 +46,11 @@ struct Cli {
     /// per container; writes WORK/results-runner.md. With --quick: one round of 5 starts.
     #[arg(long, conflicts_with_all = ["writable", "rootfs"])]
     runner: bool,
+    /// Run N containers of one image at once instead: strata run against bwrap over kernel
+    /// overlayfs and over fuse-overlayfs; start times, host memory and page cache per container,
+    /// the runtimes' own memory, disk and teardown; writes WORK/results-scale.md
+    #[arg(long, value_name = "N", conflicts_with_all = ["writable", "rootfs", "runner"])]
+    scale: Option<usize>,
 }
 
 /// Timed starts per system in each round of --runner.
@@ -55,6 +60,14 @@ fn main() {
     let cli = Cli::parse();
     let command_line =
         std::iter::once("strata-bench".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
+    if let Some(containers) = cli.scale {
+        let opts = scale::Options { containers, work: cli.work, strata: cli.strata, command_line };
+        if let Err(err) = scale::run(&opts) {
+            eprintln!("strata-bench: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     if cli.runner {
         let (rounds, starts) = if cli.quick { (1, 5) } else { (cli.runs, RUNNER_STARTS) };
         let opts = runner::Options { rounds, starts, work: cli.work, strata: cli.strata, command_line };
