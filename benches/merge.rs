@@ -95,15 +95,33 @@ fn lazy_merge(c: &mut Criterion) {
     group.bench_function("lookup_1000_paths_100k_merged", |b| b.iter(|| lookup_all(&tree, &layers, &paths)));
     let dir = tree.lookup(&layers, b"usr/share/d050").unwrap().unwrap();
     group.bench_function("list_1000_entry_dir_merged", |b| b.iter(|| tree.children(&layers, dir).unwrap().len()));
-    let (_, encoded) = codec::decode_lazily(codec::encode(&LayerInfo::default(), &index)).unwrap();
-    group.bench_function("decode_1000_encoded_entries", |b| {
-        b.iter(|| (0..1000).map(|i| encoded.entry(i * 97).path.len()).sum::<usize>())
+    let bytes = codec::encode(&LayerInfo::default(), &index);
+    let (_, mut encoded) = codec::decode_lazily(bytes.clone()).unwrap();
+    let scattered: Vec<u32> = (0..1000).map(|i| i * 97).collect();
+    group.bench_function("decode_1000_encoded_entries", |b| b.iter(|| encoded.entries(&scattered).unwrap().len()));
+    // The same index read in place from its cache file (page cache), as a container's daemon
+    // reads it: the 1,000 entries of one directory (one read), and 1,000 scattered ones.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index");
+    std::fs::write(&path, &bytes).unwrap();
+    encoded.set_file(std::fs::File::open(&path).unwrap(), path);
+    encoded.read_in_place();
+    let d050 = entries_directly_in(&index, b"usr/share/d050/");
+    group.bench_function("read_in_place_1000_entry_dir", |b| b.iter(|| encoded.entries(&d050).unwrap().len()));
+    group.bench_function("read_in_place_1000_scattered_entries", |b| {
+        b.iter(|| encoded.entries(&scattered).unwrap().len())
     });
     let stack = IndexStack::new(deep_stack(100));
     group.bench_function("first_lookup_in_stack_100", |b| {
         b.iter(|| fresh_tree(&stack).lookup(&stack, b"opt/layer50/bin/tool").unwrap().unwrap())
     });
     group.finish();
+}
+
+/// The indices of the entries directly in `dir` (with its trailing slash).
+fn entries_directly_in(index: &LayerIndex, dir: &[u8]) -> Vec<u32> {
+    let within = |p: &[u8]| p.strip_prefix(dir).is_some_and(|rest| !rest.is_empty() && !rest.contains(&b'/'));
+    (0..index.entries.len() as u32).filter(|&i| within(&index.entries[i as usize].path)).collect()
 }
 
 criterion_group!(benches, merged_view, lazy_merge);

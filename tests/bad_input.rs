@@ -180,7 +180,7 @@ fn a_full_cache_disk_leaves_no_partial_shared_copy() {
         &strata_fs::layer::Quiet,
     )
     .unwrap();
-    let entry = layer.index().entries.iter().find(|e| &*e.path == b"big").unwrap();
+    let entry = layer.index().unwrap().entries.iter().find(|e| &*e.path == b"big").unwrap();
 
     // A 128 KiB tmpfs cannot hold the 256 KiB copy.
     let mounted = std::process::Command::new("mount")

@@ -41,6 +41,9 @@ pub enum Error {
     #[error("layer {layer}: cannot store it in the cache: {}: {cause}; make room there, or point STRATA_CACHE at a writable directory with space", path.display())]
     CacheWrite { layer: String, path: PathBuf, cause: io::Error },
 
+    #[error("layer {layer}: {cause}")]
+    Index { layer: String, cause: io::Error },
+
     #[error("mount on {}: {detail}", path.display())]
     Mount { path: PathBuf, detail: String },
 }

@@ -20,6 +20,7 @@ pub struct LayerRow {
     pub opaque_dirs: usize,
 }
 
+/// The rows of a view's layers (`ImageView::new` has decoded their indexes).
 pub fn layer_table(layers: &[std::sync::Arc<Layer>]) -> Vec<LayerRow> {
     layers
         .iter()
@@ -36,9 +37,9 @@ pub fn layer_table(layers: &[std::sync::Arc<Layer>]) -> Vec<LayerRow> {
             } else {
                 l.info.uncompressed_size
             },
-            entries: l.index().entries.len(),
-            whiteouts: l.index().whiteouts.len(),
-            opaque_dirs: l.index().opaque_dirs.len(),
+            entries: l.decoded_index().entries.len(),
+            whiteouts: l.decoded_index().whiteouts.len(),
+            opaque_dirs: l.decoded_index().opaque_dirs.len(),
         })
         .collect()
 }
@@ -76,7 +77,7 @@ pub fn path_report(
     let node = tree.lookup(&p).map(|id| tree.node(id));
     let mut mentions = Vec::new();
     for (li, layer) in layers.iter().enumerate() {
-        let idx = layer.index();
+        let idx = layer.decoded_index();
         for ancestor in path::ancestors(&p).chain(std::iter::once(&[][..]).filter(|_| !p.is_empty())) {
             if idx.opaque_dirs.iter().any(|d| **d == *ancestor) {
                 mentions.push((li, Mention::OpaqueAncestor(shown(ancestor))));

@@ -17,7 +17,7 @@ pub struct ImageView {
 
 impl ImageView {
     pub fn new(layers: Vec<Arc<Layer>>) -> Result<ImageView> {
-        let indexes: Vec<_> = layers.iter().map(|l| l.index()).collect();
+        let indexes = layers.iter().map(|l| l.index()).collect::<Result<Vec<_>>>()?;
         let tree = MergedTree::build(&indexes).map_err(|problem| {
             let shown = |p: &[u8]| String::from_utf8_lossy(p).into_owned();
             match problem {

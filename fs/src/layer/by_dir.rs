@@ -116,15 +116,14 @@ impl ByDirectory {
         }
     }
 
-    /// Directory `dir`, its entries read with `entry_at` from the index this was built from.
-    pub fn list(&self, dir: &[u8], entry_at: impl Fn(usize) -> Entry) -> Listing {
+    /// Directory `dir`, its entries read with `entries_at` from the index this was built from.
+    pub fn list<E>(&self, dir: &[u8], entries_at: impl Fn(&[u32]) -> Result<Vec<Entry>, E>) -> Result<Listing, E> {
         let Some(d) = self.dirs.get(dir) else {
-            return Listing::default();
+            return Ok(Listing::default());
         };
-        let mut objects: Vec<Listed> = d
-            .entries
-            .iter()
-            .map(|&i| Listed { entry: entry_at(i as usize), deferred: false, presence: Presence::Entry, index: i })
+        let entries = entries_at(&d.entries)?;
+        let mut objects: Vec<Listed> = (entries.into_iter().zip(&d.entries))
+            .map(|(entry, &i)| Listed { entry, deferred: false, presence: Presence::Entry, index: i })
             .collect();
         objects.extend(d.unnamed.iter().map(|(name, &presence)| {
             let mut entry = Entry::implied_dir();
@@ -132,7 +131,7 @@ impl ByDirectory {
             Listed { entry, deferred: false, presence, index: NO_INDEX }
         }));
         objects.sort_by(|a, b| name_of(&a.entry).cmp(name_of(&b.entry)));
-        Listing { opaque: d.opaque, whiteouts: d.whiteouts.clone(), objects }
+        Ok(Listing { opaque: d.opaque, whiteouts: d.whiteouts.clone(), objects })
     }
 
     /// The index of the first name of `entry`'s hard-link set (the entry's own for a single name).

@@ -2,9 +2,15 @@
 //! sha256 of the payload) and a little-endian payload. Decoding validates everything, so a
 //! truncated, corrupt or foreign file is reported (and rebuilt by the caller), never trusted.
 
+use std::borrow::Cow;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
 use sha2::{Digest, Sha256};
 
 use super::blob::Compression;
+use super::by_dir::ByDirectory;
 use super::cache::INDEX_FORMAT_VERSION;
 use super::index::{Entry, Kind, LayerIndex, Timestamp};
 use super::LayerInfo;
@@ -116,55 +122,153 @@ pub fn decode_info(head: &[u8]) -> Result<LayerInfo, DecodeProblem> {
 
 pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
     let (info, encoded) = decode_lazily(data.to_vec())?;
-    Ok((info, encoded.to_index()))
+    Ok((info, encoded.to_index().expect("decoded from memory")))
 }
 
 /// A validated index kept encoded: each entry is decoded when asked for. An encoded entry takes
-/// about a third of the memory of a decoded one, which matters to a container's daemon: it keeps
-/// its own copy of every layer's index, and reads only the entries of directories it looks into.
+/// about a third of the memory of a decoded one, which matters to a container's daemon: it reads
+/// only the entries of directories it looks into. Once [`EncodedIndex::read_in_place`] has been
+/// called, the payload is not held in memory at all but read from its cache file where needed:
+/// its pages are then the page cache's, one copy for every daemon of a host that mounts the layer.
 #[derive(Debug)]
 pub struct EncodedIndex {
-    payload: Box<[u8]>,
-    /// Where entry `i` starts in the payload.
+    /// The payload, until [`EncodedIndex::read_in_place`] lets it go.
+    in_memory: Option<Box<[u8]>>,
+    /// The cache file this payload was read from (it starts at [`HEADER_LEN`]), if known.
+    file: Option<(File, PathBuf)>,
+    /// Where entry `i` starts in the payload; the last element is where the entries end.
     offsets: Box<[u32]>,
     pub whiteouts: Vec<Box<[u8]>>,
     pub opaque_dirs: Vec<Box<[u8]>>,
 }
 
+/// Entries whose bytes lie at most this far apart in the file are read with one pread.
+const READ_GAP: usize = 16 << 10;
+/// The most bytes one pread of entries asks for.
+const READ_SPAN: usize = 1 << 20;
+
 impl EncodedIndex {
     pub fn len(&self) -> usize {
-        self.offsets.len()
+        self.offsets.len() - 1
     }
 
     pub fn is_empty(&self) -> bool {
-        self.offsets.is_empty()
+        self.len() == 0
+    }
+
+    /// Remembers the cache file the payload was read from (read through `file`, so the same inode).
+    pub fn set_file(&mut self, file: File, path: PathBuf) {
+        self.file = Some((file, path));
+    }
+
+    /// Drops the payload from memory when the cache file can serve it instead.
+    pub fn read_in_place(&mut self) {
+        if self.file.is_some() {
+            self.in_memory = None;
+        }
     }
 
     /// Entry `i`.
-    pub fn entry(&self, i: usize) -> Entry {
-        read_entry(&mut Reader(&self.payload[self.offsets[i] as usize..])).expect("validated when decoded")
+    pub fn entry(&self, i: usize) -> io::Result<Entry> {
+        Ok(self.entries(&[i as u32])?.pop().expect("one entry asked for"))
     }
 
-    /// Entry `i`'s path, kind and hard-link set, decoding nothing else.
-    pub fn path_kind_link(&self, i: usize) -> (Box<[u8]>, Kind, u32) {
-        let mut r = Reader(&self.payload[self.offsets[i] as usize..]);
-        let read = (|| {
-            let path = r.bytes()?;
-            let kind = Kind::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("entry kind"))?;
-            r.take(FIXED_FIELDS)?;
-            r.skip_bytes()?;
-            Ok::<_, DecodeProblem>((path, kind, r.u32()?))
-        })();
-        read.expect("validated when decoded")
+    /// Entries `indices`, in that order. From the file, entries close to each other are read
+    /// together (a directory's entries usually are), and each is checked again as it is decoded:
+    /// a cache file truncated or garbled since it was validated gives an error, never a panic.
+    /// (The cache is its owner's: a consistent rewrite in place is not guarded against.)
+    pub fn entries(&self, indices: &[u32]) -> io::Result<Vec<Entry>> {
+        let bounds = |i: u32| (self.offsets[i as usize] as usize, self.offsets[i as usize + 1] as usize);
+        if let Some(payload) = &self.in_memory {
+            let decode = |&i: &u32| read_entry(&mut Reader(&payload[bounds(i).0..])).expect("validated when decoded");
+            return Ok(indices.iter().map(decode).collect());
+        }
+        let (file, path) = self.file.as_ref().expect("the payload is in memory or in its file");
+        let mut out = Vec::with_capacity(indices.len());
+        let mut rest = indices;
+        while let Some(&first) = rest.first() {
+            let (span_start, mut span_end) = bounds(first);
+            let mut run = 1;
+            while let Some(&next) = rest.get(run) {
+                let (start, end) = bounds(next);
+                if start < span_end || start - span_end > READ_GAP || end - span_start > READ_SPAN {
+                    break;
+                }
+                span_end = end;
+                run += 1;
+            }
+            let mut buf = vec![0u8; span_end - span_start];
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, (HEADER_LEN + span_start) as u64)
+                .map_err(|e| changed_in_place(path, &e.to_string()))?;
+            for &i in &rest[..run] {
+                let (start, end) = bounds(i);
+                let mut r = Reader(&buf[start - span_start..end - span_start]);
+                let entry = read_entry(&mut r).map_err(|problem| changed_in_place(path, &problem.to_string()))?;
+                out.push(entry);
+            }
+            rest = &rest[run..];
+        }
+        Ok(out)
     }
 
-    pub fn to_index(&self) -> LayerIndex {
-        LayerIndex {
-            entries: (0..self.len()).map(|i| self.entry(i)).collect(),
+    /// The payload: borrowed while in memory, else read whole from the file and checked again.
+    fn payload(&self) -> io::Result<Cow<'_, [u8]>> {
+        if let Some(payload) = &self.in_memory {
+            return Ok(Cow::Borrowed(payload));
+        }
+        let (file, path) = self.file.as_ref().expect("the payload is in memory or in its file");
+        let read_whole = || {
+            let mut data = vec![0u8; file.metadata()?.len() as usize];
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut data, 0).map(|()| data)
+        };
+        let data = read_whole().map_err(|e| changed_in_place(path, &e.to_string()))?;
+        let (_, again) = decode_lazily(data).map_err(|problem| changed_in_place(path, &problem.to_string()))?;
+        if again.offsets != self.offsets {
+            return Err(changed_in_place(path, "other entries"));
+        }
+        Ok(Cow::Owned(again.in_memory.expect("just read").into_vec()))
+    }
+
+    /// The entries arranged by directory (for a merge that reads one directory at a time).
+    pub fn by_directory(&self) -> io::Result<ByDirectory> {
+        let payload = self.payload()?;
+        let entry = |i: usize| path_kind_link(&payload[self.offsets[i] as usize..]);
+        Ok(ByDirectory::build(self.len(), entry, &self.whiteouts, &self.opaque_dirs))
+    }
+
+    pub fn to_index(&self) -> io::Result<LayerIndex> {
+        let payload = self.payload()?;
+        let entry = |i: usize| read_entry(&mut Reader(&payload[self.offsets[i] as usize..])).expect("validated");
+        Ok(LayerIndex {
+            entries: (0..self.len()).map(entry).collect(),
             whiteouts: self.whiteouts.clone(),
             opaque_dirs: self.opaque_dirs.clone(),
-        }
+        })
     }
+}
+
+/// An index file that no longer holds what was validated: someone wrote into the cache.
+fn changed_in_place(path: &Path, detail: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "the cached index {} changed while in use ({detail}); unmount, then mount again to rebuild it",
+            path.display()
+        ),
+    )
+}
+
+/// An entry's path, kind and hard-link set, decoding nothing else (from validated bytes).
+fn path_kind_link(bytes: &[u8]) -> (Box<[u8]>, Kind, u32) {
+    let mut r = Reader(bytes);
+    let read = (|| {
+        let path = r.bytes()?;
+        let kind = Kind::from_u8(r.u8()?).ok_or(DecodeProblem::Malformed("entry kind"))?;
+        r.take(FIXED_FIELDS)?;
+        r.skip_bytes()?;
+        Ok::<_, DecodeProblem>((path, kind, r.u32()?))
+    })();
+    read.expect("validated when decoded")
 }
 
 /// Validates an index file completely (header, checksum, every entry) and keeps it encoded.
@@ -184,17 +288,20 @@ pub fn decode_lazily(mut data: Vec<u8>) -> Result<(LayerInfo, EncodedIndex), Dec
     let mut r = Reader(&payload);
     let info = read_info(&mut r)?;
     let count = r.count()?;
-    let mut offsets = Vec::with_capacity(count);
+    let mut offsets = Vec::with_capacity(count + 1);
     for _ in 0..count {
         offsets.push((payload.len() - r.0.len()) as u32);
         check_entry(&mut r)?;
     }
+    offsets.push((payload.len() - r.0.len()) as u32);
     let whiteouts = r.path_list()?;
     let opaque_dirs = r.path_list()?;
     if !r.0.is_empty() {
         return Err(DecodeProblem::Malformed("trailing bytes"));
     }
-    Ok((info, EncodedIndex { offsets: offsets.into(), whiteouts, opaque_dirs, payload }))
+    let encoded =
+        EncodedIndex { offsets: offsets.into(), whiteouts, opaque_dirs, in_memory: Some(payload), file: None };
+    Ok((info, encoded))
 }
 
 /// The bytes of an entry's fixed-size fields after its kind: mode, uid, gid, mtime (8 + 4),
@@ -345,10 +452,77 @@ mod tests {
         let (_, encoded) = decode_lazily(encode(&info, &index)).unwrap();
         assert_eq!(encoded.len(), 3);
         for (i, e) in index.entries.iter().enumerate() {
-            assert_eq!(&encoded.entry(i), e);
-            assert_eq!(encoded.path_kind_link(i), (e.path.clone(), e.kind, e.link_id));
+            assert_eq!(&encoded.entry(i).unwrap(), e);
         }
-        assert_eq!(encoded.to_index(), index);
+        assert_eq!(encoded.entries(&[2, 0]).unwrap(), [index.entries[2].clone(), index.entries[0].clone()]);
+        assert_eq!(encoded.to_index().unwrap(), index);
+        assert_eq!(encoded.by_directory().unwrap().link_set(7), [2]);
+    }
+
+    /// Many entries, some with large xattrs, so that reads span several preads.
+    fn many() -> (LayerInfo, LayerIndex) {
+        let (info, mut index) = sample();
+        for i in 0..3000u32 {
+            let mut e = Entry::new(format!("d{}/f{i:05}", i % 7).as_bytes(), Kind::File);
+            e.size = i as u64;
+            if i % 500 == 0 {
+                e.xattrs.push((b"user.big"[..].into(), vec![i as u8; 40_000].into()));
+            }
+            index.entries.push(e);
+        }
+        (info, index)
+    }
+
+    fn in_place(data: &[u8]) -> (tempfile::TempDir, PathBuf, EncodedIndex) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        std::fs::write(&path, data).unwrap();
+        let (_, mut encoded) = decode_lazily(data.to_vec()).unwrap();
+        encoded.set_file(File::open(&path).unwrap(), path.clone());
+        encoded.read_in_place();
+        (dir, path, encoded)
+    }
+
+    /// Read in place from its file, an index gives what it gives from memory, whichever entries
+    /// are asked for together (near each other, far apart, out of order, over large entries).
+    #[test]
+    fn an_index_read_in_place_gives_the_same_entries() {
+        let (info, index) = many();
+        let data = encode(&info, &index);
+        let (_dir, _path, encoded) = in_place(&data);
+        let all: Vec<u32> = (0..index.entries.len() as u32).collect();
+        assert_eq!(encoded.entries(&all).unwrap(), index.entries);
+        let picks: Vec<u32> = vec![2999, 5, 6, 7, 1500, 1501, 2, 2500, 0, 2502];
+        let expected: Vec<Entry> = picks.iter().map(|&i| index.entries[i as usize].clone()).collect();
+        assert_eq!(encoded.entries(&picks).unwrap(), expected);
+        assert_eq!(encoded.to_index().unwrap(), index);
+        let arranged = encoded.by_directory().unwrap();
+        assert_eq!(arranged.root(), Some(0));
+    }
+
+    /// A cache file written into after it was validated (truncated, or bytes changed) gives an
+    /// error naming it, never a panic or a wrong entry.
+    #[test]
+    fn an_index_changed_in_place_under_a_reader_is_an_error() {
+        let (info, index) = many();
+        let data = encode(&info, &index);
+        let (_dir, path, encoded) = in_place(&data);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(data.len() as u64 / 2).unwrap();
+        let err = encoded.entries(&[2999]).unwrap_err();
+        assert!(err.to_string().contains("changed while in use") && err.to_string().contains("index"), "{err}");
+        assert!(encoded.to_index().is_err() && encoded.by_directory().is_err());
+
+        let (_dir, path, encoded) = in_place(&data);
+        let mut garbled = data.clone();
+        for b in &mut garbled[HEADER_LEN + 200..] {
+            *b = 0xff;
+        }
+        std::fs::write(&path, &garbled).unwrap();
+        let picks: Vec<u32> = (0..index.entries.len() as u32).step_by(97).collect();
+        let err = encoded.entries(&picks).unwrap_err();
+        assert!(err.to_string().contains("changed while in use"), "{err}");
+        assert!(encoded.to_index().is_err());
     }
 
     #[test]

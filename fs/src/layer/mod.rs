@@ -166,8 +166,11 @@ impl Layer {
 
     /// A cached index, if present, valid, and still describing the blob it is served from.
     fn load_cached(name: &str, key: &str, range: &BlobRange, index_path: &Path, cache: &Cache) -> Option<Layer> {
-        let bytes = fs::read(index_path).ok()?;
-        let (info, encoded) = codec::decode_lazily(bytes).ok()?;
+        let file = File::open(index_path).ok()?;
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
+        let (info, mut encoded) = codec::decode_lazily(bytes).ok()?;
+        encoded.set_file(file, index_path.to_path_buf());
         if info.stored_size != range.len {
             return None;
         }
@@ -272,45 +275,82 @@ impl Layer {
     }
 
     /// The whole index (one loaded from the cache is decoded on the first call).
-    pub fn index(&self) -> &LayerIndex {
+    /// The whole index, decoded (once; a cached index kept encoded is decoded here and its
+    /// encoded copy dropped).
+    pub fn index(&self) -> Result<&LayerIndex> {
         match &self.index {
-            Indexed::Decoded(index) => index,
+            Indexed::Decoded(index) => Ok(index),
             Indexed::Encoded { encoded, decoded } => {
-                let index = decoded.get_or_init(|| lock(encoded).as_ref().expect("kept until decoded").to_index());
-                lock(encoded).take();
-                index
+                let mut kept = lock(encoded);
+                if let Some(index) = decoded.get() {
+                    return Ok(index);
+                }
+                let index = kept.as_ref().expect("kept until decoded").to_index().map_err(|e| self.index_error(e))?;
+                *kept = None;
+                Ok(decoded.get_or_init(|| index))
             }
         }
     }
 
-    /// Entry `i` as the index has it (a deferred entry of a directory layer as a placeholder).
-    pub fn entry_at(&self, i: usize) -> Entry {
+    /// The whole index, which [`Layer::index`] has decoded before (the read-only view asks for
+    /// it before anything else).
+    pub(crate) fn decoded_index(&self) -> &LayerIndex {
+        self.index().expect("the whole index is decoded before its entries are asked for")
+    }
+
+    fn index_error(&self, cause: io::Error) -> Error {
+        Error::Index { layer: self.name.clone(), cause }
+    }
+
+    /// Entries `indices` as the index has them (a deferred entry of a directory layer as a
+    /// placeholder), in that order.
+    pub fn entries_at(&self, indices: &[u32]) -> Result<Vec<Entry>> {
+        let decoded_entries = |index: &LayerIndex| indices.iter().map(|&i| index.entries[i as usize].clone()).collect();
         match &self.index {
-            Indexed::Decoded(index) => index.entries[i].clone(),
+            Indexed::Decoded(index) => Ok(decoded_entries(index)),
             Indexed::Encoded { encoded, decoded } => match lock(encoded).as_ref() {
-                Some(encoded) => encoded.entry(i),
-                None => decoded.get().expect("decoded before the encoded copy goes").entries[i].clone(),
+                Some(encoded) => encoded.entries(indices).map_err(|e| self.index_error(e)),
+                None => Ok(decoded_entries(decoded.get().expect("decoded before the encoded copy goes"))),
             },
         }
     }
 
-    /// The index arranged by directory, for a merge that reads one directory at a time.
-    pub fn by_directory(&self) -> &by_dir::ByDirectory {
-        self.by_dir.get_or_init(|| {
-            if let Indexed::Encoded { encoded, .. } = &self.index {
-                if let Some(encoded) = lock(encoded).as_ref() {
-                    let entry = |i| encoded.path_kind_link(i);
-                    return by_dir::ByDirectory::build(encoded.len(), entry, &encoded.whiteouts, &encoded.opaque_dirs);
+    /// Entry `i` as the index has it.
+    pub fn entry_at(&self, i: u32) -> Result<Entry> {
+        Ok(self.entries_at(&[i])?.pop().expect("one entry asked for"))
+    }
+
+    /// The index arranged by directory, for a merge that reads one directory at a time. Built
+    /// once; a cached index kept encoded is from then on read from its cache file where needed
+    /// (see `codec::EncodedIndex`), not kept in this process' memory.
+    pub fn by_directory(&self) -> Result<&by_dir::ByDirectory> {
+        if let Some(arranged) = self.by_dir.get() {
+            return Ok(arranged);
+        }
+        let arranged = match &self.index {
+            Indexed::Decoded(index) => by_dir::ByDirectory::new(index),
+            Indexed::Encoded { encoded, decoded } => {
+                let mut kept = lock(encoded);
+                if let Some(arranged) = self.by_dir.get() {
+                    return Ok(arranged);
+                }
+                match kept.as_mut() {
+                    Some(encoded) => {
+                        let arranged = encoded.by_directory().map_err(|e| self.index_error(e))?;
+                        encoded.read_in_place();
+                        arranged
+                    }
+                    None => by_dir::ByDirectory::new(decoded.get().expect("decoded before the encoded copy goes")),
                 }
             }
-            by_dir::ByDirectory::new(self.index())
-        })
+        };
+        Ok(self.by_dir.get_or_init(|| arranged))
     }
 
     /// Entry `i` of the index, its metadata read from the host first if it was deferred. A file
     /// that vanished from a directory layer since the mount keeps its placeholder.
     pub fn entry(&self, i: usize) -> &Entry {
-        let placeholder = &self.index().entries[i];
+        let placeholder = &self.decoded_index().entries[i];
         match &self.data {
             Data::Directory { host, deferred, completed } if deferred[i] => {
                 completed[i].get_or_init(|| host.complete(placeholder).unwrap_or_else(|_| placeholder.clone()))
@@ -321,7 +361,7 @@ impl Layer {
 
     /// The kind of entry `i`, without reading anything deferred.
     pub fn kind(&self, i: usize) -> Kind {
-        self.index().entries[i].kind
+        self.decoded_index().entries[i].kind
     }
 
     /// Opens the bytes of a file entry for reading.

@@ -313,7 +313,7 @@ impl IndexStack {
 impl Layers for IndexStack {
     fn list(&self, layer: usize, path: &[u8], _dir: &Entry) -> crate::Result<Listing> {
         let (index, by_dir) = &self.0[layer];
-        Ok(by_dir.list(path, |i| index.entries[i].clone()))
+        by_dir.list(path, |indices| Ok(indices.iter().map(|&i| index.entries[i as usize].clone()).collect()))
     }
 
     fn complete(&self, _layer: usize, placeholder: &Entry) -> Entry {

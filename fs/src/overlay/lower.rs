@@ -44,7 +44,7 @@ impl lazy::Layers for Vec<LowerLayer> {
     fn list(&self, layer: usize, path: &[u8], dir: &Entry) -> crate::Result<Listing> {
         match &self[layer] {
             LowerLayer::Host(host) => host.list(path, dir),
-            LowerLayer::Tar(tar) => Ok(tar.by_directory().list(path, |i| tar.entry_at(i))),
+            LowerLayer::Tar(tar) => tar.by_directory()?.list(path, |indices| tar.entries_at(indices)),
         }
     }
 
@@ -61,6 +61,11 @@ impl lazy::Layers for Vec<LowerLayer> {
             LowerLayer::Tar(tar) => tar.name.clone(),
         }
     }
+}
+
+/// A tar layer's index arranged by directory, which [`Lower::of`] built when the lower was loaded.
+fn tar_arranged(tar: &Layer) -> &crate::layer::by_dir::ByDirectory {
+    tar.by_directory().expect("arranged when the lower was loaded")
 }
 
 /// A lazy merge's failure to read a directory layer, as the errno the caller gets; the log names
@@ -92,8 +97,8 @@ impl Lower {
         for (i, layer) in layers.iter().enumerate().rev() {
             roots.push(match layer {
                 LowerLayer::Host(host) => (i as u16, host.root_entry()?, true),
-                LowerLayer::Tar(tar) => match tar.by_directory().root() {
-                    Some(root) => (i as u16, tar.entry_at(root as usize), true),
+                LowerLayer::Tar(tar) => match tar.by_directory()?.root() {
+                    Some(root) => (i as u16, tar.entry_at(root)?, true),
                     None => (i as u16, Entry::implied_dir(), false),
                 },
             });
@@ -134,7 +139,7 @@ impl Lower {
                 1 << 63 | layer << 48 | n.host_ino()
             }
             LowerLayer::Tar(tar) if n.index != NO_INDEX && layer < 1 << 30 => {
-                1 << 62 | layer << 32 | tar.by_directory().first_name(n.entry(&self.layers), n.index) as u64
+                1 << 62 | layer << 32 | tar_arranged(tar).first_name(n.entry(&self.layers), n.index) as u64
             }
             _ => node as u64 + 1,
         }
@@ -220,7 +225,10 @@ impl Lower {
     /// The paths of hard-link set `link_id` of tar layer `layer`.
     fn tar_link_set(&self, layer: u16, link_id: u32) -> Vec<Vec<u8>> {
         let LowerLayer::Tar(tar) = &self.layers[layer as usize] else { return Vec::new() };
-        tar.by_directory().link_set(link_id).iter().map(|&i| tar.entry_at(i as usize).path.into_vec()).collect()
+        // Names the index can no longer give (its cache file changed under the mount) are left
+        // out: the error was logged when the directory was listed, and so the count errs low.
+        let set = tar_arranged(tar).link_set(link_id);
+        tar.entries_at(set).map(|entries| entries.into_iter().map(|e| e.path.into_vec()).collect()).unwrap_or_default()
     }
 
     /// Opens a lower file's bytes.
