@@ -304,3 +304,48 @@ fn a_layer_truncated_under_a_mount_answers_eio_and_the_log_names_it() {
     assert!(failure.contains(&expected) && failure.contains("remount"), "{failure}");
     assert!(lines.last().is_some_and(|l| l.contains("unmounted")), "{text}");
 }
+
+/// A writable mount reads a cached index in place (entries from the cache file when their
+/// directory is first listed): that file truncated under the mount makes the next listing fail
+/// with EIO, the log names the file and says what to do, and what was already listed still works.
+#[test]
+fn a_cached_index_truncated_under_a_writable_mount_answers_eio_and_the_log_names_it() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let layer_path = w.join("layer.tar");
+    let mut entries = vec![(header(b"etc", b'5', 0), &b""[..]), (header(b"etc/small", b'0', 2), &b"ok"[..])];
+    entries.push((header(b"var", b'5', 0), b""));
+    entries.push((header(b"var/later", b'0', 2), b"ok"));
+    std::fs::write(&layer_path, tar_with(&entries)).unwrap();
+    let cache = w.join("cache");
+    // The first mount indexes the layer and writes the index to the cache.
+    drop(support::Mounted::new(&cache, &["--layer", layer_path.to_str().unwrap()], &w.join("ro")));
+    let index_files: Vec<_> = walk(&cache.join("index")).into_iter().filter(|p| p.is_file()).collect();
+    assert_eq!(index_files.len(), 1, "{index_files:?}");
+
+    let (upper, work_dir, mnt, log) = (w.join("upper"), w.join("work"), w.join("mnt"), w.join("daemon.log"));
+    let args = [
+        "--log",
+        log.to_str().unwrap(),
+        "--upper",
+        upper.to_str().unwrap(),
+        "--work",
+        work_dir.to_str().unwrap(),
+        "--layer",
+        layer_path.to_str().unwrap(),
+    ];
+    let mounted = support::Mounted::new(&cache, &args, &mnt);
+    assert_eq!(std::fs::read(mnt.join("etc/small")).unwrap(), b"ok");
+    std::fs::OpenOptions::new().write(true).open(&index_files[0]).unwrap().set_len(100).unwrap();
+    let err = std::fs::read_dir(mnt.join("var")).and_then(|d| d.collect::<Result<Vec<_>, _>>()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(std::fs::read(mnt.join("etc/small")).unwrap(), b"ok", "what was listed before still works");
+    drop(mounted);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let expected = format!("the cached index {} changed while in use", index_files[0].display());
+    assert!(text.lines().any(|l| l.contains("WARN") && l.contains(&expected) && l.contains("mount again")), "{text}");
+}
