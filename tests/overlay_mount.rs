@@ -704,6 +704,57 @@ fn reading_and_copying_up_leave_lower_atimes_alone() {
     assert_eq!(atimes(), before, "lower atimes after reads and a copy-up");
 }
 
+/// As kernel overlayfs, a directory lower does not reach into mounts below its directory: a
+/// mount on a lower subdirectory hides nothing, the mount shows the directory underneath (here
+/// compared with kernel overlayfs over the same lower).
+#[test]
+fn a_mount_inside_a_lower_directory_is_not_crossed_as_with_kernel_overlayfs() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    std::fs::write(lower.join("c/under-the-mount"), "layer").unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    assert!(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(lower.join("c")).status().unwrap().success());
+    let _tmpfs = Unmount(lower.join("c"));
+    std::fs::write(lower.join("c/on-the-mount"), "tmpfs").unwrap();
+    let names = |dir: &Path| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+
+    let kernel_mnt = w.join("kernel");
+    for d in ["kernel", "k-upper", "k-work"] {
+        std::fs::create_dir(w.join(d)).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        w.join("k-upper").display(),
+        w.join("k-work").display()
+    );
+    assert!(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(&kernel_mnt)
+        .status()
+        .unwrap()
+        .success());
+    let _kernel = Unmount(kernel_mnt.clone());
+    let m = writable(w, &lower);
+    assert_eq!(names(&kernel_mnt.join("c")), ["f3", "under-the-mount"], "kernel overlayfs");
+    assert_eq!(names(&m.dir.join("c")), names(&kernel_mnt.join("c")));
+    assert_eq!(std::fs::read_to_string(m.dir.join("c/under-the-mount")).unwrap(), "layer");
+}
+
 /// Directory-lower objects show their host inode number (in the low bits, with the layer above
 /// them, as kernel overlayfs' xino does) and their host ctime, so what a tool recorded about them
 /// on the host still matches (git's index keeps the low 32 bits of st_ino and the ctime, and
