@@ -274,12 +274,12 @@ impl Layer {
         Layer { name, info, index, data, by_dir: OnceLock::new() }
     }
 
-    /// The whole index (one loaded from the cache is decoded on the first call).
-    /// The whole index, decoded (once; a cached index kept encoded is decoded here and its
-    /// encoded copy dropped).
+    /// The whole index, decoded (once; a cached index kept encoded is decoded on the first call
+    /// and its encoded copy dropped).
     pub fn index(&self) -> Result<&LayerIndex> {
         match &self.index {
             Indexed::Decoded(index) => Ok(index),
+            Indexed::Encoded { decoded, .. } if decoded.get().is_some() => Ok(decoded.get().expect("just checked")),
             Indexed::Encoded { encoded, decoded } => {
                 let mut kept = lock(encoded);
                 if let Some(index) = decoded.get() {
