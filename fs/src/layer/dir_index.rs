@@ -456,6 +456,11 @@ fn private_read_only_view(path: &Path) -> Option<OwnedFd> {
     // SAFETY: a NUL-terminated path; the result is a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c_path.as_ptr(), flags) };
     if fd < 0 {
+        tracing::debug!(
+            "{}: read as it is (no private copy of its mount: {})",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
         return None;
     }
     // SAFETY: open_tree returned this descriptor to us alone.
@@ -467,7 +472,7 @@ fn private_read_only_view(path: &Path) -> Option<OwnedFd> {
         userns_fd: 0,
     };
     // SAFETY: a live descriptor, an empty NUL-terminated path and a mount_attr of the given size.
-    let set = unsafe {
+    let made = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
@@ -476,8 +481,13 @@ fn private_read_only_view(path: &Path) -> Option<OwnedFd> {
             &attr as *const libc::mount_attr,
             std::mem::size_of::<libc::mount_attr>(),
         )
-    };
-    if set != 0 {
+    } == 0;
+    if !made {
+        tracing::debug!(
+            "{}: read as it is (no read-only copy of its mount: {})",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
         return None;
     }
     open_dir(Some(&tree), path, b"").ok()
