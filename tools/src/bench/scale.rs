@@ -2,7 +2,8 @@
 //! sharing measured, not claimed — with strata next to bwrap over kernel overlayfs and bwrap over
 //! fuse-overlayfs, the peers a user would otherwise pick, on the same image.
 //!
-//! The image is the runner image plus a layer with an 8 MiB file (`fixture::scale_image`). Each
+//! The image is the runner image plus a layer of 20,000 small files (an index the size of a
+//! distribution's) and one with an 8 MiB file (`fixture::scale_image`). Each
 //! container reads that file and busybox, leaves a marker in a shared host directory bound at
 //! `/ready`, and sleeps; the harness starts the next one once the marker is there:
 //!
@@ -35,6 +36,8 @@ use crate::fixture;
 
 /// The file every container reads: large enough that per-mount copies of it show.
 pub const SHARED_MIB: usize = 8;
+/// Small files in the image besides busybox: an index the size of a distribution's.
+pub const DOCS: usize = 20_000;
 /// The containers' `sleep` argument, by which the harness finds them at the end.
 const SLEEP_MARK: &str = "86401";
 /// How long one container may take to leave its marker.
@@ -107,7 +110,7 @@ impl Setup {
         let setup =
             Setup { strata, image: dir.join("image"), rootfs: dir.join("rootfs"), ready: dir.join("ready"), dir };
         fs::create_dir_all(&setup.ready).with_context(|| format!("creating {}", setup.ready.display()))?;
-        let image = fixture::scale_image(SHARED_MIB << 20)?;
+        let image = fixture::scale_image(DOCS, SHARED_MIB << 20)?;
         fixture::write_oci_layout(&setup.image, &image)?;
         let reference = format!("{}:{}", setup.image.display(), image.tag);
         host::run_logged(
@@ -117,9 +120,14 @@ impl Setup {
         Ok(setup)
     }
 
-    /// Where container `i` of `system` keeps its mountpoint, upper and work directories.
+    /// Where the peers' containers of `system` keep their mountpoints, uppers and work directories.
+    fn system_dir(&self, system: System) -> PathBuf {
+        self.dir.join(format!("{system:?}").to_lowercase())
+    }
+
+    /// Container `i`'s directory under [`Setup::system_dir`].
     fn container_dir(&self, system: System, i: usize) -> PathBuf {
-        self.dir.join(format!("{system:?}").to_lowercase()).join(i.to_string())
+        self.system_dir(system).join(i.to_string())
     }
 
     fn strata_data(&self) -> PathBuf {
@@ -199,7 +207,7 @@ impl Setup {
         if system == System::Strata {
             return Ok(());
         }
-        let base = self.dir.join(format!("{system:?}").to_lowercase());
+        let base = self.system_dir(system);
         let mut problems = Vec::new();
         for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
             let mnt = entry.path().join("mnt");
@@ -218,7 +226,7 @@ impl Setup {
     fn state_kib(&self, system: System) -> Option<u64> {
         let dir = match system {
             System::Strata => self.strata_data(),
-            _ => self.dir.join(format!("{system:?}").to_lowercase()),
+            _ => self.system_dir(system),
         };
         let out = Command::new("du").args(["-sk", "-x"]).arg(&dir).output().ok()?;
         String::from_utf8_lossy(&out.stdout).split_whitespace().next()?.parse().ok()
@@ -388,8 +396,8 @@ fn render(opts: &Options, outcomes: &[(System, Outcome)], notes: &[String]) -> S
     let _ = writeln!(doc, "- host: {}", host::describe_host());
     let _ = writeln!(
         doc,
-        "- image: the runner fixture image (static busybox) plus a layer with an {SHARED_MIB} MiB file; each \
-         container runs `sh -c 'cat /data/shared.bin /bin/busybox > /dev/null && touch /ready/N && exec sleep \
+        "- image: the runner fixture image (static busybox) plus a layer of {DOCS} small files and one with an \
+         {SHARED_MIB} MiB file; each container runs `sh -c 'cat /data/shared.bin /bin/busybox > /dev/null && touch /ready/N && exec sleep \
          {SLEEP_MARK}'`, started one after the other, each once the one before left its marker"
     );
     let _ = writeln!(
