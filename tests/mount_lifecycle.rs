@@ -54,7 +54,7 @@ fn index_is_cached_and_a_corrupt_index_is_rebuilt() {
         let mnt = Mounted::new(&cache, &[&layout], &work.path().join("m1"));
         snapshot(&mnt.dir).0
     };
-    let index_dir = cache.join("index/v1");
+    let index_dir = cache.join(format!("index/v{}", strata_fs::layer::cache::INDEX_FORMAT_VERSION));
     let indexes: Vec<_> = std::fs::read_dir(&index_dir).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(indexes.len(), 4, "one index per layer in {}", index_dir.display());
     assert_eq!(

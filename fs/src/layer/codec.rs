@@ -1,13 +1,11 @@
 //! The on-disk encoding of a layer index: a small header (magic, format version, payload length,
-//! sha256 of the payload) and a little-endian payload. Decoding validates everything, so a
+//! CRC-32 of the payload) and a little-endian payload. Decoding validates everything, so a
 //! truncated, corrupt or foreign file is reported (and rebuilt by the caller), never trusted.
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::blob::Compression;
 use super::by_dir::ByDirectory;
@@ -16,7 +14,7 @@ use super::index::{Entry, Kind, LayerIndex, Timestamp};
 use super::LayerInfo;
 
 const MAGIC: &[u8; 8] = b"STRATAIX";
-const HEADER_LEN: usize = 8 + 4 + 8 + 32;
+const HEADER_LEN: usize = 8 + 4 + 8 + 4;
 
 /// Why a persisted index was not usable.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,9 +77,19 @@ pub fn encode(info: &LayerInfo, index: &LayerIndex) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&Sha256::digest(&payload));
+    out.extend_from_slice(&crc32(&payload).to_le_bytes());
     out.extend_from_slice(&payload);
     out
+}
+
+/// The payload's checksum: CRC-32, which catches the accidental damage a cache file can suffer
+/// (truncation, torn or flipped bytes) at memory speed; each container start checks its image's
+/// indexes, so this is paid on every start. (Deliberate rewrites are the cache owner's to
+/// prevent: a stronger hash stored next to the data would not stop them either.)
+fn crc32(payload: &[u8]) -> u32 {
+    let mut crc = flate2::Crc::new();
+    crc.update(payload);
+    crc.sum()
 }
 
 /// The header's checks (magic, format version); returns the payload length it announces.
@@ -132,8 +140,9 @@ pub fn decode(data: &[u8]) -> Result<(LayerInfo, LayerIndex), DecodeProblem> {
 /// its pages are then the page cache's, one copy for every daemon of a host that mounts the layer.
 #[derive(Debug)]
 pub struct EncodedIndex {
-    /// The payload, until [`EncodedIndex::read_in_place`] lets it go.
-    in_memory: Option<Box<[u8]>>,
+    /// The index file's bytes (the payload from [`HEADER_LEN`]), until
+    /// [`EncodedIndex::read_in_place`] lets them go.
+    in_memory: Option<Vec<u8>>,
     /// The cache file this payload was read from (it starts at [`HEADER_LEN`]), if known.
     file: Option<(File, PathBuf)>,
     /// Where entry `i` starts in the payload; the last element is where the entries end.
@@ -179,7 +188,7 @@ impl EncodedIndex {
     /// (The cache is its owner's: a consistent rewrite in place is not guarded against.)
     pub fn entries(&self, indices: &[u32]) -> io::Result<Vec<Entry>> {
         let bounds = |i: u32| (self.offsets[i as usize] as usize, self.offsets[i as usize + 1] as usize);
-        if let Some(payload) = &self.in_memory {
+        if let Some(payload) = self.payload_in_memory() {
             let decode = |&i: &u32| read_entry(&mut Reader(&payload[bounds(i).0..])).expect("validated when decoded");
             return Ok(indices.iter().map(decode).collect());
         }
@@ -211,9 +220,13 @@ impl EncodedIndex {
         Ok(out)
     }
 
+    fn payload_in_memory(&self) -> Option<&[u8]> {
+        self.in_memory.as_deref().map(|data| &data[HEADER_LEN..])
+    }
+
     /// The payload: borrowed while in memory, else read whole from the file and checked again.
     fn payload(&self) -> io::Result<Cow<'_, [u8]>> {
-        if let Some(payload) = &self.in_memory {
+        if let Some(payload) = self.payload_in_memory() {
             return Ok(Cow::Borrowed(payload));
         }
         let (file, path) = self.file.as_ref().expect("the payload is in memory or in its file");
@@ -226,7 +239,9 @@ impl EncodedIndex {
         if again.offsets != self.offsets {
             return Err(changed_in_place(path, "other entries"));
         }
-        Ok(Cow::Owned(again.in_memory.expect("just read").into_vec()))
+        let mut data = again.in_memory.expect("just read");
+        data.drain(..HEADER_LEN);
+        Ok(Cow::Owned(data))
     }
 
     /// The entries arranged by directory (for a merge that reads one directory at a time).
@@ -272,7 +287,7 @@ fn path_kind_link(bytes: &[u8]) -> (Box<[u8]>, Kind, u32) {
 }
 
 /// Validates an index file completely (header, checksum, every entry) and keeps it encoded.
-pub fn decode_lazily(mut data: Vec<u8>) -> Result<(LayerInfo, EncodedIndex), DecodeProblem> {
+pub fn decode_lazily(data: Vec<u8>) -> Result<(LayerInfo, EncodedIndex), DecodeProblem> {
     let len = check_header(&data)?;
     let payload_len = data.len() - HEADER_LEN;
     if (payload_len as u64) < len {
@@ -281,11 +296,11 @@ pub fn decode_lazily(mut data: Vec<u8>) -> Result<(LayerInfo, EncodedIndex), Dec
     if payload_len as u64 != len {
         return Err(DecodeProblem::Malformed("length"));
     }
-    if Sha256::digest(&data[HEADER_LEN..]).as_slice() != &data[20..52] {
+    if crc32(&data[HEADER_LEN..]).to_le_bytes() != data[20..24] {
         return Err(DecodeProblem::ChecksumMismatch);
     }
-    let payload: Box<[u8]> = data.split_off(HEADER_LEN).into_boxed_slice();
-    let mut r = Reader(&payload);
+    let payload = &data[HEADER_LEN..];
+    let mut r = Reader(payload);
     let info = read_info(&mut r)?;
     let count = r.count()?;
     let mut offsets = Vec::with_capacity(count + 1);
@@ -299,8 +314,7 @@ pub fn decode_lazily(mut data: Vec<u8>) -> Result<(LayerInfo, EncodedIndex), Dec
     if !r.0.is_empty() {
         return Err(DecodeProblem::Malformed("trailing bytes"));
     }
-    let encoded =
-        EncodedIndex { offsets: offsets.into(), whiteouts, opaque_dirs, in_memory: Some(payload), file: None };
+    let encoded = EncodedIndex { offsets: offsets.into(), whiteouts, opaque_dirs, in_memory: Some(data), file: None };
     Ok((info, encoded))
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{IoContext, Result};
 
 /// Bumped whenever the index encoding or its meaning changes; old indexes are then ignored.
-pub const INDEX_FORMAT_VERSION: u32 = 1;
+pub const INDEX_FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug)]
 pub struct Cache {

@@ -251,8 +251,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         for (rel, body) in [
-            ("index/v1/sha256-a", b"not an index".as_slice()),
-            ("index/v0/sha256-a", b"old"),
+            ("index/v2/sha256-a", b"not an index".as_slice()),
+            ("index/v1/sha256-a", b"old"),
             ("blobs/sha256-b", b"tar"),
             ("blobs/.tmp-xyz", b"partial"),
             ("files/sha256-a/1024", b"copy"),
@@ -279,8 +279,8 @@ mod tests {
                 ("blobs/.tmp-xyz".to_string(), ItemKind::Leftover, 7),
                 ("blobs/sha256-b".to_string(), ItemKind::Blob, 3),
                 ("files/sha256-a/1024".to_string(), ItemKind::SharedCopy, 4),
-                ("index/v0/sha256-a".to_string(), ItemKind::StaleIndex, 3),
-                ("index/v1/sha256-a".to_string(), ItemKind::Index, 12),
+                ("index/v1/sha256-a".to_string(), ItemKind::StaleIndex, 3),
+                ("index/v2/sha256-a".to_string(), ItemKind::Index, 12),
             ]
         );
         assert!(inventory(&Cache::new(dir.path().join("missing"))).unwrap().is_empty());
