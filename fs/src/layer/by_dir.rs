@@ -48,19 +48,27 @@ impl ByDirectory {
     ) -> ByDirectory {
         let mut by = ByDirectory::default();
         let mut named_dirs: HashSet<Box<[u8]>> = HashSet::new();
+        // Entries of one directory mostly follow each other (indexes are sorted depth-first):
+        // they are gathered here and filed with one map lookup per run, not one per entry.
+        let mut run: (Box<[u8]>, Vec<u32>) = (Box::default(), Vec::new());
         for i in 0..count {
             let (path, kind, link_id) = entry(i);
             if link_id != 0 {
                 by.link_sets.entry(link_id).or_default().push(i as u32);
             }
             match split(&path) {
-                Some((parent, _)) => by.dir_mut(parent).entries.push(i as u32),
+                Some((parent, _)) if *parent == *run.0 => run.1.push(i as u32),
+                Some((parent, _)) => {
+                    let (dir, entries) = std::mem::replace(&mut run, (parent.into(), vec![i as u32]));
+                    by.file_entries(&dir, entries);
+                }
                 None => by.root = Some(i as u32),
             }
             if kind == Kind::Dir {
                 named_dirs.insert(path);
             }
         }
+        by.file_entries(&run.0, run.1);
         for gone in whiteouts {
             if let Some((parent, name)) = split(gone) {
                 by.dir_mut(parent).whiteouts.push(name.into());
@@ -80,6 +88,13 @@ impl ByDirectory {
             by.reach(&dir, how, &named_dirs);
         }
         by
+    }
+
+    /// Adds `entries` (a run of one directory's entries, maybe empty) to directory `dir`.
+    fn file_entries(&mut self, dir: &[u8], entries: Vec<u32>) {
+        if !entries.is_empty() {
+            self.dir_mut(dir).entries.extend(entries);
+        }
     }
 
     fn dir_mut(&mut self, path: &[u8]) -> &mut Dir {
