@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use strata_fs::layer::blob::BlobRange;
 use strata_fs::layer::{codec, tar_index, LayerInfo};
 use strata_tools::fixture::{layer_tar, pseudo_random, Item, Meta};
@@ -43,6 +43,10 @@ fn indexing(c: &mut Criterion) {
     let encoded = codec::encode(&LayerInfo::default(), &index);
     group.throughput(Throughput::Elements(index.entries.len() as u64));
     group.bench_function("decode_cached_30k_entries", |b| b.iter(|| codec::decode(&encoded).unwrap()));
+    // What every container start pays per layer: checking a cached index kept encoded.
+    group.bench_function("validate_cached_30k_entries", |b| {
+        b.iter_batched(|| encoded.clone(), |bytes| codec::decode_lazily(bytes).unwrap(), BatchSize::LargeInput)
+    });
     group.finish();
 }
 
