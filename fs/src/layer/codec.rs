@@ -177,11 +177,6 @@ impl EncodedIndex {
         }
     }
 
-    /// Entry `i`.
-    pub fn entry(&self, i: usize) -> io::Result<Entry> {
-        Ok(self.entries(&[i as u32])?.pop().expect("one entry asked for"))
-    }
-
     /// Entries `indices`, in that order. From the file, entries close to each other are read
     /// together (a directory's entries usually are), and each is checked again as it is decoded:
     /// a cache file truncated or garbled since it was validated gives an error, never a panic.
@@ -466,7 +461,7 @@ mod tests {
         let (_, encoded) = decode_lazily(encode(&info, &index)).unwrap();
         assert_eq!(encoded.len(), 3);
         for (i, e) in index.entries.iter().enumerate() {
-            assert_eq!(&encoded.entry(i).unwrap(), e);
+            assert_eq!(encoded.entries(&[i as u32]).unwrap(), [e.clone()]);
         }
         assert_eq!(encoded.entries(&[2, 0]).unwrap(), [index.entries[2].clone(), index.entries[0].clone()]);
         assert_eq!(encoded.to_index().unwrap(), index);
