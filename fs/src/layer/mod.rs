@@ -1,6 +1,9 @@
 //! One read-only layer: where it comes from ([`LayerSource`]), its index ([`index::LayerIndex`],
 //! built by [`tar_index`] or [`dir_index`], persisted by [`codec`] in the [`cache::Cache`]) and
 //! access to its file bytes ([`FileReader`]). A loaded [`Layer`] is immutable; share it by `Arc`.
+//! A cached index is kept encoded; a read-only view decodes it whole ([`Layer::index`]), a
+//! writable mount arranges it by directory ([`Layer::by_directory`]) and from then on reads its
+//! entries from the cache file ([`Layer::entries_at`]), so daemons share its pages.
 
 pub mod blob;
 pub mod by_dir;
