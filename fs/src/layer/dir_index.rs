@@ -70,7 +70,7 @@ pub struct HostDir {
 
 impl HostDir {
     /// Opens the layer's directory: where the caller may (root, in the host's mount namespace),
-    /// through a private read-only, noatime copy of its mount (see [`private_read_only_view`]).
+    /// through a private read-only, noatime copy of its mount (see `private_read_only_view`).
     pub fn open(path: &Path) -> Result<HostDir> {
         let root = match private_read_only_view(path) {
             Some(view) => view,
