@@ -183,16 +183,11 @@ fn a_full_cache_disk_leaves_no_partial_shared_copy() {
     let entry = layer.index().unwrap().entries.iter().find(|e| &*e.path == b"big").unwrap();
 
     // A 128 KiB tmpfs cannot hold the 256 KiB copy.
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=128k", "tmpfs"])
-        .arg(&cache_dir)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    let tmpfs = support::mount_tmpfs(&cache_dir, "size=128k");
     let full = strata_fs::layer::cache::Cache::new(&cache_dir);
     let err = layer.shared_copy(entry, &full).unwrap_err();
     let leftovers: Vec<_> = walk(&cache_dir).into_iter().filter(|p| p.is_file()).collect();
-    let _ = std::process::Command::new("umount").arg(&cache_dir).status();
+    drop(tmpfs);
     assert!(err.to_string().contains("No space") || err.raw_os_error() == Some(libc::ENOSPC), "{err}");
     assert!(leftovers.is_empty(), "no partial copy is left: {leftovers:?}");
 
@@ -225,16 +220,7 @@ fn a_full_cache_disk_is_named_and_uncompressed_layers_still_mount() {
     // One 4 KiB page: room for the cache's directories, not for the index or the blob.
     let cache = w.join("cache");
     std::fs::create_dir(&cache).unwrap();
-    let mounted =
-        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=4k", "tmpfs"]).arg(&cache).status();
-    assert!(mounted.unwrap().success());
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(self.0).status();
-        }
-    }
-    let _tmpfs = Unmount(&cache);
+    let _tmpfs = support::mount_tmpfs(&cache, "size=4k");
 
     let mnt = w.join("mnt");
     std::fs::create_dir(&mnt).unwrap();

@@ -74,12 +74,7 @@ fn directory_lowers_are_read_when_first_looked_into() {
     std::fs::write(lower.join("c/late"), "added after the mount").unwrap();
     std::fs::create_dir(lower.join("a/b/later")).unwrap();
     assert_eq!(std::fs::read_to_string(m.join("c/late")).unwrap(), "added after the mount");
-    let names = |dir: &Path| {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
-        names
-    };
+    let names = support::sorted_names;
     assert_eq!(names(&m.join("a/b")), ["later"]);
     assert_eq!(names(&m.join("c")), ["f3", "late"]);
     let host = std::fs::metadata(lower.join("c/late")).unwrap();
@@ -215,18 +210,7 @@ fn a_full_upper_gives_enospc_and_stays_consistent() {
     let lower = make_lower(w, false);
     let small = w.join("small");
     std::fs::create_dir(&small).unwrap();
-    assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", small.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _tmpfs = Unmount(small.clone());
+    let _tmpfs = support::mount_tmpfs(&small, "size=1m");
     let mnt = writable_in(w, &small, &lower, &w.join("mnt"));
     // With the kernel's writeback cache a write may be accepted into memory; ENOSPC then comes
     // from the write or at the latest from fsync, never silently.
@@ -716,21 +700,9 @@ fn a_mount_inside_a_lower_directory_is_not_crossed_as_with_kernel_overlayfs() {
     let w = work.path();
     let lower = make_lower(w, false);
     std::fs::write(lower.join("c/under-the-mount"), "layer").unwrap();
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    assert!(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(lower.join("c")).status().unwrap().success());
-    let _tmpfs = Unmount(lower.join("c"));
+    let _tmpfs = support::mount_tmpfs(&lower.join("c"), "");
     std::fs::write(lower.join("c/on-the-mount"), "tmpfs").unwrap();
-    let names = |dir: &Path| {
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
-        names
-    };
+    let names = support::sorted_names;
 
     let kernel_mnt = w.join("kernel");
     for d in ["kernel", "k-upper", "k-work"] {
@@ -748,7 +720,7 @@ fn a_mount_inside_a_lower_directory_is_not_crossed_as_with_kernel_overlayfs() {
         .status()
         .unwrap()
         .success());
-    let _kernel = Unmount(kernel_mnt.clone());
+    let _kernel = support::Unmount(kernel_mnt.clone());
     let m = writable(w, &lower);
     assert_eq!(names(&kernel_mnt.join("c")), ["f3", "under-the-mount"], "kernel overlayfs");
     assert_eq!(names(&m.dir.join("c")), names(&kernel_mnt.join("c")));

@@ -75,3 +75,31 @@ impl Drop for Mounted {
         }
     }
 }
+
+/// Whatever is mounted at a path, unmounted (lazily) on drop.
+pub struct Unmount(pub PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A tmpfs mounted on `dir` (with `options`, e.g. `size=1m`), unmounted on drop.
+pub fn mount_tmpfs(dir: &Path, options: &str) -> Unmount {
+    let mut mount = Command::new("mount");
+    mount.args(["-t", "tmpfs"]);
+    if !options.is_empty() {
+        mount.args(["-o", options]);
+    }
+    assert!(mount.arg("tmpfs").arg(dir).status().unwrap().success(), "mounting a tmpfs on {}", dir.display());
+    Unmount(dir.to_path_buf())
+}
+
+/// The names in directory `dir`, sorted.
+pub fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    names
+}
