@@ -61,13 +61,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    host::install_interrupt_handler();
-    fs::create_dir_all(&opts.work).with_context(|| format!("creating {}", opts.work.display()))?;
-    let work = fs::canonicalize(&opts.work)?;
-    let shown = work.to_string_lossy();
-    if shown.contains([':', ',', ' ', '\\']) {
-        bail!("the work directory must not contain ':', ',', spaces or backslashes (overlay mount options): {shown}");
-    }
+    let work = start_run(&opts.work)?;
     let strata = strata_binary(opts.strata.as_deref())?;
     let tools = Tools {
         strata,
@@ -283,10 +277,30 @@ fn render(opts: &Options, tools: &Tools, ds: &DataSet, results: &Results, error:
 
 /// The strata binary to measure: `--strata`, else `strata` next to this executable.
 pub(crate) fn strata_binary(given: Option<&Path>) -> Result<PathBuf> {
-    match given {
-        Some(p) => Ok(p.to_path_buf()),
-        None => Ok(std::env::current_exe()?.with_file_name("strata")),
+    let strata = match given {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?.with_file_name("strata"),
+    };
+    if !host::have_command(&strata.to_string_lossy()) {
+        bail!(
+            "{} not found: build it with `cargo build --release --bin strata` or pass --strata PATH",
+            strata.display()
+        );
     }
+    Ok(strata)
+}
+
+/// What every mode does first: Ctrl-C stops it between steps, and the work directory exists, by
+/// its canonical path, usable in overlay mount options.
+pub(crate) fn start_run(work: &Path) -> Result<PathBuf> {
+    host::install_interrupt_handler();
+    fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let work = fs::canonicalize(work)?;
+    let shown = work.to_string_lossy();
+    if shown.contains([':', ',', ' ', '\\']) {
+        bail!("the work directory must not contain ':', ',', spaces or backslashes (overlay mount options): {shown}");
+    }
+    Ok(work)
 }
 
 /// `strata 0.1.0 (PATH, built N min ago, default --threads)`, for the reports.

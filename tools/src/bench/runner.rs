@@ -280,16 +280,8 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.rounds == 0 || opts.starts == 0 {
         bail!("--runs and the starts per round must be at least 1");
     }
-    host::install_interrupt_handler();
-    fs::create_dir_all(&opts.work).with_context(|| format!("creating {}", opts.work.display()))?;
-    let work = fs::canonicalize(&opts.work)?;
+    let work = super::start_run(&opts.work)?;
     let strata = super::strata_binary(opts.strata.as_deref())?;
-    if !host::have_command(&strata.to_string_lossy()) {
-        bail!(
-            "{} not found: build it with `cargo build --release --bin strata` or pass --strata PATH",
-            strata.display()
-        );
-    }
     if !host::have_command("umoci") {
         bail!("umoci not found (it unpacks the image for the other systems): run scripts/setup.sh");
     }

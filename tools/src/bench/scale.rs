@@ -256,9 +256,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.containers == 0 {
         bail!("--scale needs at least one container");
     }
-    host::install_interrupt_handler();
-    fs::create_dir_all(&opts.work).with_context(|| format!("creating {}", opts.work.display()))?;
-    let work = fs::canonicalize(&opts.work)?;
+    let work = super::start_run(&opts.work)?;
     let strata = super::strata_binary(opts.strata.as_deref())?;
     for program in ["umoci", "du"] {
         if !host::have_command(program) {
