@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -103,7 +103,12 @@ pub struct Layer {
 #[derive(Debug)]
 enum Indexed {
     Decoded(LayerIndex),
-    Encoded { encoded: Mutex<Option<codec::EncodedIndex>>, decoded: OnceLock<LayerIndex> },
+    /// Read-locked to read entries (preads of several threads at once), write-locked to decode or
+    /// arrange the whole index.
+    Encoded {
+        encoded: RwLock<Option<codec::EncodedIndex>>,
+        decoded: OnceLock<LayerIndex>,
+    },
 }
 
 /// Reports progress of a long indexing step: total and done bytes.
@@ -188,7 +193,7 @@ impl Layer {
             }
             blob
         };
-        let index = Indexed::Encoded { encoded: Mutex::new(Some(encoded)), decoded: OnceLock::new() };
+        let index = Indexed::Encoded { encoded: RwLock::new(Some(encoded)), decoded: OnceLock::new() };
         Some(Layer::new(name.to_string(), info, index, Data::Tar { blob: data, key: key.to_string() }))
     }
 
@@ -284,7 +289,7 @@ impl Layer {
             Indexed::Decoded(index) => Ok(index),
             Indexed::Encoded { decoded, .. } if decoded.get().is_some() => Ok(decoded.get().expect("just checked")),
             Indexed::Encoded { encoded, decoded } => {
-                let mut kept = lock(encoded);
+                let mut kept = encoded.write().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if let Some(index) = decoded.get() {
                     return Ok(index);
                 }
@@ -311,10 +316,12 @@ impl Layer {
         let decoded_entries = |index: &LayerIndex| indices.iter().map(|&i| index.entries[i as usize].clone()).collect();
         match &self.index {
             Indexed::Decoded(index) => Ok(decoded_entries(index)),
-            Indexed::Encoded { encoded, decoded } => match lock(encoded).as_ref() {
-                Some(encoded) => encoded.entries(indices).map_err(|e| self.index_error(e)),
-                None => Ok(decoded_entries(decoded.get().expect("decoded before the encoded copy goes"))),
-            },
+            Indexed::Encoded { encoded, decoded } => {
+                match encoded.read().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref() {
+                    Some(encoded) => encoded.entries(indices).map_err(|e| self.index_error(e)),
+                    None => Ok(decoded_entries(decoded.get().expect("decoded before the encoded copy goes"))),
+                }
+            }
         }
     }
 
@@ -333,7 +340,7 @@ impl Layer {
         let arranged = match &self.index {
             Indexed::Decoded(index) => by_dir::ByDirectory::new(index),
             Indexed::Encoded { encoded, decoded } => {
-                let mut kept = lock(encoded);
+                let mut kept = encoded.write().unwrap_or_else(|poisoned| poisoned.into_inner());
                 if let Some(arranged) = self.by_dir.get() {
                     return Ok(arranged);
                 }
@@ -466,8 +473,4 @@ fn identity_key(range: &BlobRange) -> Result<String> {
 /// Loads every source in order (bottom first), sharing each loaded layer by `Arc`.
 pub fn load_all(sources: &[LayerSource], cache: &Cache, progress: &dyn Progress) -> Result<Vec<Arc<Layer>>> {
     sources.iter().map(|s| Layer::load(s, cache, progress).map(Arc::new)).collect()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
