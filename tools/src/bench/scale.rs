@@ -104,6 +104,10 @@ struct Setup {
 impl Setup {
     fn prepare(work: &Path, strata: PathBuf) -> Result<Setup> {
         let dir = work.join("scale");
+        // A run killed midway leaves its containers and the peers' mounts: end them first, or
+        // removing the directory would fail on mountpoints (and walk into the mounts).
+        kill_containers();
+        super::systems::unmount_leftovers(&dir);
         if dir.exists() {
             fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
@@ -197,10 +201,7 @@ impl Setup {
 
     /// Kills every container (their `sleep`), waits for the runtimes, unmounts the peers' roots.
     fn tear_down(&self, system: System, children: Vec<Child>) -> Result<()> {
-        let containers: Vec<String> = sleeping_containers().iter().map(u32::to_string).collect();
-        if !containers.is_empty() {
-            let _ = Command::new("kill").arg("-KILL").args(&containers).status();
-        }
+        kill_containers();
         for mut child in children {
             child.wait().context("waiting for a container's runtime")?;
         }
@@ -351,6 +352,14 @@ fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_micros(200));
     }
     Ok(())
+}
+
+/// SIGKILL to every container (see [`sleeping_containers`]).
+fn kill_containers() {
+    let containers: Vec<String> = sleeping_containers().iter().map(u32::to_string).collect();
+    if !containers.is_empty() {
+        let _ = Command::new("kill").arg("-KILL").args(&containers).status();
+    }
 }
 
 /// Every process whose command line is `sleep SLEEP_MARK`: the containers.
