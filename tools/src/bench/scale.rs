@@ -209,10 +209,12 @@ impl Setup {
             return Ok(());
         }
         let base = self.system_dir(system);
+        // Read the mount table once: per container, it would cost the peers O(N²).
+        let mounted: std::collections::HashSet<PathBuf> = host::mountpoints().into_iter().collect();
         let mut problems = Vec::new();
         for entry in fs::read_dir(&base).into_iter().flatten().flatten() {
             let mnt = entry.path().join("mnt");
-            if host::is_mounted(&mnt) && !Command::new("umount").arg(&mnt).status().is_ok_and(|s| s.success()) {
+            if mounted.contains(&mnt) && !Command::new("umount").arg(&mnt).status().is_ok_and(|s| s.success()) {
                 let _ = Command::new("umount").arg("-l").arg(&mnt).status();
                 problems.push(mnt.display().to_string());
             }
