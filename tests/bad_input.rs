@@ -312,18 +312,8 @@ fn a_cached_index_truncated_under_a_writable_mount_answers_eio_and_the_log_names
     let index_files: Vec<_> = walk(&cache.join("index")).into_iter().filter(|p| p.is_file()).collect();
     assert_eq!(index_files.len(), 1, "{index_files:?}");
 
-    let (upper, work_dir, mnt, log) = (w.join("upper"), w.join("work"), w.join("mnt"), w.join("daemon.log"));
-    let args = [
-        "--log",
-        log.to_str().unwrap(),
-        "--upper",
-        upper.to_str().unwrap(),
-        "--work",
-        work_dir.to_str().unwrap(),
-        "--layer",
-        layer_path.to_str().unwrap(),
-    ];
-    let mounted = support::Mounted::new(&cache, &args, &mnt);
+    let (mnt, log) = (w.join("mnt"), w.join("daemon.log"));
+    let mounted = support::Mounted::writable(&cache, w, &layer_path, &mnt, &["--log", log.to_str().unwrap()]);
     assert_eq!(std::fs::read(mnt.join("etc/small")).unwrap(), b"ok");
     std::fs::OpenOptions::new().write(true).open(&index_files[0]).unwrap().set_len(100).unwrap();
     let err = std::fs::read_dir(mnt.join("var")).and_then(|d| d.collect::<Result<Vec<_>, _>>()).unwrap_err();

@@ -37,17 +37,7 @@ fn writable_in(cache_dir: &Path, base: &Path, lower: &Path, mnt: &Path) -> Mount
 
 /// [`writable_in`] with more options first (`--log FILE`).
 fn writable_with(cache_dir: &Path, base: &Path, lower: &Path, mnt: &Path, options: &[&str]) -> Mounted {
-    let (upper, work) = (base.join("upper"), base.join("work"));
-    let mut args = options.to_vec();
-    args.extend([
-        "--upper",
-        upper.to_str().unwrap(),
-        "--work",
-        work.to_str().unwrap(),
-        "--layer",
-        lower.to_str().unwrap(),
-    ]);
-    Mounted::new(&cache_dir.join("cache"), &args, mnt)
+    Mounted::writable(&cache_dir.join("cache"), base, lower, mnt, options)
 }
 
 fn writable(work: &Path, lower: &Path) -> Mounted {

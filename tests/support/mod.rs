@@ -65,6 +65,23 @@ impl Mounted {
     }
 }
 
+impl Mounted {
+    /// `strata mount OPTIONS... --upper BASE/upper --work BASE/work --layer LAYER MOUNTPOINT`.
+    pub fn writable(cache: &Path, base: &Path, layer: &Path, dir: &Path, options: &[&str]) -> Mounted {
+        let (upper, work) = (base.join("upper"), base.join("work"));
+        let mut args = options.to_vec();
+        args.extend([
+            "--upper",
+            upper.to_str().unwrap(),
+            "--work",
+            work.to_str().unwrap(),
+            "--layer",
+            layer.to_str().unwrap(),
+        ]);
+        Mounted::new(cache, &args, dir)
+    }
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         if is_mounted(&self.dir) {
