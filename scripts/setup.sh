@@ -2,8 +2,8 @@
 # Installs what strata needs on a fresh Debian machine, idempotently: fuse3 (fusermount3, /dev/fuse
 # helpers), umoci (the independent reference the integration tests compare against), busybox-static
 # (a static shell for images built from host files), uidmap (newuidmap/newgidmap for rootless
-# containers) and a Rust toolchain check. With --bench it also
-# installs the peers and tools the macro benchmark uses: fuse-overlayfs, debootstrap, fio, ratarmount (PyPI),
+# containers), fuse-overlayfs (the tests compare strata-overlayfs with it) and a Rust toolchain
+# check. With --bench it also installs the tools the macro benchmark uses: debootstrap, fio, ratarmount (PyPI),
 # and the container runners `strata-bench --runner` compares with: bubblewrap and runc.
 set -euo pipefail
 
@@ -17,8 +17,9 @@ have_cmd umoci || need+=(umoci)
 [ -x /bin/busybox ] || need+=(busybox-static)
 # newuidmap/newgidmap: rootless containers map the caller's /etc/subuid ranges with them.
 have_cmd newuidmap || need+=(uidmap)
+# fuse-overlayfs: the peer strata-overlayfs replaces, also the oracle of the tests on the formats they share.
+have_cmd fuse-overlayfs || need+=(fuse-overlayfs)
 if [ "$want_bench" = 1 ]; then
-  have_cmd fuse-overlayfs || need+=(fuse-overlayfs)
   have_cmd debootstrap || need+=(debootstrap)
   have_cmd fio || need+=(fio)
   have_cmd pip3 || need+=(python3-pip)

@@ -55,7 +55,7 @@ pub fn run() -> Result<()> {
 /// Mounts the same image writable, changes it, and shows what landed in the upper directory.
 fn show_writable(work: &Path, image: &image::Image, cache: &Cache, mountpoint: &Path) -> Result<()> {
     let (upper, scratch) = (work.join("upper"), work.join("work"));
-    let overlay = strata_fs::overlay::open(Lower::load(&image.layers, cache, &Quiet)?, &upper, &scratch)?;
+    let overlay = strata_fs::overlay::open(Lower::load(&image.layers, cache, &Quiet)?, &upper, &scratch, None)?;
     let config = MountConfig { source: "demo".into(), allow_other: false, dev_suid: false, threads: 2, writable: true };
     mount::serve_in_background(strata_fs::fuse::overlay_fs::OverlayFs::new(overlay), mountpoint, &config)?;
     let changed = (|| -> std::io::Result<()> {

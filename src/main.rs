@@ -131,6 +131,8 @@ pub struct MountLayers {
     pub upper: Option<(PathBuf, PathBuf)>,
     /// Owners as shown through a writable mount (fuse-overlayfs' uidmapping/squash options).
     pub ids: strata_fs::idshift::IdShift,
+    /// The xattr owners and permissions are kept in (fuse-overlayfs' `xattr_permissions`).
+    pub stored_modes: Option<&'static [u8]>,
 }
 
 impl MountLayers {
@@ -142,6 +144,7 @@ impl MountLayers {
                     image_args::load_lower(&self.image, &strata_fs::layer::cache::Cache::from_env())?,
                     &upper,
                     &work,
+                    self.stored_modes,
                 )?;
                 config.writable = true;
                 serve(OverlayFs::new(overlay).with_id_shift(self.ids), mountpoint, &config, foreground)
@@ -188,7 +191,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Mount { image, foreground, allow_other, threads, upper, work } => {
             let mountpoint = image.mountpoint()?;
             mount::check_mountpoint(&mountpoint)?;
-            let layers = MountLayers { image: image.resolve()?, upper: upper.zip(work), ids: Default::default() };
+            let layers = MountLayers {
+                image: image.resolve()?,
+                upper: upper.zip(work),
+                ids: Default::default(),
+                stored_modes: None,
+            };
             let config =
                 MountConfig { source: image.source_name(), allow_other, dev_suid: false, threads, writable: false };
             layers.mount(&mountpoint, config, foreground)

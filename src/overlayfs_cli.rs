@@ -9,13 +9,13 @@ use anyhow::{bail, Context, Result};
 use strata_fs::fuse::mount::MountConfig;
 use strata_fs::idshift::{parse_ranges, IdShift};
 use strata_fs::image;
+use strata_fs::layer::override_stat;
 
 /// Options fuse-overlayfs users pass that strata accepts without acting on, and why.
 const ACCEPTED_AS_IS: &[(&str, &str)] = &[
     ("fsync", "strata passes fsync through to the upper file; fsync=0 is accepted"),
     ("noacl", "strata stores ACLs as ordinary xattrs and enforces none itself"),
     ("static_nlink", "strata reports real link counts"),
-    ("xattr_permissions", "xattr permission emulation is not implemented; xattrs are stored as given"),
     ("volatile", "strata does not sync the upper unless asked"),
     ("timeout", "strata uses its own cache lifetimes"),
     ("threaded", "strata always serves on several threads"),
@@ -42,6 +42,8 @@ pub struct OverlayArgs {
     pub dev_suid: bool,
     /// uidmapping=, gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=.
     pub ids: IdShift,
+    /// xattr_permissions=1|2: the xattr owners and permissions are kept in.
+    pub stored_modes: Option<&'static [u8]>,
 }
 
 pub fn called_as_overlayfs() -> bool {
@@ -105,6 +107,14 @@ pub fn parse(args: &[String]) -> Result<OverlayArgs> {
             }
             "squash_to_uid" => parsed.ids.squash_uid = Some(value.parse().context("squash_to_uid= needs a uid")?),
             "squash_to_gid" => parsed.ids.squash_gid = Some(value.parse().context("squash_to_gid= needs a gid")?),
+            "xattr_permissions" => {
+                parsed.stored_modes = match value {
+                    "0" => None,
+                    "1" => Some(override_stat::PRIVILEGED),
+                    "2" => Some(override_stat::USER),
+                    other => bail!("xattr_permissions={other}: expected 0, 1 (security.* xattr) or 2 (user.* xattr)"),
+                }
+            }
             k if ACCEPTED_AS_IS.iter().any(|(name, _)| *name == k) => {}
             k => bail!("unknown option {k}"),
         }
@@ -127,10 +137,13 @@ pub fn run(args: &[String]) -> Result<()> {
     let source = parsed.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
     let config =
         MountConfig { source, allow_other: parsed.allow_other, dev_suid: parsed.dev_suid, threads: 4, writable: false };
-    if !parsed.ids.is_identity() && parsed.upper.is_none() {
-        bail!("uidmapping=, gidmapping= and squash_to_* need a writable mount (upperdir=, workdir=)");
+    if (!parsed.ids.is_identity() || parsed.stored_modes.is_some()) && parsed.upper.is_none() {
+        bail!(
+            "uidmapping=, gidmapping=, squash_to_* and xattr_permissions= need a writable mount (upperdir=, workdir=)"
+        );
     }
-    crate::MountLayers { image, upper: parsed.upper.zip(parsed.work), ids: parsed.ids }.mount(
+    let upper = parsed.upper.zip(parsed.work);
+    crate::MountLayers { image, upper, ids: parsed.ids, stored_modes: parsed.stored_modes }.mount(
         &parsed.mountpoint,
         config,
         parsed.foreground,
@@ -169,6 +182,16 @@ mod tests {
         let p = parse(&args("-o lowerdir=/l,squash_to_uid=5,squash_to_root /mnt")).unwrap();
         assert_eq!((p.ids.squash_uid, p.ids.squash_gid), (Some(5), Some(0)), "squash_to_uid wins over squash_to_root");
         assert!(parse(&args("-o lowerdir=/l,uidmapping=0:1000 /mnt")).unwrap_err().to_string().contains("uidmapping"));
+    }
+
+    #[test]
+    fn parses_xattr_permissions() {
+        let stored =
+            |o: &str| parse(&args(&format!("-o lowerdir=/l,xattr_permissions={o} /mnt"))).map(|p| p.stored_modes);
+        assert_eq!(stored("0").unwrap(), None);
+        assert_eq!(stored("1").unwrap(), Some(override_stat::PRIVILEGED));
+        assert_eq!(stored("2").unwrap(), Some(override_stat::USER));
+        assert!(stored("3").unwrap_err().to_string().contains("xattr_permissions=3"));
     }
 
     #[test]

@@ -693,28 +693,59 @@ fn a_mount_inside_a_lower_directory_is_not_crossed_as_with_kernel_overlayfs() {
     let _tmpfs = support::mount_tmpfs(&lower.join("c"), "");
     std::fs::write(lower.join("c/on-the-mount"), "tmpfs").unwrap();
     let names = support::sorted_names;
-
-    let kernel_mnt = w.join("kernel");
-    for d in ["kernel", "k-upper", "k-work"] {
-        std::fs::create_dir(w.join(d)).unwrap();
-    }
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
-        w.join("k-upper").display(),
-        w.join("k-work").display()
-    );
-    assert!(Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &options])
-        .arg(&kernel_mnt)
-        .status()
-        .unwrap()
-        .success());
-    let _kernel = support::Unmount(kernel_mnt.clone());
+    let (kernel_mnt, _kernel) = kernel_overlay(w, &lower);
     let m = writable(w, &lower);
     assert_eq!(names(&kernel_mnt.join("c")), ["f3", "under-the-mount"], "kernel overlayfs");
     assert_eq!(names(&m.dir.join("c")), names(&kernel_mnt.join("c")));
     assert_eq!(std::fs::read_to_string(m.dir.join("c/under-the-mount")).unwrap(), "layer");
+}
+
+/// Kernel overlayfs over `lower`, with its upper and work directories under `base`, mounted on
+/// `base/kernel`.
+fn kernel_overlay(base: &Path, lower: &Path) -> (PathBuf, support::Unmount) {
+    let kernel_mnt = base.join("kernel");
+    for d in ["kernel", "k-upper", "k-work"] {
+        std::fs::create_dir(base.join(d)).unwrap();
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        base.join("k-upper").display(),
+        base.join("k-work").display()
+    );
+    let mounted = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(&kernel_mnt).status();
+    assert!(mounted.unwrap().success(), "mounting kernel overlayfs with {options}");
+    (kernel_mnt.clone(), support::Unmount(kernel_mnt))
+}
+
+/// Objects root makes with setuid, setgid and sticky bits keep them, as with kernel overlayfs:
+/// the upper gives a new object its owner before its mode (a chown clears setuid bits).
+#[test]
+fn new_objects_keep_setuid_and_setgid_bits_as_with_kernel_overlayfs() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let (kernel_mnt, _kernel) = kernel_overlay(w, &lower);
+    let m = writable(w, &lower);
+    let modes = |root: &Path| {
+        let path = |name: &str| std::ffi::CString::new(root.join(name).as_os_str().as_encoded_bytes()).unwrap();
+        let fd = unsafe { libc::open(path("file").as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o6755) };
+        assert!(fd >= 0 && unsafe { libc::close(fd) } == 0);
+        assert_eq!(unsafe { libc::mknod(path("fifo").as_ptr(), libc::S_IFIFO | 0o4644, 0) }, 0);
+        assert_eq!(unsafe { libc::mkdir(path("dir").as_ptr(), 0o3775) }, 0);
+        std::fs::copy(root.join("d"), root.join("copied")).unwrap();
+        std::fs::set_permissions(root.join("copied"), std::fs::Permissions::from_mode(0o4711)).unwrap();
+        let mode = |name: &str| std::fs::symlink_metadata(root.join(name)).unwrap().mode() & 0o7777;
+        ["file", "fifo", "dir", "copied"].map(mode)
+    };
+    let old_umask = unsafe { libc::umask(0) };
+    let (kernel, strata) = (modes(&kernel_mnt), modes(&m.dir));
+    unsafe { libc::umask(old_umask) };
+    assert_eq!(kernel, [0o6755, 0o4644, 0o1775, 0o4711], "kernel overlayfs (mkdir(2) keeps no setgid bit)");
+    assert_eq!(strata, kernel);
 }
 
 /// Directory-lower objects show their host inode number (in the low bits, with the layer above

@@ -31,23 +31,12 @@ fn chown_tree(path: &Path) {
     assert!(Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(path).status().unwrap().success());
 }
 
-/// Puts /dev/fuse back as it was when dropped.
-struct FuseMode(u32);
-
-impl Drop for FuseMode {
-    fn drop(&mut self) {
-        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
-    }
-}
-
 #[test]
 fn an_unprivileged_user_mounts_read_only_and_writable() {
     if !require_fuse() || !require_command("setpriv") || !require_command("fusermount3") {
         return;
     }
-    let original = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
-    let _restore = FuseMode(original);
-    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+    let _fuse = support::FuseOpenToAll::new();
 
     let work = tempfile::tempdir().unwrap();
     let w = work.path();

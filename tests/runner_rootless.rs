@@ -13,15 +13,6 @@ use support::{require_command, require_fuse};
 
 const NOBODY: u32 = 65534;
 
-/// Puts /dev/fuse back as it was when dropped.
-struct FuseMode(u32);
-
-impl Drop for FuseMode {
-    fn drop(&mut self) {
-        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
-    }
-}
-
 /// The tests of this file change /dev/fuse's mode: they take turns.
 static FUSE_MODE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -30,7 +21,7 @@ struct Rootless {
     image: PathBuf,
     uid: u32,
     gid: u32,
-    _fuse: FuseMode,
+    _fuse: support::FuseOpenToAll,
     _turn: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -40,9 +31,7 @@ impl Rootless {
             return None;
         }
         let turn = FUSE_MODE_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let original = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
-        let fuse = FuseMode(original);
-        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+        let fuse = support::FuseOpenToAll::new();
         let home = tempfile::tempdir().unwrap();
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let image = home.path().join("image");

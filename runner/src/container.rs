@@ -422,7 +422,7 @@ impl DaemonJob<'_> {
             None::<&str>,
         )
         .map_err(|e| Error::sys("making the mount namespace private", e))?;
-        let overlay = strata_fs::overlay::open(self.lower, &self.upper, &self.work)?;
+        let overlay = strata_fs::overlay::open(self.lower, &self.upper, &self.work, None)?;
         let config = MountConfig {
             source: self.source.clone(),
             allow_other: true,

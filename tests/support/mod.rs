@@ -113,6 +113,26 @@ pub fn mount_tmpfs(dir: &Path, options: &str) -> Unmount {
     Unmount(dir.to_path_buf())
 }
 
+/// /dev/fuse opened to every user for a test that mounts as an unprivileged one (standard
+/// distributions ship it as 0666); put back as it was when dropped.
+pub struct FuseOpenToAll(u32);
+
+impl FuseOpenToAll {
+    pub fn new() -> FuseOpenToAll {
+        use std::os::unix::fs::PermissionsExt;
+        let original = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+        std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+        FuseOpenToAll(original)
+    }
+}
+
+impl Drop for FuseOpenToAll {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+    }
+}
+
 /// The names in directory `dir`, sorted.
 pub fn sorted_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> =

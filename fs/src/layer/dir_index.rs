@@ -28,6 +28,7 @@ use std::sync::{Condvar, Mutex};
 use nix::sys::stat::FileStat;
 
 use super::index::{Entry, Kind, LayerIndex, Listed, Listing, Timestamp, Xattrs};
+use super::override_stat;
 use super::whiteout::{self, WhiteoutName};
 use crate::error::{Error, IoContext, Result};
 use crate::path;
@@ -66,6 +67,8 @@ type Listings = HashMap<Vec<u8>, Vec<Child>>;
 pub struct HostDir {
     pub path: PathBuf,
     root: OwnedFd,
+    /// The xattr this layer keeps stored modes in (see `override_stat`), from its root.
+    stat_override: Option<&'static [u8]>,
 }
 
 impl HostDir {
@@ -76,14 +79,16 @@ impl HostDir {
             Some(view) => view,
             None => open_dir(None, path, b"")?,
         };
-        Ok(HostDir { path: path.to_path_buf(), root })
+        let root_xattrs = xattrs(root.as_fd(), c".", &|| path.to_path_buf())?;
+        let stat_override = override_stat::layer_name(|name| root_xattrs.iter().any(|(n, _)| &**n == name));
+        Ok(HostDir { path: path.to_path_buf(), root, stat_override })
     }
 
     /// The whole layer's index, every directory read (see the module doc for what is deferred).
     pub fn index(&self) -> Result<DirIndex> {
         let root_entry = self.root_entry()?;
         let mut listings = read_tree(&self.root, &self.path, has_opaque_marker(&root_entry.xattrs))?;
-        let mut tree = Assembly::default();
+        let mut tree = Assembly { stat_override: self.stat_override, ..Assembly::default() };
         if is_opaque(&root_entry.xattrs) {
             tree.opaque_dirs.push(Box::default());
         }
@@ -96,14 +101,14 @@ impl HostDir {
     pub fn root_entry(&self) -> Result<Entry> {
         let stat = nix::sys::stat::fstat(self.root.as_fd()).map_err(std::io::Error::from).at(&self.path)?;
         let xattrs = xattrs(self.root.as_fd(), c".", &|| self.path.clone())?;
-        Ok(entry_from(b"", &stat, xattrs, Vec::new()))
+        Ok(entry_from(b"", &stat, xattrs, Vec::new(), self.stat_override))
     }
 
     /// Directory `rel_dir` alone; `dir` is its entry (directories are always read in full).
     pub fn list(&self, rel_dir: &[u8], dir: &Entry) -> Result<Listing> {
         let mut listing = Listing { opaque: is_opaque(&dir.xattrs), ..Listing::default() };
         for child in read_dir(&self.root, &self.path, rel_dir, has_opaque_marker(&dir.xattrs))? {
-            match classify(rel_dir, child) {
+            match classify(rel_dir, child, self.stat_override) {
                 Named::Opaque => listing.opaque = true,
                 Named::Hides(path) => {
                     listing.whiteouts.push(path::split_parent(&path).map_or(&path[..], |(_, n)| n).into())
@@ -122,7 +127,7 @@ impl HostDir {
         let dir_fd = open_dir(Some(&self.root), &host_dir, parent)?;
         let c_name = CString::new(name).expect("names have no NUL");
         let read = read_entry(dir_fd.as_fd(), &c_name, &host_dir)?;
-        let mut entry = entry_from(&placeholder.path, &read.stat, read.xattrs, read.link_target);
+        let mut entry = entry_from(&placeholder.path, &read.stat, read.xattrs, read.link_target, self.stat_override);
         entry.link_id = placeholder.link_id;
         Ok(entry)
     }
@@ -161,7 +166,7 @@ enum Named {
 
 /// Classifies a name read from directory `rel_dir`: whiteouts by name, 0/0 character devices
 /// and overlayfs' xattr whiteout files are all whiteouts.
-fn classify(rel_dir: &[u8], child: Child) -> Named {
+fn classify(rel_dir: &[u8], child: Child, stat_override: Option<&[u8]>) -> Named {
     let (name, kind, ino, read) = match child {
         Child::Opaque => return Named::Opaque,
         Child::Hides(hidden) => return Named::Hides(path::join(rel_dir, &hidden)),
@@ -177,7 +182,7 @@ fn classify(rel_dir: &[u8], child: Child) -> Named {
             if whiteout_device || whiteout_file {
                 return Named::Hides(rel);
             }
-            Named::Object(entry_from(&rel, &read.stat, read.xattrs, read.link_target), false)
+            Named::Object(entry_from(&rel, &read.stat, read.xattrs, read.link_target, stat_override), false)
         }
         None => {
             let mut placeholder = Entry::new(&rel, kind);
@@ -208,6 +213,7 @@ struct Assembly {
     /// Inode number -> index of its first name's entry.
     first_names: HashMap<u64, usize>,
     next_link_id: u32,
+    stat_override: Option<&'static [u8]>,
 }
 
 impl Assembly {
@@ -219,7 +225,7 @@ impl Assembly {
     /// Adds the children of `rel_dir` (and, depth first, theirs) in name order.
     fn add_dir(&mut self, listings: &mut Listings, rel_dir: &[u8]) {
         for child in listings.remove(rel_dir).into_iter().flatten() {
-            let (entry, deferred) = match classify(rel_dir, child) {
+            let (entry, deferred) = match classify(rel_dir, child, self.stat_override) {
                 Named::Opaque => {
                     self.opaque_dirs.push(rel_dir.into());
                     continue;
@@ -266,7 +272,15 @@ impl Assembly {
     }
 }
 
-fn entry_from(rel: &[u8], stat: &FileStat, xattrs: Xattrs, link_target: Vec<u8>) -> Entry {
+/// An entry from what the host says, shown with its stored mode in a layer that keeps them
+/// (`stat_override`: the layer's xattr for them).
+fn entry_from(
+    rel: &[u8],
+    stat: &FileStat,
+    xattrs: Xattrs,
+    link_target: Vec<u8>,
+    stat_override: Option<&[u8]>,
+) -> Entry {
     let kind = Kind::of_mode(stat.st_mode);
     let mut e = Entry::new(rel, kind);
     e.mode = stat.st_mode & 0o7777;
@@ -289,6 +303,9 @@ fn entry_from(rel: &[u8], stat: &FileStat, xattrs: Xattrs, link_target: Vec<u8>)
         _ => {}
     }
     e.xattrs = xattrs;
+    if let Some(name) = stat_override {
+        override_stat::apply(&mut e, name);
+    }
     e
 }
 

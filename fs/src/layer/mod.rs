@@ -11,6 +11,7 @@ pub mod cache;
 pub mod codec;
 pub mod dir_index;
 pub mod index;
+pub mod override_stat;
 pub mod tar_index;
 pub mod whiteout;
 

@@ -130,8 +130,9 @@ pub struct Overlay {
 
 /// Opens a writable overlay of `lower` with its upper and work directories (created if missing),
 /// refusing an upper or work directory that overlaps a lower directory or each other: writes
-/// would otherwise land in a lower layer.
-pub fn open(lower: Lower, upper: &Path, work: &Path) -> crate::Result<Overlay> {
+/// would otherwise land in a lower layer. `stored_modes`: the xattr to keep owners and
+/// permissions in (fuse-overlayfs' `xattr_permissions`, see `layer::override_stat`).
+pub fn open(lower: Lower, upper: &Path, work: &Path, stored_modes: Option<&'static [u8]>) -> crate::Result<Overlay> {
     let refuse = |detail: String| crate::Error::Mount { path: upper.to_path_buf(), detail };
     for dir in [upper, work] {
         std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
@@ -152,7 +153,13 @@ pub fn open(lower: Lower, upper: &Path, work: &Path) -> crate::Result<Overlay> {
         }
     }
     let mode = if crate::upper::privileged() { XattrMode::Trusted } else { XattrMode::User };
-    let upper = Upper::open(&u, &w, mode).map_err(|e| refuse(e.to_string()))?;
+    let mut upper = Upper::open(&u, &w, mode).map_err(|e| refuse(e.to_string()))?;
+    if let Some(name) = stored_modes {
+        let top_first: Vec<&Path> = lower.host_dirs().into_iter().rev().collect();
+        upper.store_modes_in(name, &top_first).map_err(|e| {
+            refuse(format!("cannot keep owners and permissions in {} there: {e}", String::from_utf8_lossy(name)))
+        })?;
+    }
     Ok(Overlay::new(lower, upper))
 }
 
@@ -243,8 +250,9 @@ impl Overlay {
     fn attr_locked(&self, table: &Table, ino: Ino) -> io::Result<FileAttr> {
         let inode = table.get(ino)?;
         if inode.upper {
-            let meta = std::fs::symlink_metadata(self.upper.host(&table.path(ino)?))?;
-            return Ok(attr::from_metadata(&meta, ino));
+            let path = table.path(ino)?;
+            let meta = std::fs::symlink_metadata(self.upper.host(&path))?;
+            return Ok(self.upper_attr(&path, &meta, ino));
         }
         let node_id = inode.lower.expect("an inode is in the upper, the lower, or both");
         let mut a = self.lower.attr(node_id);
@@ -416,7 +424,17 @@ impl Overlay {
         // lower has none, or it is whited out (and a directory made there is opaque).
         let ino = upper_ino(&mut table, meta.ino());
         table.remember(ino, Inode::new(parent, name, None, true, kind));
-        Ok((attr::from_metadata(&meta, ino), file))
+        Ok((self.upper_attr(&path, &meta, ino), file))
+    }
+
+    /// The attributes of the upper object at `path`: the host's, with the owner and permissions
+    /// it stores where the upper keeps them in an xattr.
+    fn upper_attr(&self, path: &[u8], meta: &std::fs::Metadata, ino: Ino) -> FileAttr {
+        let mut attr = attr::from_metadata(meta, ino);
+        if let Some(stored) = self.upper.stored_mode(path, Kind::of_host(meta.file_type())) {
+            (attr.uid, attr.gid, attr.perm) = (stored.uid, stored.gid, stored.mode as u16);
+        }
+        attr
     }
 
     /// The group and mode of a new object: in a setgid directory it takes the directory's group,

@@ -4,6 +4,10 @@
 //! is the one place that writes the upper format; a future `diff`/`commit` reads it back with
 //! `layer::dir_index`, which understands the same encodings. Never touches a lower layer.
 //!
+//! Where fuse-overlayfs' `xattr_permissions` is asked for (or the upper's root already carries a
+//! stored mode, see `layer::override_stat`), directories and files keep the owner and
+//! permissions callers gave them in that xattr, and the host object stays the daemon's.
+//!
 //! Paths are relative to the upper root and name directories strata created itself, so only the
 //! last component can be a symlink; every call on it uses the no-follow variant.
 
@@ -22,6 +26,7 @@ use nix::sys::stat::{Mode, SFlag};
 pub use copy::CopySource;
 
 use crate::layer::index::{Entry, Kind};
+use crate::layer::override_stat::{self, Stored};
 use crate::layer::whiteout;
 
 /// Which xattr namespace marks opaque directories: `trusted.` needs CAP_SYS_ADMIN, so unprivileged
@@ -44,6 +49,9 @@ pub struct Upper {
     /// (`STRATA_XATTR_WHITEOUTS=1`, as fuse-overlayfs' `FUSE_OVERLAYFS_DISABLE_OVL_WHITEOUT`):
     /// for hosts whose consumers of the upper want that form, and to test it where mknod works.
     xattr_whiteouts: bool,
+    /// The xattr directories and files keep their owner and permissions in, instead of the
+    /// host's (see the module doc); None: on the host object itself.
+    stored_modes: Option<&'static [u8]>,
 }
 
 /// An upper directory's entries: (name, lstat) of visible ones, and names it whites out.
@@ -93,13 +101,40 @@ impl Upper {
             pid: std::process::id(),
             next_temp: AtomicU64::new(0),
             xattr_whiteouts: std::env::var_os("STRATA_XATTR_WHITEOUTS").is_some_and(|v| v == "1"),
+            stored_modes: None,
         };
+        let root = upper.root.clone();
+        let upper = Upper { stored_modes: override_stat::layer_name(|name| get_xattr(&root, name).is_ok()), ..upper };
         upper.clean_work()?;
         Ok(upper)
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// From now on keeps owners and permissions in xattr `name` (fuse-overlayfs'
+    /// `xattr_permissions=1|2`). A root without one takes it from the first of `lower_roots`
+    /// (top first) that has one (for the user form, also containers-storage's), else
+    /// [`override_stat::ROOT_DEFAULT`], as fuse-overlayfs does.
+    pub fn store_modes_in(&mut self, name: &'static [u8], lower_roots: &[&Path]) -> io::Result<()> {
+        if get_xattr(&self.root, name).is_err() {
+            let readable: &[&[u8]] =
+                if name == override_stat::USER { &[name, override_stat::CONTAINERS] } else { &[name] };
+            let inherited = lower_roots
+                .iter()
+                .find_map(|dir| readable.iter().find_map(|n| get_xattr(dir, n).ok().and_then(|v| Stored::parse(&v))));
+            set_xattr(&self.root, name, &inherited.unwrap_or(override_stat::ROOT_DEFAULT).format())?;
+        }
+        self.stored_modes = Some(name);
+        Ok(())
+    }
+
+    /// The owner and permissions stored for the upper object at `rel` of `kind`, where this
+    /// upper stores them and one is there: what to show instead of the host's.
+    pub fn stored_mode(&self, rel: &[u8], kind: Kind) -> Option<Stored> {
+        let name = self.stored_modes.filter(|_| override_stat::applies_to(kind))?;
+        get_xattr(&self.host(rel), name).ok().and_then(|v| Stored::parse(&v))
     }
 
     /// Removes what an interrupted copy-up left in the work directory: never visible in the
@@ -251,8 +286,7 @@ impl Upper {
     pub fn mkdir(&self, rel: &[u8], mode: u32, owner: (u32, u32), opaque: bool) -> io::Result<()> {
         self.place(rel, |temp| {
             fs::create_dir(temp)?;
-            fs::set_permissions(temp, fs::Permissions::from_mode(mode & 0o7777))?;
-            lchown(temp, owner.0, owner.1)?;
+            self.set_owner_and_mode(temp, Kind::Dir, owner, mode)?;
             if opaque {
                 set_xattr(temp, self.opaque_xattr(), b"y")?;
             }
@@ -272,10 +306,7 @@ impl Upper {
     ) -> io::Result<()> {
         self.place(rel, |temp| {
             make_node(temp, kind, mode, rdev, target)?;
-            if kind != Kind::Symlink {
-                fs::set_permissions(temp, fs::Permissions::from_mode(mode & 0o7777))?;
-            }
-            lchown(temp, owner.0, owner.1)
+            self.set_owner_and_mode(temp, kind, owner, mode)
         })
     }
 
@@ -285,8 +316,7 @@ impl Upper {
         self.place(rel, |temp| {
             let file = fs::OpenOptions::new().read(true).write(true).create_new(true).mode(mode & 0o7777).open(temp)?;
             // The mode again: the daemon's umask applies to open(2), the caller's already has.
-            file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
-            unprivileged_may_skip(std::os::unix::fs::fchown(&file, Some(owner.0), Some(owner.1)))?;
+            self.set_owner_and_mode(temp, Kind::File, owner, mode)?;
             Ok(file)
         })
     }
@@ -304,7 +334,7 @@ impl Upper {
                     make_node(temp, kind, entry.mode, rdev, &entry.link_target)?
                 }
             }
-            apply_metadata(temp, entry)
+            self.apply_metadata(temp, entry)
         })
     }
 
@@ -384,11 +414,67 @@ impl Upper {
     }
 
     pub fn chmod(&self, rel: &[u8], mode: u32) -> io::Result<()> {
-        fs::set_permissions(self.host(rel), fs::Permissions::from_mode(mode & 0o7777))
+        match self.stored_for_change(rel)? {
+            Some((name, stored)) => set_xattr(&self.host(rel), name, &Stored { mode, ..stored }.format()),
+            None => fs::set_permissions(self.host(rel), fs::Permissions::from_mode(mode & 0o7777)),
+        }
     }
 
     pub fn chown(&self, rel: &[u8], uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
-        std::os::unix::fs::lchown(self.host(rel), uid, gid)
+        match self.stored_for_change(rel)? {
+            Some((name, stored)) => {
+                let changed = Stored { uid: uid.unwrap_or(stored.uid), gid: gid.unwrap_or(stored.gid), ..stored };
+                set_xattr(&self.host(rel), name, &changed.format())
+            }
+            None => std::os::unix::fs::lchown(self.host(rel), uid, gid),
+        }
+    }
+
+    /// Where the object at `rel` keeps its owner and permissions in an xattr: the xattr's name
+    /// and what it holds (the host's values where it has none yet).
+    fn stored_for_change(&self, rel: &[u8]) -> io::Result<Option<(&'static [u8], Stored)>> {
+        let Some(name) = self.stored_modes else { return Ok(None) };
+        let meta = fs::symlink_metadata(self.host(rel))?;
+        let kind = Kind::of_host(meta.file_type());
+        if !override_stat::applies_to(kind) {
+            return Ok(None);
+        }
+        let host = Stored { uid: meta.uid(), gid: meta.gid(), mode: meta.mode() & 0o7777 };
+        Ok(Some((name, self.stored_mode(rel, kind).unwrap_or(host))))
+    }
+
+    /// Gives a new object at `path` its owner and permissions: on the host object, or, where
+    /// this upper stores them, in its xattr (the host object then stays the daemon's, with the
+    /// access the daemon needs and no setuid bits).
+    fn set_owner_and_mode(&self, path: &Path, kind: Kind, owner: (u32, u32), mode: u32) -> io::Result<()> {
+        match self.stored_modes.filter(|_| override_stat::applies_to(kind)) {
+            Some(name) => {
+                let access = if kind == Kind::Dir { 0o700 } else { 0o600 };
+                fs::set_permissions(path, fs::Permissions::from_mode((mode & 0o777) | access))?;
+                set_xattr(path, name, &Stored { uid: owner.0, gid: owner.1, mode: mode & 0o7777 }.format())
+            }
+            None => {
+                // Owner first: a chown clears setuid and setgid bits.
+                lchown(path, owner.0, owner.1)?;
+                if kind == Kind::Symlink {
+                    return Ok(());
+                }
+                fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+            }
+        }
+    }
+
+    /// Owner, mode, xattrs and times of a lower entry onto a freshly made upper object, in the
+    /// order overlayfs uses (xattrs after data, times last so nothing bumps them again).
+    fn apply_metadata(&self, path: &Path, entry: &Entry) -> io::Result<()> {
+        self.set_owner_and_mode(path, entry.kind, (entry.uid, entry.gid), entry.mode)?;
+        for (name, value) in entry.xattrs.iter().filter(|(n, _)| !whiteout::is_internal_xattr(n)) {
+            unprivileged_may_skip(set_xattr(path, name, value))?;
+        }
+        let t = libc::timespec { tv_sec: entry.mtime.sec, tv_nsec: entry.mtime.nsec as i64 };
+        let p = cstr(path);
+        // SAFETY: valid path and a two-element timespec array.
+        check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
     }
 
     pub fn truncate(&self, rel: &[u8], size: u64) -> io::Result<()> {
@@ -469,22 +555,6 @@ pub fn privileged() -> bool {
         .map(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
         .unwrap_or(false);
     nix::unistd::geteuid().is_root() && initial_namespace
-}
-
-/// Owner, mode, xattrs and times of a lower entry onto a freshly made upper object, in the order
-/// overlayfs uses (xattrs after data, times last so nothing bumps them again).
-fn apply_metadata(path: &Path, entry: &Entry) -> io::Result<()> {
-    lchown(path, entry.uid, entry.gid)?;
-    if entry.kind != Kind::Symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(entry.mode & 0o7777))?;
-    }
-    for (name, value) in entry.xattrs.iter().filter(|(n, _)| !whiteout::is_internal_xattr(n)) {
-        unprivileged_may_skip(set_xattr(path, name, value))?;
-    }
-    let t = libc::timespec { tv_sec: entry.mtime.sec, tv_nsec: entry.mtime.nsec as i64 };
-    let p = cstr(path);
-    // SAFETY: valid path and a two-element timespec array.
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), [t, t].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
 }
 
 fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
