@@ -2,9 +2,10 @@
 # Installs what strata needs on a fresh Debian machine, idempotently: fuse3 (fusermount3, /dev/fuse
 # helpers), umoci (the independent reference the integration tests compare against), busybox-static
 # (a static shell for images built from host files), uidmap (newuidmap/newgidmap for rootless
-# containers), fuse-overlayfs (the tests compare strata-overlayfs with it) and a Rust toolchain
-# check. With --bench it also installs the tools the macro benchmark uses: debootstrap, fio, ratarmount (PyPI),
-# and the container runners `strata-bench --runner` compares with: bubblewrap and runc.
+# containers), fuse-overlayfs (the tests compare strata-overlayfs with it), podman and runc (a test
+# runs podman with strata-overlayfs as its mount_program; `strata-bench --runner` compares with
+# runc) and a Rust toolchain check. With --bench it also installs the tools the macro benchmark
+# uses: debootstrap, fio, ratarmount (PyPI), and bubblewrap.
 set -euo pipefail
 
 want_bench=0
@@ -19,12 +20,13 @@ have_cmd umoci || need+=(umoci)
 have_cmd newuidmap || need+=(uidmap)
 # fuse-overlayfs: the peer strata-overlayfs replaces, also the oracle of the tests on the formats they share.
 have_cmd fuse-overlayfs || need+=(fuse-overlayfs)
+have_cmd podman || need+=(podman)
+have_cmd runc || need+=(runc)
 if [ "$want_bench" = 1 ]; then
   have_cmd debootstrap || need+=(debootstrap)
   have_cmd fio || need+=(fio)
   have_cmd pip3 || need+=(python3-pip)
   have_cmd bwrap || need+=(bubblewrap)
-  have_cmd runc || need+=(runc)
 fi
 
 if [ "${#need[@]}" -gt 0 ]; then

@@ -18,6 +18,12 @@ struct Entry {
     layers: Vec<String>,
 }
 
+/// True when `wanted` names the image tagged `repo_tag` (`REPOSITORY:TAG`, as `docker save`
+/// writes it): in full, by its repository, or by its tag.
+fn names(repo_tag: &str, wanted: &str) -> bool {
+    repo_tag == wanted || repo_tag.rsplit_once(':').is_some_and(|(repo, tag)| repo == wanted || tag == wanted)
+}
+
 pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
     let bytes = store.read("manifest.json")?;
     let entries: Vec<Entry> =
@@ -27,7 +33,7 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
         .iter()
         .filter(|e| match selector {
             Selector::Default => true,
-            Selector::Tag(t) => tags(e).iter().any(|r| r == t || r.rsplit(':').next() == Some(t)),
+            Selector::Tag(t) => tags(e).iter().any(|r| names(r, t)),
         })
         .collect();
     let entry = match matching.as_slice() {
@@ -50,4 +56,19 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
         });
     }
     Ok(Image { layers, config: config.config.unwrap_or_default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names;
+
+    #[test]
+    fn an_image_is_named_by_its_full_name_its_repository_or_its_tag() {
+        for wanted in ["ubuntu:22.04", "ubuntu", "22.04"] {
+            assert!(names("ubuntu:22.04", wanted), "{wanted}");
+        }
+        assert!(names("localhost:5000/app:v1", "localhost:5000/app"));
+        assert!(!names("ubuntu:22.04", "ubunt"));
+        assert!(!names("ubuntu:22.04", "debian"));
+    }
 }
