@@ -1,11 +1,14 @@
 //! strata-overlayfs as podman's `mount_program`, the way containers-storage uses fuse-overlayfs:
 //! podman loads an image (its layers extracted by containers-storage with `.wh.` whiteouts),
 //! runs containers whose root filesystem strata serves, commits one (containers-storage diffs
-//! strata's upper into a new layer) and runs the result. Root, with runc, cgroupfs and no
-//! network, every podman call on private storage, run and temporary directories.
+//! strata's upper into a new layer) and runs the result; as root, and rootless (a user with
+//! subordinate ids: podman's user namespace, strata mounting inside it in userxattr mode). With
+//! runc, cgroupfs and no network, every podman call on private storage, run and temporary
+//! directories.
 
 mod support;
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -14,18 +17,29 @@ use support::{require_command, require_fuse};
 struct Podman {
     root: PathBuf,
     mount_program: PathBuf,
+    /// Rootless: the user (uid, gid) podman runs as.
+    user: Option<(u32, u32)>,
 }
 
 impl Podman {
-    fn new(dir: &Path) -> Podman {
+    fn new(dir: &Path, user: Option<(u32, u32)>) -> Podman {
         let mount_program = dir.join("strata-overlayfs");
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_strata"), &mount_program).unwrap();
-        Podman { root: dir.join("storage"), mount_program }
+        Podman { root: dir.join("storage"), mount_program, user }
     }
 
     fn run(&self, args: &[&str]) -> Output {
         let storage_opt = format!("overlay.mount_program={}", self.mount_program.display());
-        Command::new("podman")
+        let mut podman = match self.user {
+            None => Command::new("podman"),
+            Some((uid, gid)) => {
+                let mut setpriv = Command::new("setpriv");
+                setpriv.args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "podman"]);
+                setpriv.env("HOME", &self.root).env("XDG_RUNTIME_DIR", self.root.join("xdg"));
+                setpriv
+            }
+        };
+        podman
             .args(["--root", self.root.join("graph").to_str().unwrap()])
             .args(["--runroot", self.root.join("run").to_str().unwrap()])
             .args(["--tmpdir", self.root.join("tmp").to_str().unwrap()])
@@ -52,6 +66,14 @@ impl Podman {
         self.ok(&args)
     }
 
+    /// Rootless podman keeps a process holding its user namespace: ended with the test.
+    fn end_pause_process(&self) {
+        let pid_file = self.root.join("tmp/pause.pid");
+        if let Some(pid) = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
     fn mounts_left(&self) -> Vec<String> {
         let root = self.root.to_string_lossy().into_owned();
         std::fs::read_to_string("/proc/self/mounts")
@@ -66,6 +88,7 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.run(&["rm", "--all", "--force"]);
+        self.end_pause_process();
     }
 }
 
@@ -75,12 +98,38 @@ fn podman_runs_and_commits_containers_on_strata_overlayfs() {
         return;
     }
     let work = tempfile::tempdir().unwrap();
-    let w = work.path();
-    let archive = w.join("runner.tar");
-    strata_tools::fixture::write_docker_archive(&archive, &strata_tools::fixture::runner_image().unwrap()).unwrap();
-    let podman = Podman::new(w);
-    podman.ok(&["load", "--input", archive.to_str().unwrap()]);
+    run_and_commit(&Podman::new(work.path(), None));
+}
 
+#[test]
+fn rootless_podman_runs_and_commits_containers_on_strata_overlayfs() {
+    if !require_fuse() || !require_command("podman") || !require_command("runc") || !require_command("newuidmap") {
+        return;
+    }
+    let (uid, gid) = support::subid_user();
+    let _fuse = support::FuseOpenToAll::new();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let podman = Podman::new(work.path(), Some((uid, gid)));
+    std::fs::create_dir_all(podman.root.join("xdg")).unwrap();
+    let chown = Command::new("chown").args(["-R", &format!("{uid}:{gid}")]).arg(work.path()).status();
+    assert!(chown.unwrap().success());
+    run_and_commit(&podman);
+    // The image's owners inside are the subordinate ids outside.
+    let owner = podman.shell(&["--rm"], "runner:latest", "stat -c %u:%g /home/app");
+    assert_eq!(owner, "1000:1000\n");
+    let layers = std::fs::read_dir(podman.root.join("graph/overlay")).unwrap();
+    let extracted = layers.filter_map(|l| std::fs::metadata(l.unwrap().path().join("diff/home/app")).ok()).next();
+    let subordinate = support::SUBID_START + 999;
+    assert_eq!(extracted.map(|m| (m.uid(), m.gid())), Some((subordinate, subordinate)));
+}
+
+/// Loads the runner image, runs a container that changes it, commits that and runs the result.
+fn run_and_commit(podman: &Podman) {
+    let archive = podman.root.with_file_name("runner.tar");
+    strata_tools::fixture::write_docker_archive(&archive, &strata_tools::fixture::runner_image().unwrap()).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
+    podman.ok(&["load", "--input", archive.to_str().unwrap()]);
     // A file of the upper image layer deleted, a lower directory replaced, a lower file changed.
     let script = "set -e; grep ' / ' /proc/mounts; rm /app/hello.txt; rm -r /home; mkdir -p /home/new; \
                   echo data > /home/new/file; echo more >> /etc/group; echo ok";

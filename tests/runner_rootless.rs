@@ -129,34 +129,6 @@ fn an_unprivileged_user_runs_containers() {
     assert_eq!(listed, 1, "only the header of `strata ps` is left");
 }
 
-/// The user with subordinate ids the next test creates, and its ranges.
-const SUBID_USER: &str = "strata-subid";
-const SUBID_START: u32 = 300_000;
-
-/// Creates `SUBID_USER` with 65536 subordinate uids and gids, once per machine.
-fn subid_user() -> (u32, u32) {
-    if Command::new("id").arg(SUBID_USER).output().map(|o| !o.status.success()).unwrap_or(true) {
-        let made = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SUBID_USER])
-            .status();
-        assert!(made.unwrap().success(), "useradd {SUBID_USER}");
-    }
-    for file in ["/etc/subuid", "/etc/subgid"] {
-        let text = std::fs::read_to_string(file).unwrap_or_default();
-        if !text.lines().any(|l| l.starts_with(&format!("{SUBID_USER}:"))) {
-            std::fs::write(file, format!("{text}{SUBID_USER}:{SUBID_START}:65536\n")).unwrap();
-        }
-    }
-    let id = |flag: &str| -> u32 {
-        String::from_utf8(Command::new("id").args([flag, SUBID_USER]).output().unwrap().stdout)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    };
-    (id("-u"), id("-g"))
-}
-
 /// With /etc/subuid ranges and newuidmap, the image's other owners keep their ids inside, files
 /// given to them land in the upper with the subordinate ids, and `strata rm` still removes them.
 #[test]
@@ -164,7 +136,7 @@ fn subordinate_ids_map_the_images_other_owners() {
     if !require_command("newuidmap") || !require_command("useradd") {
         return;
     }
-    let (uid, gid) = subid_user();
+    let (uid, gid) = support::subid_user();
     let Some(env) = Rootless::new(uid, gid) else { return };
     let image = env.image.to_str().unwrap();
     let script = "wc -l < /proc/self/uid_map; stat -c %u:%g /home/app; touch /owned; chown 1000:1000 /owned; \
@@ -177,12 +149,12 @@ fn subordinate_ids_map_the_images_other_owners() {
     let owned = std::fs::metadata(upper.join("owned")).unwrap();
     assert_eq!(
         (owned.uid(), owned.gid()),
-        (SUBID_START + 999, SUBID_START + 999),
+        (support::SUBID_START + 999, support::SUBID_START + 999),
         "uid 1000 inside is subordinate id 999 + start"
     );
-    assert_eq!(std::fs::metadata(upper.join("app/hello.txt")).unwrap().uid(), SUBID_START + 999);
+    assert_eq!(std::fs::metadata(upper.join("app/hello.txt")).unwrap().uid(), support::SUBID_START + 999);
     // A directory of a subordinate id, closed to its owner only: the caller cannot even list it.
-    assert!(std::fs::metadata(upper.join("home/app/private")).unwrap().uid() == SUBID_START + 999);
+    assert!(std::fs::metadata(upper.join("home/app/private")).unwrap().uid() == support::SUBID_START + 999);
     assert_ok(&env.strata(&["rm", "mapped"]));
     assert!(!upper.exists(), "rm removed the files of subordinate ids");
 }

@@ -140,3 +140,31 @@ pub fn sorted_names(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// A user with subordinate ids for rootless tests, and the start of its ranges.
+pub const SUBID_USER: &str = "strata-subid";
+pub const SUBID_START: u32 = 300_000;
+
+/// Creates `SUBID_USER` with 65536 subordinate uids and gids, once per machine.
+pub fn subid_user() -> (u32, u32) {
+    if Command::new("id").arg(SUBID_USER).output().map(|o| !o.status.success()).unwrap_or(true) {
+        let made = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SUBID_USER])
+            .status();
+        assert!(made.unwrap().success(), "useradd {SUBID_USER}");
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if !text.lines().any(|l| l.starts_with(&format!("{SUBID_USER}:"))) {
+            std::fs::write(file, format!("{text}{SUBID_USER}:{SUBID_START}:65536\n")).unwrap();
+        }
+    }
+    let id = |flag: &str| -> u32 {
+        String::from_utf8(Command::new("id").args([flag, SUBID_USER]).output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (id("-u"), id("-g"))
+}
