@@ -39,7 +39,10 @@ pub struct OverlayArgs {
     pub mountpoint: PathBuf,
     pub foreground: bool,
     pub allow_other: bool,
+    /// `suid`/`dev` given: honour setuid bits and device nodes.
     pub dev_suid: bool,
+    /// `nosuid`/`nodev` given: neither, even as root.
+    pub no_dev_suid: bool,
     /// uidmapping=, gidmapping=, squash_to_root, squash_to_uid=, squash_to_gid=.
     pub ids: IdShift,
     /// xattr_permissions=1|2: the xattr owners and permissions are kept in.
@@ -97,7 +100,8 @@ pub fn parse(args: &[String]) -> Result<OverlayArgs> {
             "workdir" => parsed.work = Some(PathBuf::from(value)),
             "allow_other" | "allow_root" => parsed.allow_other = true,
             "suid" | "dev" => parsed.dev_suid = true,
-            "nosuid" | "nodev" | "exec" | "noexec" | "ro" => {}
+            "nosuid" | "nodev" => parsed.no_dev_suid = true,
+            "exec" | "noexec" | "ro" => {}
             "uidmapping" => parsed.ids.uids = parse_ranges(value).map_err(|e| anyhow::anyhow!("uidmapping={e}"))?,
             "gidmapping" => parsed.ids.gids = parse_ranges(value).map_err(|e| anyhow::anyhow!("gidmapping={e}"))?,
             "squash_to_root" => {
@@ -128,6 +132,18 @@ pub fn parse(args: &[String]) -> Result<OverlayArgs> {
     Ok(parsed)
 }
 
+/// The mount's options. As fuse-overlayfs does, root's mounts let every user in (a container's
+/// processes run as other users) and honour setuid bits and devices, unless nosuid/nodev say not.
+fn mount_config(parsed: &OverlayArgs, source: String, as_root: bool) -> MountConfig {
+    MountConfig {
+        source,
+        allow_other: parsed.allow_other || as_root,
+        dev_suid: (parsed.dev_suid || as_root) && !parsed.no_dev_suid,
+        threads: 4,
+        writable: false,
+    }
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let parsed = parse(args)?;
     strata_fs::fuse::mount::check_mountpoint(&parsed.mountpoint)?;
@@ -135,8 +151,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let bottom_first: Vec<PathBuf> = parsed.lowers.iter().rev().cloned().collect();
     let image = image::from_layers(&bottom_first)?;
     let source = parsed.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":");
-    let config =
-        MountConfig { source, allow_other: parsed.allow_other, dev_suid: parsed.dev_suid, threads: 4, writable: false };
+    let config = mount_config(&parsed, source, nix::unistd::geteuid().is_root());
     if (!parsed.ids.is_identity() || parsed.stored_modes.is_some()) && parsed.upper.is_none() {
         bail!(
             "uidmapping=, gidmapping=, squash_to_* and xattr_permissions= need a writable mount (upperdir=, workdir=)"
@@ -172,6 +187,19 @@ mod tests {
         let p = parse(&args("none /mnt -o rw,lowerdir=/l,upperdir=/u,workdir=/w,allow_other,dev,suid")).unwrap();
         assert_eq!(p.mountpoint, PathBuf::from("/mnt"));
         assert!(p.allow_other && p.dev_suid);
+    }
+
+    #[test]
+    fn roots_mounts_are_open_to_every_user_and_honour_setuid_as_fuse_overlayfs_does() {
+        let config = |options: &str, as_root: bool| {
+            let c =
+                mount_config(&parse(&args(&format!("-o lowerdir=/l{options} /mnt"))).unwrap(), String::new(), as_root);
+            (c.allow_other, c.dev_suid)
+        };
+        assert_eq!(config("", true), (true, true));
+        assert_eq!(config("", false), (false, false));
+        assert_eq!(config(",allow_other,suid", false), (true, true));
+        assert_eq!(config(",nosuid", true), (true, false));
     }
 
     #[test]

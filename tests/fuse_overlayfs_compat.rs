@@ -128,6 +128,13 @@ fn owners_and_permissions_kept_in_xattrs_as_fuse_overlayfs_keeps_them() {
     run_in(&st_mnt, "umask 022; echo z > asked");
     assert_eq!(std::fs::metadata(st_mnt.join("asked")).unwrap().mode() & 0o7777, 0o644);
     std::fs::remove_file(st_mnt.join("asked")).unwrap();
+    // A write by a user without CAP_FSETID drops a stored setuid bit, as the kernel drops a real one.
+    run_in(&st_mnt, "echo x > shared; chmod 4777 shared");
+    let append = format!("echo more >> {}", st_mnt.join("shared").display());
+    let as_nobody = ["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", &append];
+    assert!(Command::new("setpriv").args(as_nobody).status().unwrap().success());
+    assert_eq!(std::fs::metadata(st_mnt.join("shared")).unwrap().mode() & 0o7777, 0o777);
+    std::fs::remove_file(st_mnt.join("shared")).unwrap();
     drop((fo, st));
 
     // On the host the upper objects stay the daemon's, with no setuid bit; the lowers are untouched.

@@ -130,6 +130,10 @@ fn run_and_commit(podman: &Podman) {
     strata_tools::fixture::write_docker_archive(&archive, &strata_tools::fixture::runner_image().unwrap()).unwrap();
     std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
     podman.ok(&["load", "--input", archive.to_str().unwrap()]);
+    // A container process of another user than the mount's reaches its files (allow_other).
+    let as_app =
+        podman.shell(&["--rm", "--user", "1000"], "runner:latest", "cat /app/hello.txt; touch /home/app/mine; id -u");
+    assert_eq!(as_app, "hello from the image\n1000\n");
     // A file of the upper image layer deleted, a lower directory replaced, a lower file changed.
     let script = "set -e; grep ' / ' /proc/mounts; rm /app/hello.txt; rm -r /home; mkdir -p /home/new; \
                   echo data > /home/new/file; echo more >> /etc/group; echo ok";

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use dashmap::DashMap;
 use fuser::BackingId;
 
 use crate::layer::FileReader;
-use crate::overlay::{has_privilege_bits, OpenFile};
+use crate::overlay::OpenFile;
 
 #[derive(Default)]
 pub struct IoModes {
@@ -63,6 +62,9 @@ pub struct Open<'a> {
     pub file: &'a OpenFile,
     /// The upper file was opened read-write (it can back later writing opens as it is).
     pub read_write: bool,
+    /// The file shows set-user-id or set-group-id bits (on the host or stored in an xattr): not
+    /// in passthrough, since the daemon must drop them on unprivileged writes.
+    pub privilege_bits: bool,
     /// Opens the upper file read-write when `file` is a read-only one.
     pub reopen: &'a dyn Fn() -> io::Result<File>,
     /// Turns a file into a backing id (the reply's `open_backing`).
@@ -119,7 +121,7 @@ impl IoModes {
             OpenFile::Lower(FileReader::Host(file)) => ((open.register)(file).ok()?, true),
             OpenFile::Lower(FileReader::InArchive { .. }) => return None,
             OpenFile::Upper(file) => {
-                if file.metadata().map_or(true, |meta| has_privilege_bits(meta.mode())) {
+                if open.privilege_bits {
                     return None;
                 }
                 // Read-write whatever this open asks: later opens of the inode share the backing.

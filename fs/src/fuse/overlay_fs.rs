@@ -29,7 +29,7 @@ use crate::idshift::IdShift;
 use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
 use crate::layer::FileReader;
-use crate::overlay::{AttrChange, Caller, NewObject, OpenFile, Overlay};
+use crate::overlay::{has_privilege_bits, AttrChange, Caller, NewObject, OpenFile, Overlay};
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
 const TTL: Duration = Duration::from_secs(3600);
@@ -124,7 +124,8 @@ impl OverlayFs {
             OpenFile::Upper(file) => Ok(file),
             OpenFile::Lower(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         };
-        let open = Open { ino, file: &file, read_write, reopen: &reopen, register: &register };
+        let privilege_bits = self.overlay.getattr(ino).map_or(true, |a| has_privilege_bits(a.perm.into()));
+        let open = Open { ino, file: &file, read_write, privilege_bits, reopen: &reopen, register: &register };
         let backing = self.io.adopt(inodes, open);
         let fh = self.files.insert(file);
         self.io.track(fh, ino, backing.is_some());
