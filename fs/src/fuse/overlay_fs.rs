@@ -124,7 +124,9 @@ impl OverlayFs {
             OpenFile::Upper(file) => Ok(file),
             OpenFile::Lower(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
         };
-        let privilege_bits = self.overlay.getattr(ino).map_or(true, |a| has_privilege_bits(a.perm.into()));
+        // Only an upper file may go to passthrough with such bits: lower files are read-only.
+        let privilege_bits = matches!(file, OpenFile::Upper(_))
+            && self.overlay.getattr(ino).map_or(true, |a| has_privilege_bits(a.perm.into()));
         let open = Open { ino, file: &file, read_write, privilege_bits, reopen: &reopen, register: &register };
         let backing = self.io.adopt(inodes, open);
         let fh = self.files.insert(file);
