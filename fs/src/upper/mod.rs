@@ -94,17 +94,17 @@ impl Upper {
                 ),
             ));
         }
+        let root = fs::canonicalize(root)?;
+        let stored_modes = override_stat::layer_name(|name| get_xattr(&root, name).is_ok());
         let upper = Upper {
-            root: fs::canonicalize(root)?,
+            root,
             work: fs::canonicalize(work)?,
             mode,
             pid: std::process::id(),
             next_temp: AtomicU64::new(0),
             xattr_whiteouts: std::env::var_os("STRATA_XATTR_WHITEOUTS").is_some_and(|v| v == "1"),
-            stored_modes: None,
+            stored_modes,
         };
-        let root = upper.root.clone();
-        let upper = Upper { stored_modes: override_stat::layer_name(|name| get_xattr(&root, name).is_ok()), ..upper };
         upper.clean_work()?;
         Ok(upper)
     }
