@@ -42,9 +42,21 @@ impl Original {
     /// Gives every thread of this process its original affinity back (threads started while
     /// pinned, such as the FUSE session's, inherited the pin).
     pub fn restore_all_threads(&self) {
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return self.restore_this_thread() };
-        for tid in tasks.flatten().filter_map(|task| task.file_name().to_str()?.parse::<i32>().ok()) {
-            let _ = sched_setaffinity(Pid::from_raw(tid), &self.0);
+        self.restore_this_thread();
+        // A listing of /proc/self/task can skip a thread while others start or end: list again
+        // until a pass finds every thread restored.
+        for _ in 0..4 {
+            let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+            let mut restored_any = false;
+            for tid in tasks.flatten().filter_map(|task| task.file_name().to_str()?.parse::<i32>().ok()) {
+                let task = Pid::from_raw(tid);
+                if sched_getaffinity(task).is_ok_and(|set| set != self.0) {
+                    restored_any |= sched_setaffinity(task, &self.0).is_ok();
+                }
+            }
+            if !restored_any {
+                return;
+            }
         }
     }
 }
