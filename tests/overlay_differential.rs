@@ -467,6 +467,9 @@ mod fuse_overlayfs_allowances {
         if op.is_read_only() {
             return None;
         }
+        if let Op::UseDeletedWhileOpen { .. } = op {
+            return Some("fuse-overlayfs reports st_nlink 1 for a file deleted while open (kernel overlayfs 0)");
+        }
         // fuse-overlayfs handles a lower hard-link set (h1 = h2) like neither kernel mode: a
         // copy-up of one name (write, truncate, chmod) is not seen through the other name, as with
         // index=off, yet it treats the names as one inode elsewhere (renaming one over the other
@@ -518,7 +521,10 @@ mod fuse_overlayfs_allowances {
         // fuse-overlayfs loses the whiteout when an entry renamed over a lower one is removed or
         // renamed away: the lower entry comes back.
         let removed = match op {
-            Op::Unlink { path } | Op::Rmdir { path } => Some(path),
+            Op::Unlink { path } | Op::Rmdir { path } | Op::UseDeletedWhileOpen { path, replacement: None } => {
+                Some(path)
+            }
+            Op::UseDeletedWhileOpen { replacement: Some(from), .. } => Some(from),
             Op::Rename { from, .. } | Op::RenameNoReplace { from, .. } => Some(from),
             _ => None,
         };
@@ -985,6 +991,24 @@ fn hand_written_cases() -> Vec<Case> {
                 (Op::Mkfifo { path: s("c/f3"), mode: 0o600 }, Some(Ok(None))),
                 (readdir("c"), None),
             ],
+        ),
+        (
+            "files deleted or replaced while open keep working through the open file",
+            none(vec![
+                Op::UseDeletedWhileOpen { path: s("a/f1"), replacement: None },
+                readdir("a"),
+                create("n1", 11, 5000),
+                Op::UseDeletedWhileOpen { path: s("n1"), replacement: None },
+                create("n2", 12, 10),
+                create("n3", 13, 20),
+                Op::UseDeletedWhileOpen { path: s("n2"), replacement: Some(s("n3")) },
+                read("n2"),
+                Op::UseDeletedWhileOpen { path: s("a/f4"), replacement: Some(s("n2")) },
+                read("a/f4"),
+                Op::UseDeletedWhileOpen { path: s("h1"), replacement: None },
+                stat("h2"),
+                readdir(""),
+            ]),
         ),
         (
             "rmdir a lower directory, then mkdir it again: empty (opaque)",

@@ -131,6 +131,120 @@ fn writes_land_in_the_upper_in_kernel_overlayfs_format() {
     assert_eq!(lower_snapshot(&lower), before, "the lower layer is never written");
 }
 
+/// `strata mount -f` of `lower` writable on `base/mnt` (upper and work under `base`), once mounted:
+/// the daemon is the child, for tests that kill it.
+fn writable_in_foreground(base: &Path, lower: &Path) -> (PathBuf, std::process::Child) {
+    let mnt = base.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let daemon = strata()
+        .env("STRATA_CACHE", base.join("cache"))
+        .args([
+            "mount",
+            "-f",
+            "--upper",
+            base.join("upper").to_str().unwrap(),
+            "--work",
+            base.join("work").to_str().unwrap(),
+        ])
+        .args(["--layer", lower.to_str().unwrap(), mnt.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (mnt, daemon)
+}
+
+/// Waits up to 5 s for the work directory to hold `count` entries (a RELEASE reaches the daemon
+/// after close(2) returns).
+fn await_work_entries(work: &Path, count: usize) {
+    let start = Instant::now();
+    while std::fs::read_dir(work).unwrap().count() != count {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the work directory keeps {:?}",
+            std::fs::read_dir(work).unwrap().collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A file deleted (or renamed over) while open keeps working through its open file, as on any
+/// filesystem: fstat (link count 0), fchmod, fsetxattr, ftruncate, writes, reopening through
+/// /proc. Its data lives on in the work directory, never in the upper, until the last close, and
+/// a daemon killed meanwhile leaves it for the next mount to clean. A removed directory still
+/// answers fstat from a process inside it.
+#[test]
+fn files_deleted_while_open_live_until_closed() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let mnt = writable(w, &lower);
+    let m = &mnt.dir;
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(m.join("tmp")).unwrap();
+    file.write_all(&vec![7u8; 1 << 20]).unwrap();
+    std::fs::remove_file(m.join("tmp")).unwrap();
+    let replaced = std::fs::OpenOptions::new().read(true).write(true).open(m.join("a/f1")).unwrap();
+    std::fs::write(m.join("new"), "new").unwrap();
+    std::fs::rename(m.join("new"), m.join("a/f1")).unwrap();
+
+    assert_eq!((file.metadata().unwrap().nlink(), file.metadata().unwrap().len()), (0, 1 << 20));
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).unwrap();
+    xattr_set(&file, "user.kept", b"yes");
+    file.set_len(10).unwrap();
+    file.write_all_at(b"tail", 10).unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.len(), meta.nlink()), (0o600, 14, 0));
+    let mut again = String::new();
+    std::fs::File::open(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)))
+        .unwrap()
+        .read_to_string(&mut again)
+        .unwrap();
+    assert_eq!(again.as_bytes(), [&[7u8; 10][..], b"tail"].concat());
+    assert_eq!((replaced.metadata().unwrap().nlink(), replaced.metadata().unwrap().len()), (0, 3));
+    assert_eq!(std::fs::read_to_string(m.join("a/f1")).unwrap(), "new");
+    let names: Vec<_> = std::fs::read_dir(w.join("upper")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n == "tmp" || n.to_string_lossy().starts_with('#')), "{names:?}");
+    await_work_entries(&w.join("work"), 2);
+    drop((file, replaced));
+    await_work_entries(&w.join("work"), 0);
+
+    std::fs::create_dir(m.join("gone")).unwrap();
+    let inside = std::fs::File::open(m.join("gone")).unwrap();
+    std::fs::remove_dir(m.join("gone")).unwrap();
+    let meta = inside.metadata().unwrap();
+    assert!(meta.is_dir() && meta.nlink() == 0);
+    drop((inside, mnt));
+
+    let (mnt, mut daemon) = writable_in_foreground(w, &lower);
+    let mut open = std::fs::OpenOptions::new().write(true).create_new(true).open(mnt.join("tmp")).unwrap();
+    open.write_all(b"data").unwrap();
+    std::fs::remove_file(mnt.join("tmp")).unwrap();
+    await_work_entries(&w.join("work"), 1);
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    drop(open);
+    let _ = Command::new("umount").arg("-l").arg(&mnt).status();
+    let again = writable(w, &lower);
+    assert_eq!(std::fs::read_dir(w.join("work")).unwrap().count(), 0);
+    assert!(!again.dir.join("tmp").exists());
+}
+
+fn xattr_set(file: &std::fs::File, name: &str, value: &[u8]) {
+    let name = std::ffi::CString::new(name).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    // SAFETY: an open fd, a C string and a value slice.
+    let rc = unsafe { libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(rc, 0, "fsetxattr {name:?}: {}", std::io::Error::last_os_error());
+}
+
 #[test]
 fn copy_up_is_atomic_under_kill_9() {
     if !require_fuse() {
@@ -141,26 +255,7 @@ fn copy_up_is_atomic_under_kill_9() {
     let lower = make_lower(w, true);
     let original = std::fs::read(lower.join("big")).unwrap();
     for attempt in 0..3 {
-        let mnt = w.join("mnt");
-        std::fs::create_dir_all(&mnt).unwrap();
-        let mut daemon = strata()
-            .env("STRATA_CACHE", w.join("cache"))
-            .args([
-                "mount",
-                "-f",
-                "--upper",
-                w.join("upper").to_str().unwrap(),
-                "--work",
-                w.join("work").to_str().unwrap(),
-            ])
-            .args(["--layer", lower.to_str().unwrap(), mnt.to_str().unwrap()])
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while !is_mounted(&mnt) {
-            assert!(start.elapsed() < Duration::from_secs(20));
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let (mnt, mut daemon) = writable_in_foreground(w, &lower);
         // Start a copy-up of the 64 MiB file (an append) and kill the daemon while it runs.
         let target = mnt.join("big");
         let writer = std::thread::spawn(move || {

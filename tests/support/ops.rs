@@ -237,6 +237,12 @@ pub enum Op {
     Stat {
         path: String,
     },
+    /// open(O_RDWR), then unlink it, or rename `replacement` over it, and use the open file: fstat,
+    /// fchmod, fsetxattr, ftruncate, pwrite, pread (a temporary file's life)
+    UseDeletedWhileOpen {
+        path: String,
+        replacement: Option<String>,
+    },
 }
 
 impl Op {
@@ -263,7 +269,9 @@ impl Op {
             | Op::Mkfifo { path, .. }
             | Op::Read { path }
             | Op::ReadDir { path }
-            | Op::Stat { path } => vec![path],
+            | Op::Stat { path }
+            | Op::UseDeletedWhileOpen { path, replacement: None } => vec![path],
+            Op::UseDeletedWhileOpen { path, replacement: Some(from) } => vec![from, path],
             Op::Rename { from, to }
             | Op::RenameNoReplace { from, to }
             | Op::Exchange { from, to }
@@ -462,8 +470,56 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             }
             return Ok(Some(out));
         }
+        Op::UseDeletedWhileOpen { path, replacement } => {
+            let fd = unsafe { libc::open(p(path).as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK) };
+            if fd < 0 {
+                return Err(errno());
+            }
+            let deleted = match replacement {
+                None => check(unsafe { libc::unlink(p(path).as_ptr()) } as _),
+                Some(from) => check(unsafe { libc::rename(p(from).as_ptr(), p(path).as_ptr()) } as _),
+            };
+            let used = deleted.map(|()| use_open_file(fd));
+            unsafe { libc::close(fd) };
+            return used.map(Some);
+        }
     }
     Ok(None)
+}
+
+/// What a series of calls on an open file report (each call's result, in order).
+fn use_open_file(fd: libc::c_int) -> String {
+    let fstat = || {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        check(unsafe { libc::fstat(fd, &mut st) } as _).map(|()| {
+            format!("mode {:o} size {} nlink {} owner {}:{}", st.st_mode, st.st_size, st.st_nlink, st.st_uid, st.st_gid)
+        })
+    };
+    let name = CString::new("user.open").unwrap();
+    let mut value = [0u8; 16];
+    let mut data = [0u8; 16];
+    let steps: Vec<(&str, Result<String, Errno>)> = vec![
+        ("fstat", fstat()),
+        ("fchmod", check(unsafe { libc::fchmod(fd, 0o600) } as _).map(|()| String::new())),
+        (
+            "fsetxattr",
+            check(unsafe { libc::fsetxattr(fd, name.as_ptr(), b"v".as_ptr().cast(), 1, 0) } as _)
+                .map(|()| String::new()),
+        ),
+        (
+            "fgetxattr",
+            check(unsafe { libc::fgetxattr(fd, name.as_ptr(), value.as_mut_ptr().cast(), value.len()) } as _)
+                .map(|()| String::from_utf8_lossy(&value[..1]).into_owned()),
+        ),
+        ("ftruncate", check(unsafe { libc::ftruncate(fd, 3) } as _).map(|()| String::new())),
+        ("pwrite", check(unsafe { libc::pwrite(fd, b"xyz!".as_ptr().cast(), 4, 2) } as _).map(|()| String::new())),
+        ("pread", {
+            let n = unsafe { libc::pread(fd, data.as_mut_ptr().cast(), data.len(), 0) };
+            check(n as _).map(|()| digest(&data[..n.max(0) as usize]))
+        }),
+        ("fstat", fstat()),
+    ];
+    steps.into_iter().map(|(call, result)| format!("{call}: {result:?}")).collect::<Vec<_>>().join("; ")
 }
 
 /// An entry of the tree operations are generated from.
@@ -597,6 +653,7 @@ const WEIGHTS: &[(u32, &str)] = &[
     (6, "read"),
     (4, "readdir"),
     (4, "stat"),
+    (3, "deleted-while-open"),
 ];
 
 /// One random operation on the tree `tree` (as `scan` saw it).
@@ -672,6 +729,11 @@ pub fn generate(rng: &mut Rng, tree: &[Entry]) -> Op {
             }
         }
         "stat" => Op::Stat { path: g.existing(|_| true) },
+        "deleted-while-open" => {
+            let path = g.existing(|e| e.is_file);
+            let replacement = g.rng.chance(40).then(|| g.existing(|e| e.is_file));
+            Op::UseDeletedWhileOpen { path, replacement }
+        }
         other => unreachable!("{other}"),
     }
 }

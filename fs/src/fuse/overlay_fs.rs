@@ -120,10 +120,7 @@ impl OverlayFs {
         read_write: bool,
         register: impl Fn(&std::fs::File) -> io::Result<BackingId>,
     ) -> (FileHandle, Option<Arc<BackingId>>) {
-        let reopen = || match self.overlay.open(ino, libc::O_RDWR)? {
-            OpenFile::Upper(file) => Ok(file),
-            OpenFile::Lower(_) => Err(io::Error::from_raw_os_error(libc::EIO)),
-        };
+        let reopen = || self.overlay.reopen_read_write(ino);
         // Only an upper file may go to passthrough with such bits: lower files are read-only.
         let privilege_bits = matches!(file, OpenFile::Upper(_))
             && self.overlay.getattr(ino).map_or(true, |a| has_privilege_bits(a.perm.into()));
@@ -211,11 +208,7 @@ impl Filesystem for OverlayFs {
         self.overlay.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        // An open upper file answers for itself, even once unlinked (st_nlink 0).
-        if let Some(OpenFile::Upper(file)) = fh.and_then(|fh| self.files.get(fh.0)).as_deref() {
-            return self.attr(reply, file.metadata().map(|meta| attr::from_metadata(&meta, ino.0)));
-        }
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.attr(reply, self.overlay.getattr(ino.0))
     }
 
@@ -237,17 +230,27 @@ impl Filesystem for OverlayFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // ftruncate on an open (possibly unlinked) upper file goes to that file.
-        if let (Some(size), Some(OpenFile::Upper(file))) = (size, fh.and_then(|fh| self.files.get(fh.0)).as_deref()) {
-            if let Err(e) = file.set_len(size) {
-                return reply.error(errno::from_io(&e));
-            }
-        }
+        // ftruncate goes to the open upper file: the kernel checked access when it was opened, and
+        // the file may be read-only by now.
+        let by_handle = match (size, fh.and_then(|fh| self.files.get(fh.0)).as_deref()) {
+            (Some(size), Some(OpenFile::Upper(file))) => match file.set_len(size) {
+                Ok(()) => true,
+                Err(e) => return reply.error(errno::from_io(&e)),
+            },
+            _ => false,
+        };
         let (uid, gid) = match self.ids.squashes() {
             true => (None, None),
             false => (uid.map(|u| self.ids.stored_uid(u)), gid.map(|g| self.ids.stored_gid(g))),
         };
-        let change = AttrChange { mode, uid, gid, size, atime: atime.map(timespec), mtime: mtime.map(timespec) };
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size: size.filter(|_| !by_handle),
+            atime: atime.map(timespec),
+            mtime: mtime.map(timespec),
+        };
         // A size change is a data change: not while opens read the lower file (see `open`).
         let data_change = match size.map(|_| self.io.lock_for_data_change(ino.0)).transpose() {
             Ok(locked) => locked,
@@ -353,6 +356,7 @@ impl Filesystem for OverlayFs {
         };
         if flags.0 & libc::O_TRUNC != 0 && lacks_fsetid(req) {
             if let Err(e) = self.overlay.drop_privilege_bits(ino.0, self.caller(req)) {
+                self.overlay.release(ino.0);
                 return reply.error(errno::from_io(&e));
             }
         }
@@ -439,7 +443,7 @@ impl Filesystem for OverlayFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -448,6 +452,7 @@ impl Filesystem for OverlayFs {
     ) {
         self.files.remove(fh.0);
         self.io.released(fh.0);
+        self.overlay.release(ino.0);
         reply.ok();
     }
 
@@ -552,9 +557,9 @@ impl Filesystem for OverlayFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.overlay.xattrs(ino.0) {
+        match self.overlay.xattr_names(ino.0) {
             Ok(list) => {
-                let names: Vec<u8> = list.iter().flat_map(|(n, _)| n.iter().copied().chain([0])).collect();
+                let names: Vec<u8> = list.iter().flat_map(|n| n.iter().copied().chain([0])).collect();
                 reply_xattr(reply, size, &names)
             }
             Err(e) => reply.error(errno::from_io(&e)),

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::io;
 
+use fuser::FileAttr;
+
 use crate::layer::index::Kind;
 use crate::merge::NodeId;
 
@@ -24,15 +26,60 @@ pub struct Inode {
     pub upper: bool,
     pub kind: Kind,
     lookups: u64,
+    /// Open files of the inode (opens not yet released).
+    opens: u32,
+    /// What is left once the last name went while the kernel still used the inode.
+    remains: Option<Remains>,
+}
+
+/// What is left of an inode whose last name went while the kernel still used it.
+#[derive(Clone, Debug)]
+enum Remains {
+    /// An open file kept alive: its upper path (see `Upper::keep_orphan`), until last close.
+    Orphan(Vec<u8>),
+    /// A removed directory's last attributes (link count 0), for a process still inside it.
+    Dir(Box<FileAttr>),
 }
 
 impl Inode {
     pub fn new(parent: Ino, name: &[u8], lower: Option<NodeId>, upper: bool, kind: Kind) -> Inode {
-        Inode { names: vec![(parent, name.to_vec())], lower, upper, kind, lookups: 0 }
+        Inode { names: vec![(parent, name.to_vec())], lower, upper, kind, lookups: 0, opens: 0, remains: None }
     }
 
     pub fn parent(&self) -> Ino {
         self.names.first().map_or(ROOT_INO, |(p, _)| *p)
+    }
+
+    /// True when `(parent, name)` is the only name of the inode this table knows.
+    pub fn only_name_is(&self, parent: Ino, name: &[u8]) -> bool {
+        matches!(&self.names[..], [(p, n)] if *p == parent && n == name)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.opens > 0
+    }
+
+    /// Nameless and kept only by its open files (see [`Table::make_orphan`]).
+    pub fn is_orphan(&self) -> bool {
+        matches!(self.remains, Some(Remains::Orphan(_)))
+    }
+
+    /// The last attributes of a removed directory (see [`Table::directory_removed`]).
+    pub fn removed_dir(&self) -> Option<&FileAttr> {
+        match &self.remains {
+            Some(Remains::Dir(attr)) => Some(attr),
+            _ => None,
+        }
+    }
+
+    fn take_orphan(&mut self) -> Option<Vec<u8>> {
+        match self.remains.take() {
+            Some(Remains::Orphan(path)) => Some(path),
+            other => {
+                self.remains = other;
+                None
+            }
+        }
     }
 }
 
@@ -72,8 +119,12 @@ impl Table {
         self.inodes.get_mut(&ino).ok_or_else(stale)
     }
 
-    /// The merged path of an inode, from its first name up to the root.
+    /// The merged path of an inode, from its first name up to the root; for an orphan, the upper
+    /// path it lives on at.
     pub fn path(&self, mut ino: Ino) -> io::Result<Vec<u8>> {
+        if let (true, Some(Remains::Orphan(path))) = (ino != ROOT_INO, &self.get(ino)?.remains) {
+            return Ok(path.clone());
+        }
         let mut parts: Vec<&[u8]> = Vec::new();
         while ino != ROOT_INO {
             let inode = self.get(ino)?;
@@ -118,13 +169,46 @@ impl Table {
     }
 
     /// Drops kernel references; a file nobody references is forgotten. Directories stay, since
-    /// the paths of inodes below them are computed through them.
-    pub fn forget(&mut self, ino: Ino, count: u64) {
+    /// the paths of inodes below them are computed through them, unless they have no name left.
+    /// Returns the upper path of an orphan forgotten with it, for the caller to delete.
+    pub fn forget(&mut self, ino: Ino, count: u64) -> Option<Vec<u8>> {
+        let i = self.inodes.get_mut(&ino)?;
+        i.lookups = i.lookups.saturating_sub(count);
+        if i.lookups == 0 && (i.kind != Kind::Dir || i.names.is_empty()) && ino != ROOT_INO {
+            return self.inodes.remove(&ino).and_then(|mut i| i.take_orphan());
+        }
+        None
+    }
+
+    pub fn opened(&mut self, ino: Ino) {
         if let Some(i) = self.inodes.get_mut(&ino) {
-            i.lookups = i.lookups.saturating_sub(count);
-            if i.lookups == 0 && i.kind != Kind::Dir && ino != ROOT_INO {
-                self.inodes.remove(&ino);
-            }
+            i.opens += 1;
+        }
+    }
+
+    /// One open of `ino` was released. Returns the upper path of an orphan nothing keeps open
+    /// any more, for the caller to delete (as a filesystem frees an unlinked file at last close).
+    pub fn released(&mut self, ino: Ino) -> Option<Vec<u8>> {
+        let i = self.inodes.get_mut(&ino)?;
+        i.opens = i.opens.saturating_sub(1);
+        if i.opens == 0 {
+            return i.take_orphan();
+        }
+        None
+    }
+
+    /// `ino` lost its last name while open, and its upper object lives on at `orphan`.
+    pub fn make_orphan(&mut self, ino: Ino, orphan: Vec<u8>) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            i.remains = Some(Remains::Orphan(orphan));
+        }
+    }
+
+    /// Directory `ino` was removed; `last` are its attributes as a process still in it sees them.
+    pub fn directory_removed(&mut self, ino: Ino, mut last: FileAttr) {
+        if let Some(i) = self.inodes.get_mut(&ino) {
+            last.nlink = 0;
+            i.remains = Some(Remains::Dir(Box::new(last)));
         }
     }
 
@@ -207,5 +291,30 @@ mod tests {
         assert!(t.get(11).is_err());
         t.forget(10, 1);
         assert!(t.get(10).is_ok());
+        // A removed directory has no name to reach children through.
+        t.remove_name(10, ROOT_INO, b"d");
+        t.add_lookup(10);
+        t.forget(10, 1);
+        assert!(t.get(10).is_err());
+    }
+
+    #[test]
+    fn an_orphan_is_reached_through_its_upper_path_until_its_last_open_is_released() {
+        let mut t = Table::new(None, 100);
+        t.remember(11, Inode::new(ROOT_INO, b"f", None, true, Kind::File));
+        t.opened(11);
+        t.opened(11);
+        assert!(t.get(11).unwrap().only_name_is(ROOT_INO, b"f") && t.get(11).unwrap().is_open());
+        t.remove_name(11, ROOT_INO, b"f");
+        assert!(t.path(11).is_err());
+        t.make_orphan(11, b"/#orphan".to_vec());
+        assert_eq!(t.path(11).unwrap(), b"/#orphan");
+        assert_eq!(t.released(11), None);
+        assert_eq!(t.released(11), Some(b"/#orphan".to_vec()));
+        assert!(t.path(11).is_err() && !t.get(11).unwrap().is_orphan());
+        // Forgotten while still open (the kernel let go first): the orphan goes with it.
+        t.opened(11);
+        t.make_orphan(11, b"/#orphan2".to_vec());
+        assert_eq!(t.forget(11, 1), Some(b"/#orphan2".to_vec()));
     }
 }

@@ -239,7 +239,46 @@ impl Overlay {
     }
 
     pub fn forget(&self, ino: Ino, count: u64) {
-        self.table().forget(ino, count);
+        let orphan = self.table().forget(ino, count);
+        self.remove_orphan(orphan);
+    }
+
+    /// One open of `ino` (by [`Overlay::open`] or [`Overlay::create`]) was released.
+    pub fn release(&self, ino: Ino) {
+        let orphan = self.table().released(ino);
+        self.remove_orphan(orphan);
+    }
+
+    /// Deletes an orphan nothing uses any more. Failing leaves a link in the work directory,
+    /// cleaned at the next mount: logged, not an error for the request that let it go.
+    fn remove_orphan(&self, orphan: Option<Vec<u8>>) {
+        if let Some(path) = orphan {
+            if let Err(e) = self.upper.remove(&path) {
+                tracing::warn!("cannot delete {}, an unlinked file closed: {e}", self.upper.host(&path).display());
+            }
+        }
+    }
+
+    /// Before the last name of `ino` goes: when it is open in the upper, keeps it alive as an
+    /// orphan (`Upper::keep_orphan`) and returns its path, for [`Overlay::orphaned`]. Failing to
+    /// (a host refusing the link) is no reason to refuse the deletion: the open files keep their
+    /// data, only requests by inode then find nothing.
+    fn keep_if_open(&self, table: &Table, ino: Ino, parent: Ino, name: &[u8]) -> Option<Vec<u8>> {
+        let inode = table.get(ino).ok()?;
+        if !inode.upper || !inode.is_open() || inode.kind == Kind::Dir || !inode.only_name_is(parent, name) {
+            return None;
+        }
+        let path = crate::path::join(&table.path(parent).ok()?, name);
+        self.upper.keep_orphan(&path).map_err(|e| tracing::warn!("cannot keep an unlinked open file: {e}")).ok()
+    }
+
+    /// Records where an object kept by [`Overlay::keep_if_open`] lives on, once its name went;
+    /// if the deletion failed, the name is still there and the orphan is deleted.
+    fn orphaned(&self, table: &mut Table, ino: Ino, orphan: Option<Vec<u8>>, deleted: bool) {
+        match (orphan, deleted) {
+            (Some(path), true) => table.make_orphan(ino, path),
+            (orphan, _) => self.remove_orphan(orphan),
+        }
     }
 
     pub fn getattr(&self, ino: Ino) -> io::Result<FileAttr> {
@@ -249,10 +288,18 @@ impl Overlay {
 
     fn attr_locked(&self, table: &Table, ino: Ino) -> io::Result<FileAttr> {
         let inode = table.get(ino)?;
+        if let Some(attr) = inode.removed_dir() {
+            return Ok(*attr);
+        }
         if inode.upper {
             let path = table.path(ino)?;
             let meta = std::fs::symlink_metadata(self.upper.host(&path))?;
-            return Ok(self.upper_attr(&path, &meta, ino));
+            let mut attr = self.upper_attr(&path, &meta, ino);
+            if inode.is_orphan() {
+                // Its link in the work directory is not one of its names.
+                attr.nlink = attr.nlink.saturating_sub(1);
+            }
+            return Ok(attr);
         }
         let node_id = inode.lower.expect("an inode is in the upper, the lower, or both");
         let mut a = self.lower.attr(node_id);
@@ -369,18 +416,34 @@ impl Overlay {
         Ok(current)
     }
 
+    /// Opens a file (copying it up first for writing), counted until [`Overlay::release`].
     pub fn open(&self, ino: Ino, flags: i32) -> io::Result<OpenFile> {
         let mut table = self.table();
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if writes {
             self.copy_up(&mut table, ino)?;
         }
+        let file = self.open_locked(&table, ino, flags)?;
+        table.opened(ino);
+        Ok(file)
+    }
+
+    fn open_locked(&self, table: &Table, ino: Ino, flags: i32) -> io::Result<OpenFile> {
         let inode = table.get(ino)?;
         if inode.upper {
             return Ok(OpenFile::Upper(self.upper.open_file(&table.path(ino)?, flags)?));
         }
         let node = inode.lower.expect("an inode not in the upper is in the lower");
         Ok(OpenFile::Lower(self.lower.open(node)?))
+    }
+
+    /// The upper file of `ino` opened again for reading and writing, for an open that has it
+    /// read-only (not counted as an open of its own: it serves that open).
+    pub fn reopen_read_write(&self, ino: Ino) -> io::Result<File> {
+        match self.open_locked(&self.table(), ino, libc::O_RDWR)? {
+            OpenFile::Upper(file) => Ok(file),
+            OpenFile::Lower(_) => Err(errno(libc::EIO)),
+        }
     }
 
     /// Creates a non-directory object (or, with `Kind::Dir`, a directory) named `name`.
@@ -424,6 +487,9 @@ impl Overlay {
         // lower has none, or it is whited out (and a directory made there is opaque).
         let ino = upper_ino(&mut table, meta.ino());
         table.remember(ino, Inode::new(parent, name, None, true, kind));
+        if file.is_some() {
+            table.opened(ino);
+        }
         Ok((self.upper_attr(&path, &meta, ino), file))
     }
 
@@ -487,13 +553,20 @@ impl Overlay {
         }
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);
+        let orphan = self.keep_if_open(&table, ino, parent, name);
+        let last_attr = if dir { Some(self.attr_locked(&table, ino)?) } else { None };
+        let deleted = match self.lower_shows(&table, parent, name) {
+            Ok(true) => self.upper.whiteout(&path),
+            Ok(false) => self.upper.remove(&path),
+            Err(e) => Err(e),
+        };
+        self.orphaned(&mut table, ino, orphan, deleted.is_ok());
+        deleted?;
         if let Some(meta) = in_upper {
             forget_host_meta(&mut table, &meta);
         }
-        if self.lower_shows(&table, parent, name)? {
-            self.upper.whiteout(&path)?;
-        } else {
-            self.upper.remove(&path)?;
+        if let Some(attr) = last_attr {
+            table.directory_removed(ino, attr);
         }
         self.name_gone(&mut table, ino, parent, name)
     }
@@ -610,14 +683,20 @@ impl Overlay {
                 return Err(errno(libc::EISDIR));
             }
         }
-        if !exchange {
-            self.forget_host_object(&mut table, &to);
-        }
         let mut host_flags = flags & libc::RENAME_EXCHANGE;
         if !exchange && self.lower_shows(&table, parent, name)? {
             host_flags |= libc::RENAME_WHITEOUT;
         }
-        self.upper.rename(&from, &to, host_flags)?;
+        let replaced = target.as_ref().filter(|_| !exchange).map(|(target_ino, _)| *target_ino);
+        let orphan = replaced.and_then(|target_ino| self.keep_if_open(&table, target_ino, new_parent, new_name));
+        if !exchange {
+            self.forget_host_object(&mut table, &to);
+        }
+        let renamed = self.upper.rename(&from, &to, host_flags);
+        if let Some(target_ino) = replaced {
+            self.orphaned(&mut table, target_ino, orphan, renamed.is_ok());
+        }
+        renamed?;
         if exchange {
             // Exchanged directories have no lower content of their own (EXDEV above): each must
             // hide whatever a lower layer has at its new place.
@@ -662,9 +741,12 @@ impl Overlay {
         self.attr_locked(&table, ino)
     }
 
-    /// One xattr (the kernel asks for `security.capability` before every write: one syscall).
+    /// One xattr.
     pub fn xattr(&self, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-        let table = self.table();
+        self.xattr_locked(&self.table(), ino, name)
+    }
+
+    fn xattr_locked(&self, table: &Table, ino: Ino, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
         let inode = table.get(ino)?;
         if inode.upper {
             return self.upper.xattr(&table.path(ino)?, name);
@@ -676,17 +758,18 @@ impl Overlay {
         }))
     }
 
-    pub fn xattrs(&self, ino: Ino) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// The names of the xattrs users see (listxattr).
+    pub fn xattr_names(&self, ino: Ino) -> io::Result<Vec<Vec<u8>>> {
         let table = self.table();
         let inode = table.get(ino)?;
         if inode.upper {
-            return self.upper.xattrs(&table.path(ino)?);
+            return self.upper.xattr_names(&table.path(ino)?);
         }
         let list = inode.lower.map(|n| self.lower.entry(n).xattrs).unwrap_or_default();
         Ok(list
             .into_iter()
-            .filter(|(n, _)| !crate::layer::whiteout::is_internal_xattr(n))
-            .map(|(n, v)| (n.into_vec(), v.into_vec()))
+            .map(|(n, _)| n.into_vec())
+            .filter(|n| !crate::layer::whiteout::is_internal_xattr(n))
             .collect())
     }
 
@@ -701,7 +784,8 @@ impl Overlay {
             return Err(errno(libc::EOPNOTSUPP));
         }
         let mut table = self.table();
-        if value.is_none() && !self.xattrs_locked_has(&table, ino, name)? {
+        // Removing what is not there copies nothing up.
+        if value.is_none() && self.xattr_locked(&table, ino, name)?.is_none() {
             return Err(errno(libc::ENODATA));
         }
         self.copy_up(&mut table, ino)?;
@@ -710,15 +794,6 @@ impl Overlay {
             Some(v) => self.upper.set_xattr(&path, name, v, flags),
             None => self.upper.remove_xattr(&path, name),
         }
-    }
-
-    fn xattrs_locked_has(&self, table: &Table, ino: Ino, name: &[u8]) -> io::Result<bool> {
-        let inode = table.get(ino)?;
-        Ok(if inode.upper {
-            self.upper.xattrs(&table.path(ino)?)?.iter().any(|(n, _)| n == name)
-        } else {
-            inode.lower.is_some_and(|node| self.lower.with_entry(node, |e| e.xattrs.iter().any(|(n, _)| **n == *name)))
-        })
     }
 
     /// Drops the set-user-id bit and an executable set-group-id bit of `ino`, as the kernel does

@@ -54,6 +54,9 @@ pub struct Upper {
     stored_modes: Option<&'static [u8]>,
 }
 
+/// What the upper path of an orphan (an open object without a name) starts with.
+const ORPHAN_PREFIX: &[u8] = b"/";
+
 /// An upper directory's entries: (name, lstat) of visible ones, and names it whites out.
 pub type Listing = (Vec<(Vec<u8>, fs::Metadata)>, Vec<Vec<u8>>);
 
@@ -151,7 +154,11 @@ impl Upper {
         Ok(())
     }
 
+    /// The host path of `rel`: a path in the upper, or an orphan's (see [`Upper::keep_orphan`]).
     pub fn host(&self, rel: &[u8]) -> PathBuf {
+        if let Some(orphan) = rel.strip_prefix(ORPHAN_PREFIX) {
+            return self.work.join(OsStr::from_bytes(orphan));
+        }
         if rel.is_empty() {
             self.root.clone()
         } else {
@@ -272,6 +279,19 @@ impl Upper {
         }
     }
 
+    /// Keeps the non-directory object at `rel` alive under a new link in the work directory,
+    /// before its last name goes while it is still open: unlinked open files keep working (fstat,
+    /// ftruncate, fchmod, xattrs, reopening through /proc) as on a real filesystem, and the
+    /// object still holds its data until the link is removed at last close. Returns the
+    /// object's path for the other methods: the link's name behind a `/`, which no path in the
+    /// upper starts with. A crash leaves the link in the work directory, cleaned at next mount.
+    pub fn keep_orphan(&self, rel: &[u8]) -> io::Result<Vec<u8>> {
+        let link = self.temp();
+        fs::hard_link(self.host(rel), &link)?;
+        let name = link.file_name().expect("a temporary name").as_bytes();
+        Ok([ORPHAN_PREFIX, name].concat())
+    }
+
     /// Removes an upper object that no lower layer shadows (no whiteout needed).
     pub fn remove(&self, rel: &[u8]) -> io::Result<()> {
         let host = self.host(rel);
@@ -385,19 +405,14 @@ impl Upper {
         }
     }
 
-    /// The user-visible xattrs of an upper object (overlay bookkeeping filtered out).
-    pub fn xattrs(&self, rel: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let host = self.host(rel);
-        let names = list_xattrs(&host)?;
-        let mut out = Vec::new();
-        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty() && !whiteout::is_internal_xattr(n)) {
-            match get_xattr(&host, name) {
-                Ok(v) => out.push((name.to_vec(), v)),
-                Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+    /// The names of an upper object's user-visible xattrs (overlay bookkeeping filtered out).
+    pub fn xattr_names(&self, rel: &[u8]) -> io::Result<Vec<Vec<u8>>> {
+        let names = list_xattrs(&self.host(rel))?;
+        Ok(names
+            .split(|&b| b == 0)
+            .filter(|n| !n.is_empty() && !whiteout::is_internal_xattr(n))
+            .map(<[u8]>::to_vec)
+            .collect())
     }
 
     /// Opens an upper file for the kernel's page cache: write access always comes with read
