@@ -237,6 +237,57 @@ fn files_deleted_while_open_live_until_closed() {
     assert!(!again.dir.join("tmp").exists());
 }
 
+/// Every file open through the mount holds a descriptor in the daemon: a daemon started with the
+/// usual soft limit of 1024 descriptors raises it, so a container can open more files than that.
+#[test]
+fn more_files_than_the_usual_descriptor_limit_stay_open_at_once() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    use std::os::unix::process::CommandExt;
+    if !require_fuse() {
+        return;
+    }
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let wanted = 3000;
+    assert!(hard >= 2 * wanted, "this test needs a hard limit of {} descriptors, not {hard}", 2 * wanted);
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    for i in 0..wanted {
+        std::fs::write(lower.join(format!("a/n{i}")), i.to_string()).unwrap();
+    }
+    let mnt = w.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut mount = strata();
+    mount.env("STRATA_CACHE", w.join("cache")).args([
+        "mount",
+        "--upper",
+        w.join("upper").to_str().unwrap(),
+        "--work",
+        w.join("work").to_str().unwrap(),
+        "--layer",
+        lower.to_str().unwrap(),
+        mnt.to_str().unwrap(),
+    ]);
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe { mount.pre_exec(move || setrlimit(Resource::RLIMIT_NOFILE, 1024, hard).map_err(std::io::Error::from)) };
+    assert!(mount.status().unwrap().success());
+    let _unmount = support::Unmount(mnt.clone());
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    // Half read from the lower, half written (copied up).
+    let open: Vec<std::fs::File> = (0..wanted)
+        .map(|i| {
+            let path = mnt.join(format!("a/n{i}"));
+            let file = if i % 2 == 0 {
+                std::fs::File::open(&path)
+            } else {
+                std::fs::OpenOptions::new().append(true).open(&path)
+            };
+            file.unwrap_or_else(|e| panic!("open file number {i}: {e}"))
+        })
+        .collect();
+    assert_eq!(open.len(), wanted as usize);
+}
+
 fn xattr_set(file: &std::fs::File, name: &str, value: &[u8]) {
     let name = std::ffi::CString::new(name).unwrap();
     let fd = std::os::fd::AsRawFd::as_raw_fd(file);

@@ -77,7 +77,9 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     let out = as_nobody(&cache, strata, &args);
     assert!(out.status.success(), "writable mount as nobody: {}", String::from_utf8_lossy(&out.stderr));
     let script = format!(
-        "set -e; cd {}; rm gone; echo more >> keep; rm -r dir; mkdir dir; echo new > dir/new; ls -a; ls dir",
+        "set -e; cd {}; rm gone; echo more >> keep; rm -r dir; mkdir dir; echo new > dir/new; ls -a; ls dir; \
+         echo tmp > tmp; rm tmp; sync -f .; exec 3>open; rm open; echo data >&3; stat -L -c open:%h:%s /dev/fd/3; \
+         exec 3>&-; sync -f .",
         rw.display()
     );
     let changed = as_nobody(&cache, "sh", &["-c", &script]);
@@ -86,6 +88,9 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     assert!(changed.status.success(), "changes as nobody: {}", String::from_utf8_lossy(&changed.stderr));
     assert!(!listing.contains("gone") && !listing.contains("old"), "{listing}");
     assert!(listing.contains("new"), "{listing}");
+    // With the writeback cache, the kernel sends a deleted file's new ctime after the deletion, and
+    // a deleted file still open answers stat (link count 0); `sync -f` reports any failure.
+    assert!(listing.contains("open:0:5"), "{listing}");
 
     // The upper uses the userxattr forms: a marked zero-size file for the whiteout, in a
     // directory marked "x"; the recreated directory is opaque.

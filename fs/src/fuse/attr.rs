@@ -29,7 +29,7 @@ pub fn file_type(kind: Kind) -> FileType {
     }
 }
 
-fn time(t: Timestamp) -> SystemTime {
+pub fn time(t: Timestamp) -> SystemTime {
     if t.sec >= 0 {
         UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
     } else {

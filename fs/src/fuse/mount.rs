@@ -108,6 +108,7 @@ impl<FS: Filesystem> Mounted<FS> {
 
     /// Serves requests on the configured threads until the filesystem is unmounted.
     pub fn run(self) -> Result<()> {
+        raise_open_file_limit();
         let path = self.mountpoint;
         let outcome = self.session.run();
         match &outcome {
@@ -115,6 +116,23 @@ impl<FS: Filesystem> Mounted<FS> {
             Err(e) => tracing::error!("serving {} failed: {e}", path.display()),
         }
         outcome.map_err(|e| Error::Mount { path, detail: format!("serving requests: {e}") })
+    }
+}
+
+/// Lets the daemon hold as many descriptors as it may: every file open through the mount keeps
+/// one open here, and the usual soft limit (1024) would fail opens of a container with more files
+/// open (EMFILE). Raised when serving starts, after the runner forked the container, which keeps
+/// the limits it was given. Root also lifts the hard limit to the kernel's `fs.nr_open`.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|n| n.trim().parse().ok());
+    let raised =
+        most.filter(|&most| most > hard).is_some_and(|most| setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok());
+    if !raised && soft < hard {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the open file limit from {soft} to {hard}: {e}");
+        }
     }
 }
 

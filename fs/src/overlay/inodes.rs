@@ -37,8 +37,10 @@ pub struct Inode {
 enum Remains {
     /// An open file kept alive: its upper path (see `Upper::keep_orphan`), until last close.
     Orphan(Vec<u8>),
-    /// A removed directory's last attributes (link count 0), for a process still inside it.
-    Dir(Box<FileAttr>),
+    /// The last attributes of an object deleted while not open (link count 0): the kernel may
+    /// still ask for them (a process inside a removed directory, an O_PATH descriptor) or, with
+    /// the writeback cache, send the deletion's ctime update.
+    Gone(Box<FileAttr>),
 }
 
 impl Inode {
@@ -55,6 +57,10 @@ impl Inode {
         matches!(&self.names[..], [(p, n)] if *p == parent && n == name)
     }
 
+    pub fn is_nameless(&self) -> bool {
+        self.names.is_empty()
+    }
+
     pub fn is_open(&self) -> bool {
         self.opens > 0
     }
@@ -64,10 +70,10 @@ impl Inode {
         matches!(self.remains, Some(Remains::Orphan(_)))
     }
 
-    /// The last attributes of a removed directory (see [`Table::directory_removed`]).
-    pub fn removed_dir(&self) -> Option<&FileAttr> {
+    /// The last attributes of an object deleted while not open (see [`Table::gone`]).
+    pub fn gone(&self) -> Option<&FileAttr> {
         match &self.remains {
-            Some(Remains::Dir(attr)) => Some(attr),
+            Some(Remains::Gone(attr)) => Some(attr),
             _ => None,
         }
     }
@@ -204,11 +210,23 @@ impl Table {
         }
     }
 
-    /// Directory `ino` was removed; `last` are its attributes as a process still in it sees them.
-    pub fn directory_removed(&mut self, ino: Ino, mut last: FileAttr) {
+    /// `ino` lost its last name while not open; `last` are the attributes it had, which its
+    /// remains answer with from now on (changed by `change`, for a setattr on it).
+    pub fn gone(&mut self, ino: Ino, last: FileAttr) {
         if let Some(i) = self.inodes.get_mut(&ino) {
-            last.nlink = 0;
-            i.remains = Some(Remains::Dir(Box::new(last)));
+            let nlink = if i.kind == Kind::Dir { 0 } else { last.nlink.saturating_sub(1) };
+            i.remains = Some(Remains::Gone(Box::new(FileAttr { nlink, ..last })));
+        }
+    }
+
+    /// Changes the attributes of an object that is gone (see [`Table::gone`]); None if it is not.
+    pub fn change_gone(&mut self, ino: Ino, change: impl FnOnce(&mut FileAttr)) -> Option<FileAttr> {
+        match &mut self.inodes.get_mut(&ino)?.remains {
+            Some(Remains::Gone(attr)) => {
+                change(attr);
+                Some(**attr)
+            }
+            _ => None,
         }
     }
 

@@ -56,6 +56,22 @@ pub struct AttrChange {
     pub mtime: Option<libc::timespec>,
 }
 
+impl AttrChange {
+    /// The change made to attributes alone (those of an object that is gone).
+    fn apply_to(&self, attr: &mut FileAttr) {
+        let time = |t: libc::timespec| match t.tv_nsec {
+            libc::UTIME_NOW => std::time::SystemTime::now(),
+            nsec => attr::time(crate::layer::index::Timestamp { sec: t.tv_sec, nsec: nsec as u32 }),
+        };
+        attr.perm = self.mode.map_or(attr.perm, |m| (m & 0o7777) as u16);
+        attr.uid = self.uid.unwrap_or(attr.uid);
+        attr.gid = self.gid.unwrap_or(attr.gid);
+        attr.size = self.size.unwrap_or(attr.size);
+        attr.atime = self.atime.map_or(attr.atime, time);
+        attr.mtime = self.mtime.map_or(attr.mtime, time);
+    }
+}
+
 /// What `make` creates: its kind, mode, device number (devices) and target (symlinks).
 #[derive(Clone, Copy)]
 pub struct NewObject<'a> {
@@ -245,7 +261,13 @@ impl Overlay {
 
     /// One open of `ino` (by [`Overlay::open`] or [`Overlay::create`]) was released.
     pub fn release(&self, ino: Ino) {
-        let orphan = self.table().released(ino);
+        let mut table = self.table();
+        let last = table.get(ino).is_ok_and(Inode::is_orphan).then(|| self.attr_locked(&table, ino).ok()).flatten();
+        let orphan = table.released(ino);
+        if let (Some(_), Some(last)) = (&orphan, last) {
+            self.note_gone(&mut table, ino, last);
+        }
+        drop(table);
         self.remove_orphan(orphan);
     }
 
@@ -288,7 +310,7 @@ impl Overlay {
 
     fn attr_locked(&self, table: &Table, ino: Ino) -> io::Result<FileAttr> {
         let inode = table.get(ino)?;
-        if let Some(attr) = inode.removed_dir() {
+        if let Some(attr) = inode.gone() {
             return Ok(*attr);
         }
         if inode.upper {
@@ -554,7 +576,7 @@ impl Overlay {
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);
         let orphan = self.keep_if_open(&table, ino, parent, name);
-        let last_attr = if dir { Some(self.attr_locked(&table, ino)?) } else { None };
+        let last_attr = self.attr_locked(&table, ino)?;
         let deleted = match self.lower_shows(&table, parent, name) {
             Ok(true) => self.upper.whiteout(&path),
             Ok(false) => self.upper.remove(&path),
@@ -565,10 +587,19 @@ impl Overlay {
         if let Some(meta) = in_upper {
             forget_host_meta(&mut table, &meta);
         }
-        if let Some(attr) = last_attr {
-            table.directory_removed(ino, attr);
+        self.name_gone(&mut table, ino, parent, name)?;
+        self.note_gone(&mut table, ino, last_attr);
+        Ok(())
+    }
+
+    /// After the name of `ino` went: an inode with no name left and not kept as an orphan is gone,
+    /// with `last` as its attributes from now on.
+    fn note_gone(&self, table: &mut Table, ino: Ino, last: FileAttr) {
+        if let Ok(inode) = table.get(ino) {
+            if inode.is_nameless() && !inode.is_orphan() {
+                table.gone(ino, last);
+            }
         }
-        self.name_gone(&mut table, ino, parent, name)
     }
 
     /// A name of `ino` has gone (unlinked, or replaced by a rename). A lower file of a hard-link
@@ -667,6 +698,8 @@ impl Overlay {
         // The source by its own name: a hard-linked inode has others, and `path(ino)` may be one.
         let from = crate::path::join(&table.path(parent)?, name);
         let to = crate::path::join(&table.path(new_parent)?, new_name);
+        let replaced = target.as_ref().filter(|_| !exchange).map(|(target_ino, _)| *target_ino);
+        let replaced_attr = replaced.map(|target_ino| self.attr_locked(&table, target_ino)).transpose()?;
         if !exchange && source.kind == Kind::Dir {
             // A directory cannot replace a whiteout or a directory holding whiteouts: clear the
             // target out of the way, and make the moved directory opaque where a lower one was,
@@ -687,7 +720,6 @@ impl Overlay {
         if !exchange && self.lower_shows(&table, parent, name)? {
             host_flags |= libc::RENAME_WHITEOUT;
         }
-        let replaced = target.as_ref().filter(|_| !exchange).map(|(target_ino, _)| *target_ino);
         let orphan = replaced.and_then(|target_ino| self.keep_if_open(&table, target_ino, new_parent, new_name));
         if !exchange {
             self.forget_host_object(&mut table, &to);
@@ -714,6 +746,9 @@ impl Overlay {
                 table.rename_name(*target_ino, (new_parent, new_name), (parent, name));
             } else {
                 self.name_gone(&mut table, *target_ino, new_parent, new_name)?;
+                if let Some(last) = replaced_attr {
+                    self.note_gone(&mut table, *target_ino, last);
+                }
             }
         }
         table.rename_name(ino, (parent, name), (new_parent, new_name));
@@ -724,6 +759,9 @@ impl Overlay {
     pub fn setattr(&self, ino: Ino, change: &AttrChange) -> io::Result<FileAttr> {
         let AttrChange { mode, uid, gid, size, atime, mtime } = *change;
         let mut table = self.table();
+        if let Some(attr) = table.change_gone(ino, |attr| change.apply_to(attr)) {
+            return Ok(attr);
+        }
         self.copy_up(&mut table, ino)?;
         let path = table.path(ino)?;
         if uid.is_some() || gid.is_some() {
