@@ -894,6 +894,75 @@ fn new_objects_keep_setuid_and_setgid_bits_as_with_kernel_overlayfs() {
     assert_eq!(strata, kernel);
 }
 
+/// `chattr`/`lsattr` (FS_IOC_SETFLAGS/GETFLAGS) as with kernel overlayfs: a change copies the
+/// object up and lands on the upper object, whose flags the host then enforces (an immutable file
+/// cannot be deleted or written, an append-only one only appended to).
+#[test]
+fn inode_flags_are_set_on_the_upper_object_as_with_kernel_overlayfs() {
+    use std::io::Write;
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let (kernel_mnt, _kernel) = kernel_overlay(w, &lower);
+    let m = writable(w, &lower);
+    const SHOWN: i32 = 0x10 | 0x20 | 0x40 | 0x80; // immutable, append-only, nodump, noatime
+    let outcomes = |root: &Path| -> Vec<String> {
+        let flags = |name: &str, set: Option<i32>| -> String {
+            let file = std::fs::File::open(root.join(name)).map_err(|e| e.to_string());
+            let file = match file {
+                Ok(f) => f,
+                Err(e) => return e,
+            };
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            let mut value: i32 = set.unwrap_or(0);
+            let request = if set.is_some() { libc::FS_IOC_SETFLAGS } else { libc::FS_IOC_GETFLAGS };
+            // SAFETY: an open descriptor and an int argument.
+            match unsafe { libc::ioctl(fd, request, &mut value) } {
+                0 => format!("{:#x}", value & SHOWN),
+                _ => std::io::Error::last_os_error().to_string(),
+            }
+        };
+        let append = |name: &str| {
+            let opened = std::fs::OpenOptions::new().append(true).open(root.join(name));
+            opened.and_then(|mut f| f.write_all(b"+")).map_err(|e| e.to_string())
+        };
+        let truncate = |name: &str| std::fs::write(root.join(name), "new").map_err(|e| e.to_string());
+        let remove = |name: &str| std::fs::remove_file(root.join(name)).map_err(|e| e.to_string());
+        vec![
+            flags("a/f1", None),
+            flags("a/f1", Some(0x40)),
+            flags("a/f1", None),
+            flags("a/f1", Some(0x10)),
+            format!("{:?} {:?} {:?}", append("a/f1"), truncate("a/f1"), remove("a/f1")),
+            flags("a/f1", Some(0)),
+            format!("{:?}", remove("a/f1")),
+            flags("d", Some(0x20)),
+            format!("{:?} {:?} {:?}", append("d"), append("d"), truncate("d")),
+            std::fs::read_to_string(root.join("d")).unwrap(),
+            flags("d", Some(0)),
+            flags("a", Some(0x40)),
+            flags("a", None),
+        ]
+    };
+    let (kernel, strata) = (outcomes(&kernel_mnt), outcomes(&m.dir));
+    assert_eq!(kernel[..3], ["0x0", "0x40", "0x40"], "kernel overlayfs: {kernel:?}");
+    assert_eq!(strata, kernel);
+    assert_eq!(std::fs::read_to_string(w.join("upper/d")).unwrap(), "dee++");
+    // A read-only mount shows no flags and refuses changes.
+    let read_only = Mounted::new(&w.join("cache"), &["--layer", lower.to_str().unwrap()], &w.join("ro"));
+    let file = std::fs::File::open(read_only.dir.join("a/f1")).unwrap();
+    let mut value: i32 = -1;
+    // SAFETY: an open descriptor and an int argument.
+    assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::FS_IOC_GETFLAGS, &mut value) }, 0);
+    assert_eq!(value, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), libc::FS_IOC_SETFLAGS, &mut value) }, -1);
+    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EROFS));
+}
+
 /// Directory-lower objects show their host inode number (in the low bits, with the layer above
 /// them, as kernel overlayfs' xino does) and their host ctime, so what a tool recorded about them
 /// on the host still matches (git's index keeps the low 32 bits of st_ino and the ctime, and

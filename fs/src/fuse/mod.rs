@@ -333,6 +333,24 @@ impl Filesystem for ImageFs {
         }
     }
 
+    /// `lsattr` and fsxattr reads: layers carry no inode flags (changes are EROFS before here).
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        match crate::upper::FileAttrIoctl::from_cmd(cmd).filter(|op| !op.changes()) {
+            Some(op) => reply.ioctl(0, &vec![0; op.arg_size().min(out_size as usize)]),
+            None => reply.error(Errno::ENOTTY),
+        }
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         match self.node(ino) {
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),

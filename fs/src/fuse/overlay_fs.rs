@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::dir_listing::Listings;
@@ -30,6 +30,7 @@ use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
 use crate::layer::FileReader;
 use crate::overlay::{has_privilege_bits, AttrChange, Caller, NewObject, OpenFile, Overlay};
+use crate::upper::FileAttrIoctl;
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
 const TTL: Duration = Duration::from_secs(3600);
@@ -361,10 +362,13 @@ impl Filesystem for OverlayFs {
             }
         }
         let read_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let append_only = flags.0 & libc::O_APPEND != 0
+            && matches!(&file, OpenFile::Upper(f) if crate::upper::is_append_only_open(f));
         let (fh, backing) = self.adopt(&mut inodes, ino.0, file, read_write, |f| reply.open_backing(f));
         match backing {
             // Keep-cache is not allowed with passthrough: the page cache is the backing file's.
             Some(backing) => reply.opened_passthrough(fh, NO_FLUSH, &backing),
+            None if append_only => reply.opened(fh, NO_FLUSH | FopenFlags::FOPEN_DIRECT_IO),
             None => reply.opened(fh, NO_FLUSH | FopenFlags::FOPEN_KEEP_CACHE),
         }
     }
@@ -562,6 +566,26 @@ impl Filesystem for OverlayFs {
                 let names: Vec<u8> = list.iter().flat_map(|n| n.iter().copied().chain([0])).collect();
                 reply_xattr(reply, size, &names)
             }
+            Err(e) => reply.error(errno::from_io(&e)),
+        }
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        flags: IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        let Some(op) = FileAttrIoctl::from_cmd(cmd).filter(|_| !flags.contains(IoctlFlags::FUSE_IOCTL_COMPAT)) else {
+            return reply.error(Errno::ENOTTY);
+        };
+        match self.overlay.file_attr(ino.0, op, in_data) {
+            Ok(out) => reply.ioctl(0, &out[..out.len().min(out_size as usize)]),
             Err(e) => reply.error(errno::from_io(&e)),
         }
     }

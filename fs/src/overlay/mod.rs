@@ -22,7 +22,7 @@ use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
 use crate::layer::FileReader;
 use crate::merge::{NodeId, ROOT};
-use crate::upper::{CopySource, Upper, UpperEntry, XattrMode};
+use crate::upper::{CopySource, FileAttrIoctl, Upper, UpperEntry, XattrMode};
 use inodes::{Inode, Table, ROOT_INO};
 pub use lower::Lower;
 
@@ -832,6 +832,22 @@ impl Overlay {
             Some(v) => self.upper.set_xattr(&path, name, v, flags),
             None => self.upper.remove_xattr(&path, name),
         }
+    }
+
+    /// Serves `lsattr`/`chattr` and fsxattr requests: reads what an upper object has (a lower
+    /// one has none: zeros), or copies the object up and changes it there; `input` is the
+    /// argument of a change. Returns what a read gives back.
+    pub fn file_attr(&self, ino: Ino, op: FileAttrIoctl, input: &[u8]) -> io::Result<Vec<u8>> {
+        let mut arg = vec![0u8; op.arg_size()];
+        let mut table = self.table();
+        if op.changes() {
+            arg.copy_from_slice(input.get(..op.arg_size()).ok_or_else(|| errno(libc::EINVAL))?);
+            self.copy_up(&mut table, ino)?;
+        } else if !table.get(ino)?.upper {
+            return Ok(arg);
+        }
+        self.upper.file_attr(&table.path(ino)?, op, &mut arg)?;
+        Ok(if op.changes() { Vec::new() } else { arg })
     }
 
     /// Drops the set-user-id bit and an executable set-group-id bit of `ino`, as the kernel does

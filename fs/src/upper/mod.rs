@@ -12,6 +12,7 @@
 //! last component can be a symlink; every call on it uses the no-follow variant.
 
 mod copy;
+mod file_attr;
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::stat::{Mode, SFlag};
 
 pub use copy::CopySource;
+pub use file_attr::FileAttrIoctl;
 
 use crate::layer::index::{Entry, Kind};
 use crate::layer::override_stat::{self, Stored};
@@ -52,6 +54,14 @@ pub struct Upper {
     /// The xattr directories and files keep their owner and permissions in, instead of the
     /// host's (see the module doc); None: on the host object itself.
     stored_modes: Option<&'static [u8]>,
+}
+
+/// True for a file [`Upper::open_file`] opened with O_APPEND (an append-only file): its writes land
+/// at the end of the file whatever their offset, so the kernel must send them as they are made
+/// (direct I/O), never write back whole cached pages.
+pub fn is_append_only_open(file: &File) -> bool {
+    use std::os::fd::AsFd;
+    nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL).is_ok_and(|flags| flags & libc::O_APPEND != 0)
 }
 
 /// What the upper path of an orphan (an open object without a name) starts with.
@@ -415,17 +425,27 @@ impl Upper {
             .collect())
     }
 
+    /// Reads or changes the inode flags or fsxattr of the object at `rel` (see `file_attr`).
+    pub fn file_attr(&self, rel: &[u8], op: FileAttrIoctl, arg: &mut [u8]) -> io::Result<()> {
+        file_attr::ioctl(&self.host(rel), op, arg)
+    }
+
     /// Opens an upper file for the kernel's page cache: write access always comes with read
     /// access (the writeback cache reads pages around partial writes) and without O_APPEND (the
-    /// kernel places appends itself and sends their offsets).
+    /// kernel places appends itself and sends their offsets), except for an append-only file
+    /// (`chattr +a`), which opens for writing only with it (see [`is_append_only_open`]).
     pub fn open_file(&self, rel: &[u8], flags: i32) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        fs::OpenOptions::new()
-            .read(true)
-            .write(writes)
-            .custom_flags((flags & (libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)) | libc::O_NOFOLLOW)
-            .open(self.host(rel))
+        let kept = (flags & (libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)) | libc::O_NOFOLLOW;
+        let open =
+            |extra| fs::OpenOptions::new().read(true).write(writes).custom_flags(kept | extra).open(self.host(rel));
+        match open(0) {
+            Err(e) if writes && flags & libc::O_APPEND != 0 && e.raw_os_error() == Some(libc::EPERM) => {
+                open(libc::O_APPEND)
+            }
+            other => other,
+        }
     }
 
     pub fn chmod(&self, rel: &[u8], mode: u32) -> io::Result<()> {
