@@ -4,7 +4,8 @@
 # (a static shell for images built from host files), uidmap (newuidmap/newgidmap for rootless
 # containers), fuse-overlayfs (the tests compare strata-overlayfs with it), podman and runc (a test
 # runs podman with strata-overlayfs as its mount_program; `strata-bench --runner` compares with
-# runc) and a Rust toolchain check. With --bench it also installs the tools the macro benchmark
+# runc), stress-ng (a test runs its filesystem stressors on writable mounts) and a Rust
+# toolchain check. With --bench it also installs the tools the macro benchmark
 # uses: debootstrap, fio, ratarmount (PyPI), and bubblewrap.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ have_cmd newuidmap || need+=(uidmap)
 have_cmd fuse-overlayfs || need+=(fuse-overlayfs)
 have_cmd podman || need+=(podman)
 have_cmd runc || need+=(runc)
+have_cmd stress-ng || need+=(stress-ng)
 if [ "$want_bench" = 1 ]; then
   have_cmd debootstrap || need+=(debootstrap)
   have_cmd fio || need+=(fio)

@@ -9,27 +9,8 @@ mod support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
 
-use support::{is_mounted, require_command, require_fuse};
-
-const NOBODY: u32 = 65534;
-
-/// Runs a command as nobody:nogroup.
-fn as_nobody(cache: &Path, program: &str, args: &[&str]) -> Output {
-    Command::new("setpriv")
-        .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--"])
-        .arg(program)
-        .args(args)
-        .env("STRATA_CACHE", cache)
-        .env("HOME", cache)
-        .output()
-        .expect("running setpriv")
-}
-
-fn chown_tree(path: &Path) {
-    assert!(Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(path).status().unwrap().success());
-}
+use support::{as_nobody, chown_to_nobody, is_mounted, require_command, require_fuse};
 
 #[test]
 fn an_unprivileged_user_mounts_read_only_and_writable() {
@@ -47,12 +28,12 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     std::fs::write(lower.join("gone"), "gone").unwrap();
     std::fs::write(lower.join("keep"), "keep").unwrap();
     // The user's own layers (in the runner, a user namespace maps them to root).
-    chown_tree(&lower);
+    chown_to_nobody(&lower);
     let own = w.join("own");
     for d in ["cache", "upper", "work", "ro", "rw"] {
         std::fs::create_dir_all(own.join(d)).unwrap();
     }
-    chown_tree(&own);
+    chown_to_nobody(&own);
     let strata = env!("CARGO_BIN_EXE_strata");
     let (cache, ro, rw) = (own.join("cache"), own.join("ro"), own.join("rw"));
 

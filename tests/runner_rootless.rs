@@ -9,9 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use support::{require_command, require_fuse};
-
-const NOBODY: u32 = 65534;
+use support::{require_command, require_fuse, NOBODY};
 
 /// The tests of this file change /dev/fuse's mode: they take turns.
 static FUSE_MODE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

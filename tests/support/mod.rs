@@ -168,3 +168,22 @@ pub fn subid_user() -> (u32, u32) {
     };
     (id("-u"), id("-g"))
 }
+
+pub const NOBODY: u32 = 65534;
+
+/// Runs a command as nobody:nogroup, with `cache` as its strata cache and home.
+pub fn as_nobody(cache: &Path, program: &str, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid", &NOBODY.to_string(), "--regid", &NOBODY.to_string(), "--clear-groups", "--"])
+        .arg(program)
+        .args(args)
+        .env("STRATA_CACHE", cache)
+        .env("HOME", cache)
+        .output()
+        .expect("running setpriv")
+}
+
+/// Gives a tree to nobody:nogroup.
+pub fn chown_to_nobody(path: &Path) {
+    assert!(Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(path).status().unwrap().success());
+}
