@@ -576,7 +576,10 @@ impl Overlay {
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);
         let orphan = self.keep_if_open(&table, ino, parent, name);
-        let last_attr = self.attr_locked(&table, ino)?;
+        let last_attr = match &in_upper {
+            Some(meta) => self.upper_attr(&path, meta, ino),
+            None => self.attr_locked(&table, ino)?,
+        };
         let deleted = match self.lower_shows(&table, parent, name) {
             Ok(true) => self.upper.whiteout(&path),
             Ok(false) => self.upper.remove(&path),
