@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Output;
 
-use support::{as_nobody, chown_to_nobody, require_command, require_fuse, run_strata};
+use support::{as_nobody, chown_to_nobody, require_command, require_fuse};
 
 /// Stressors that make the requests a container's programs make (one second each).
 const STRESSORS: &[&str] = &[
@@ -66,10 +66,6 @@ fn assert_passed(who: &str, out: &Output) {
     assert!(out.status.success() && failures.is_empty(), "stress-ng as {who}: {failures:#?}\n{log}");
 }
 
-fn writable_args<'a>(upper: &'a str, work: &'a str, lower: &'a str, mnt: &'a str) -> Vec<&'a str> {
-    vec!["mount", "--upper", upper, "--work", work, "--layer", lower, mnt]
-}
-
 #[test]
 fn filesystem_stressors_pass_as_root() {
     if !require_fuse() || !require_command("stress-ng") {
@@ -79,12 +75,7 @@ fn filesystem_stressors_pass_as_root() {
     let w = work.path();
     std::fs::create_dir_all(w.join("lower/d")).unwrap();
     std::fs::write(w.join("lower/f"), "lower").unwrap();
-    std::fs::create_dir_all(w.join("mnt")).unwrap();
-    let p = |name: &str| w.join(name).to_str().unwrap().to_string();
-    let (upper, scratch, lower, mnt) = (p("upper"), p("work"), p("lower"), p("mnt"));
-    let out = run_strata(&w.join("cache"), &writable_args(&upper, &scratch, &lower, &mnt));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mounted = support::Mounted { dir: w.join("mnt") };
+    let mounted = support::Mounted::writable(&w.join("cache"), w, &w.join("lower"), &w.join("mnt"), &[]);
     let stress = std::process::Command::new("stress-ng").args(stress_ng_args(&mounted.dir)).output().unwrap();
     drop(mounted);
     assert_passed("root", &stress);
@@ -108,7 +99,8 @@ fn filesystem_stressors_pass_as_an_unprivileged_user() {
     let p = |name: &str| w.join(name).to_str().unwrap().to_string();
     let (upper, scratch, lower, mnt) = (p("upper"), p("work"), p("lower"), p("mnt"));
     let strata = env!("CARGO_BIN_EXE_strata");
-    let out = as_nobody(&w.join("cache"), strata, &writable_args(&upper, &scratch, &lower, &mnt));
+    let mount = ["mount", "--upper", &upper, "--work", &scratch, "--layer", &lower, &mnt];
+    let out = as_nobody(&w.join("cache"), strata, &mount);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mounted = support::Mounted { dir: w.join("mnt") };
     let args = stress_ng_args(&mounted.dir);
