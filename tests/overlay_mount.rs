@@ -237,6 +237,42 @@ fn files_deleted_while_open_live_until_closed() {
     assert!(!again.dir.join("tmp").exists());
 }
 
+/// A name deleted by one thread between another thread's lookup and its open (as Python's
+/// logging test does to WatchedFileHandler): the open must act as if it came after the deletion,
+/// creating the file anew (O_CREAT), never fail with ENOENT as no local filesystem would.
+#[test]
+fn opens_racing_the_deletion_of_their_name_create_it_anew() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let mnt = writable(w, &lower);
+    let log = mnt.dir.join("a/race.log");
+    let stop = AtomicBool::new(false);
+    let failures = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = std::fs::remove_file(&log);
+            }
+        });
+        let mut failures = Vec::new();
+        for _ in 0..3000 {
+            let opened = std::fs::OpenOptions::new().append(true).create(true).open(&log);
+            match opened.and_then(|mut f| f.write_all(b"x").and_then(|()| f.metadata())) {
+                Ok(_) => {}
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        failures
+    });
+    assert!(failures.is_empty(), "{} of 3000 opens failed, first: {:?}", failures.len(), failures.first());
+}
+
 /// Every file open through the mount holds a descriptor in the daemon: a daemon started with the
 /// usual soft limit of 1024 descriptors raises it, so a container can open more files than that.
 #[test]

@@ -452,6 +452,12 @@ impl Overlay {
 
     fn open_locked(&self, table: &Table, ino: Ino, flags: i32) -> io::Result<OpenFile> {
         let inode = table.get(ino)?;
+        if inode.gone().is_some() {
+            // Deleted (by another thread) between the caller's lookup and its open: ESTALE makes
+            // the kernel walk the path again, so an O_CREAT open creates the file anew instead
+            // of failing with ENOENT, which no local filesystem would answer.
+            return Err(errno(libc::ESTALE));
+        }
         if inode.upper {
             return Ok(OpenFile::Upper(self.upper.open_file(&table.path(ino)?, flags)?));
         }
