@@ -27,8 +27,17 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     std::fs::write(lower.join("dir/old"), "old").unwrap();
     std::fs::write(lower.join("gone"), "gone").unwrap();
     std::fs::write(lower.join("keep"), "keep").unwrap();
+    // A read-only directory, as Fedora's /usr/lib (0555), with files the user may still change.
+    std::fs::create_dir(lower.join("ro")).unwrap();
+    std::fs::write(lower.join("ro/writable"), "w").unwrap();
+    std::fs::write(lower.join("ro/read-only"), "r").unwrap();
+    set_xattr(&lower.join("ro/read-only"), "user.kept", b"yes");
     // The user's own layers (in the runner, a user namespace maps them to root).
     chown_to_nobody(&lower);
+    let set_mode = |path: &str, mode| std::fs::set_permissions(lower.join(path), std::fs::Permissions::from_mode(mode));
+    set_mode("ro/writable", 0o666).unwrap();
+    set_mode("ro/read-only", 0o444).unwrap();
+    set_mode("ro", 0o555).unwrap();
     let own = w.join("own");
     for d in ["cache", "upper", "work", "ro", "rw"] {
         std::fs::create_dir_all(own.join(d)).unwrap();
@@ -60,7 +69,9 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     let script = format!(
         "set -e; cd {}; rm gone; echo more >> keep; rm -r dir; mkdir dir; echo new > dir/new; ls -a; ls dir; \
          echo tmp > tmp; rm tmp; sync -f .; exec 3>open; rm open; echo data >&3; stat -L -c open:%h:%s /dev/fd/3; \
-         exec 3>&-; sync -f .",
+         exec 3>&-; sync -f .; \
+         echo more >> ro/writable; chmod 400 ro/read-only; umask 002; mkdir made; mkdir -m 555 made/read-only; \
+         stat -c %n:%a ro ro/writable ro/read-only made made/read-only",
         rw.display()
     );
     let changed = as_nobody(&cache, "sh", &["-c", &script]);
@@ -72,6 +83,21 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     // With the writeback cache, the kernel sends a deleted file's new ctime after the deletion, and
     // a deleted file still open answers stat (link count 0); `sync -f` reports any failure.
     assert!(listing.contains("open:0:5"), "{listing}");
+    // The daemon cannot override permissions, yet copies files up into a 0555 directory (its
+    // copy keeps 0555) and places a new 0555 directory, as kernel overlayfs would.
+    for expected in ["ro:555", "ro/writable:666", "ro/read-only:400", "made:775", "made/read-only:555"] {
+        assert!(listing.lines().any(|l| l == expected), "{expected} in {listing}");
+    }
+    for (path, mode) in [("ro", 0o555), ("ro/read-only", 0o400), ("made/read-only", 0o555)] {
+        let host = std::fs::metadata(upper.join(path)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(host, mode, "{path} in the upper");
+    }
+    assert_eq!(std::fs::read_to_string(upper.join("ro/writable")).unwrap(), "wmore\n");
+    assert_eq!(
+        support::tree::xattrs(&upper.join("ro/read-only")).get("user.kept").map(Vec::as_slice),
+        Some(&b"yes"[..])
+    );
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "the work directory is left empty");
 
     // The upper uses the userxattr forms: a marked zero-size file for the whiteout, in a
     // directory marked "x"; the recreated directory is opaque.
@@ -94,4 +120,11 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     assert_eq!(xattr(&upper.join("dir"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
     assert_eq!(std::fs::read_to_string(upper.join("keep")).unwrap(), "keepmore\n");
     assert_eq!(std::fs::read_to_string(lower.join("gone")).unwrap(), "gone", "the lower is untouched");
+}
+
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    let (p, n) = (std::ffi::CString::new(path.to_str().unwrap()).unwrap(), std::ffi::CString::new(name).unwrap());
+    // SAFETY: C strings and a value slice.
+    let rc = unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(rc, 0, "lsetxattr {name} on {}: {}", path.display(), std::io::Error::last_os_error());
 }

@@ -54,6 +54,10 @@ pub struct Upper {
     /// The xattr directories and files keep their owner and permissions in, instead of the
     /// host's (see the module doc); None: on the host object itself.
     stored_modes: Option<&'static [u8]>,
+    /// The daemon may ignore permission bits on its own objects (CAP_DAC_OVERRIDE: root, or root
+    /// of the user namespace a rootless container's daemon runs in). Without it, the daemon must
+    /// keep write access to a directory it moves or fills in, whatever mode the directory shows.
+    overrides_permissions: bool,
 }
 
 /// True for a file [`Upper::open_file`] opened with O_APPEND (an append-only file): its writes land
@@ -117,6 +121,7 @@ impl Upper {
             next_temp: AtomicU64::new(0),
             xattr_whiteouts: std::env::var_os("STRATA_XATTR_WHITEOUTS").is_some_and(|v| v == "1"),
             stored_modes,
+            overrides_permissions: has_capability(CAP_DAC_OVERRIDE),
         };
         upper.clean_work()?;
         Ok(upper)
@@ -232,21 +237,64 @@ impl Upper {
     /// Builds an object in the work directory with `make`, then renames it onto `rel`,
     /// atomically replacing a whiteout (or anything) there. Where rename cannot replace the old
     /// object (a directory over a whiteout), the two are exchanged and the old one removed.
-    fn place<T>(&self, rel: &[u8], make: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    /// `dir_mode`: the mode of a directory being placed, which it may get only once in place
+    /// (see [`Upper::building_mode`]).
+    fn place<T>(&self, rel: &[u8], dir_mode: Option<u32>, make: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
         let temp = self.temp();
         let host = self.host(rel);
-        let placed = make(&temp).and_then(|made| match fs::rename(&temp, &host) {
-            Ok(()) => Ok((made, false)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::EISDIR)) => {
-                rename2(&temp, &host, libc::RENAME_EXCHANGE).map(|()| (made, true))
-            }
-            Err(e) => Err(e),
+        let placed = make(&temp).and_then(|made| {
+            self.with_writable_parent(&host, || match fs::rename(&temp, &host) {
+                Ok(()) => Ok(false),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::EISDIR)) => {
+                    rename2(&temp, &host, libc::RENAME_EXCHANGE).map(|()| true)
+                }
+                Err(e) => Err(e),
+            })
+            .map(|exchanged| (made, exchanged))
         });
         // After an exchange the old object is at `temp`; after a failure, the unfinished new one.
         if !matches!(placed, Ok((_, false))) && fs::symlink_metadata(&temp).is_ok() {
             let _ = fs::remove_dir_all(&temp).or_else(|_| fs::remove_file(&temp));
         }
-        placed.map(|(made, _)| made)
+        let (made, _) = placed?;
+        if let Some(mode) = dir_mode.filter(|&m| self.building_mode(Kind::Dir, m) != m) {
+            fs::set_permissions(&host, fs::Permissions::from_mode(mode & 0o7777))?;
+        }
+        Ok(made)
+    }
+
+    /// The host mode a new object gets while it is built and placed. A daemon that cannot override
+    /// permissions (unprivileged, outside a user namespace) keeps its write and search access to
+    /// a directory until the directory is in place, since setting its xattrs and renaming it into
+    /// another directory need write access to it; [`Upper::place`] gives it its mode last.
+    fn building_mode(&self, kind: Kind, mode: u32) -> u32 {
+        match kind == Kind::Dir && !self.overrides_permissions && self.stored_modes.is_none() {
+            true => mode | 0o300,
+            false => mode,
+        }
+    }
+
+    /// Runs `op`, which adds an entry to the directory holding `host`. A daemon that cannot
+    /// override permissions may still have to add one where the directory's mode grants its
+    /// owner no write access: copying up a changed file of a 0555 lower directory (as Fedora's
+    /// `/usr/lib`) puts it into the directory's 0555 copy. The owner's access is then widened
+    /// for `op` and set back right after (a crash in between leaves the directory writable to
+    /// its owner, nothing else).
+    fn with_writable_parent<T>(&self, host: &Path, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        let first = op();
+        let refused = matches!(&first, Err(e) if e.raw_os_error() == Some(libc::EACCES));
+        let parent = host.parent().filter(|_| refused && !self.overrides_permissions);
+        let Some((parent, meta)) = parent.and_then(|p| Some((p, fs::symlink_metadata(p).ok()?))) else {
+            return first;
+        };
+        if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o300 == 0o300 {
+            return first;
+        }
+        let mode = meta.mode() & 0o7777;
+        fs::set_permissions(parent, fs::Permissions::from_mode(mode | 0o300))?;
+        let result = op();
+        fs::set_permissions(parent, fs::Permissions::from_mode(mode))?;
+        result
     }
 
     /// Deletes whatever the upper has at `rel` and leaves a whiteout in its place, atomically.
@@ -257,7 +305,7 @@ impl Upper {
             // the merged view, so only whiteouts are inside).
             fs::remove_dir_all(&host)?;
         }
-        self.place(rel, |temp| self.make_whiteout(temp, rel))
+        self.place(rel, None, |temp| self.make_whiteout(temp, rel))
     }
 
     /// Makes a whiteout at `temp` for the upper path `rel`: the 0/0 character device, or, where
@@ -314,13 +362,12 @@ impl Upper {
     /// Creates a directory; `opaque` when it replaces a deleted lower one, whose old children
     /// must not show through.
     pub fn mkdir(&self, rel: &[u8], mode: u32, owner: (u32, u32), opaque: bool) -> io::Result<()> {
-        self.place(rel, |temp| {
+        self.place(rel, Some(mode), |temp| {
             fs::create_dir(temp)?;
-            self.set_owner_and_mode(temp, Kind::Dir, owner, mode)?;
-            if opaque {
-                set_xattr(temp, self.opaque_xattr(), b"y")?;
-            }
-            Ok(())
+            self.set_owner_and_mode(temp, Kind::Dir, owner, mode, || match opaque {
+                true => set_xattr(temp, self.opaque_xattr(), b"y"),
+                false => Ok(()),
+            })
         })
     }
 
@@ -334,19 +381,19 @@ impl Upper {
         target: &[u8],
         owner: (u32, u32),
     ) -> io::Result<()> {
-        self.place(rel, |temp| {
+        self.place(rel, None, |temp| {
             make_node(temp, kind, mode, rdev, target)?;
-            self.set_owner_and_mode(temp, kind, owner, mode)
+            self.set_owner_and_mode(temp, kind, owner, mode, || Ok(()))
         })
     }
 
     /// Creates a regular file at `rel` and returns it open for reading and writing.
     pub fn create_file(&self, rel: &[u8], mode: u32, owner: (u32, u32)) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
-        self.place(rel, |temp| {
+        self.place(rel, None, |temp| {
             let file = fs::OpenOptions::new().read(true).write(true).create_new(true).mode(mode & 0o7777).open(temp)?;
             // The mode again: the daemon's umask applies to open(2), the caller's already has.
-            self.set_owner_and_mode(temp, Kind::File, owner, mode)?;
+            self.set_owner_and_mode(temp, Kind::File, owner, mode, || Ok(()))?;
             Ok(file)
         })
     }
@@ -355,7 +402,8 @@ impl Upper {
     /// the work directory and renamed into place, so the upper never holds a partial copy.
     /// The parent must already be in the upper.
     pub fn copy_up(&self, rel: &[u8], entry: &Entry, source: Option<CopySource>) -> io::Result<()> {
-        self.place(rel, |temp| {
+        let dir_mode = (entry.kind == Kind::Dir).then_some(entry.mode);
+        self.place(rel, dir_mode, |temp| {
             match (entry.kind, source) {
                 (Kind::Dir, _) => fs::create_dir(temp)?,
                 (Kind::File, Some(source)) => copy::copy_file(&source, temp)?,
@@ -386,7 +434,8 @@ impl Upper {
     }
 
     pub fn link(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
-        fs::hard_link(self.host(from), self.host(to))
+        let to = self.host(to);
+        self.with_writable_parent(&to, || fs::hard_link(self.host(from), &to))
     }
 
     pub fn set_xattr(&self, rel: &[u8], name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
@@ -480,32 +529,45 @@ impl Upper {
 
     /// Gives a new object at `path` its owner and permissions: on the host object, or, where
     /// this upper stores them, in its xattr (the host object then stays the daemon's, with the
-    /// access the daemon needs and no setuid bits).
-    fn set_owner_and_mode(&self, path: &Path, kind: Kind, owner: (u32, u32), mode: u32) -> io::Result<()> {
+    /// access the daemon needs and no setuid bits). `set_xattrs` runs in between, after the
+    /// chown (which clears `security.capability`) and before the mode (a read-only mode would
+    /// refuse an unprivileged daemon `user.*` xattrs).
+    fn set_owner_and_mode(
+        &self,
+        path: &Path,
+        kind: Kind,
+        owner: (u32, u32),
+        mode: u32,
+        set_xattrs: impl FnOnce() -> io::Result<()>,
+    ) -> io::Result<()> {
         match self.stored_modes.filter(|_| override_stat::applies_to(kind)) {
             Some(name) => {
                 let access = if kind == Kind::Dir { 0o700 } else { 0o600 };
                 fs::set_permissions(path, fs::Permissions::from_mode((mode & 0o777) | access))?;
+                set_xattrs()?;
                 set_xattr(path, name, &Stored { uid: owner.0, gid: owner.1, mode: mode & 0o7777 }.format())
             }
             None => {
                 // Owner first: a chown clears setuid and setgid bits.
                 lchown(path, owner.0, owner.1)?;
+                set_xattrs()?;
                 if kind == Kind::Symlink {
                     return Ok(());
                 }
-                fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+                fs::set_permissions(path, fs::Permissions::from_mode(self.building_mode(kind, mode) & 0o7777))
             }
         }
     }
 
-    /// Owner, mode, xattrs and times of a lower entry onto a freshly made upper object, in the
+    /// Owner, xattrs, mode and times of a lower entry onto a freshly made upper object, in the
     /// order overlayfs uses (xattrs after data, times last so nothing bumps them again).
     fn apply_metadata(&self, path: &Path, entry: &Entry) -> io::Result<()> {
-        self.set_owner_and_mode(path, entry.kind, (entry.uid, entry.gid), entry.mode)?;
-        for (name, value) in entry.xattrs.iter().filter(|(n, _)| !whiteout::is_internal_xattr(n)) {
-            unprivileged_may_skip(set_xattr(path, name, value))?;
-        }
+        self.set_owner_and_mode(path, entry.kind, (entry.uid, entry.gid), entry.mode, || {
+            for (name, value) in entry.xattrs.iter().filter(|(n, _)| !whiteout::is_internal_xattr(n)) {
+                unprivileged_may_skip(set_xattr(path, name, value))?;
+            }
+            Ok(())
+        })?;
         let t = libc::timespec { tv_sec: entry.mtime.sec, tv_nsec: entry.mtime.nsec as i64 };
         let p = cstr(path);
         // SAFETY: valid path and a two-element timespec array.
@@ -590,6 +652,16 @@ pub fn privileged() -> bool {
         .map(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
         .unwrap_or(false);
     nix::unistd::geteuid().is_root() && initial_namespace
+}
+
+/// The capability to bypass permission checks (linux/capability.h; not in the libc crate).
+const CAP_DAC_OVERRIDE: u32 = 1;
+
+/// True when this thread's effective capabilities hold `cap` (in its own user namespace).
+fn has_capability(cap: u32) -> bool {
+    let status = fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let effective = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim);
+    effective.and_then(|hex| u64::from_str_radix(hex, 16).ok()).is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
 fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
