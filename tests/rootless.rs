@@ -71,7 +71,9 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
          echo tmp > tmp; rm tmp; sync -f .; exec 3>open; rm open; echo data >&3; stat -L -c open:%h:%s /dev/fd/3; \
          exec 3>&-; sync -f .; \
          echo more >> ro/writable; chmod 400 ro/read-only; umask 002; mkdir made; mkdir -m 555 made/read-only; \
-         stat -c %n:%a ro ro/writable ro/read-only made made/read-only",
+         stat -c %n:%a ro ro/writable ro/read-only made made/read-only; \
+         echo first > write-only; chmod 200 write-only; echo second >> write-only; chmod 600 write-only; \
+         cat write-only",
         rw.display()
     );
     let changed = as_nobody(&cache, "sh", &["-c", &script]);
@@ -84,7 +86,8 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     // a deleted file still open answers stat (link count 0); `sync -f` reports any failure.
     assert!(listing.contains("open:0:5"), "{listing}");
     // The daemon cannot override permissions, yet copies files up into a 0555 directory (its
-    // copy keeps 0555) and places a new 0555 directory, as kernel overlayfs would.
+    // copy keeps 0555), places a new 0555 directory and writes to a file the user may only
+    // write, as kernel overlayfs would.
     for expected in ["ro:555", "ro/writable:666", "ro/read-only:400", "made:775", "made/read-only:555"] {
         assert!(listing.lines().any(|l| l == expected), "{expected} in {listing}");
     }
@@ -93,6 +96,8 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
         assert_eq!(host, mode, "{path} in the upper");
     }
     assert_eq!(std::fs::read_to_string(upper.join("ro/writable")).unwrap(), "wmore\n");
+    // A write-only file (0200) opens for writing (without read access, so in direct I/O).
+    assert!(listing.contains("first\nsecond\n"), "{listing}");
     assert_eq!(
         support::tree::xattrs(&upper.join("ro/read-only")).get("user.kept").map(Vec::as_slice),
         Some(&b"yes"[..])

@@ -362,13 +362,13 @@ impl Filesystem for OverlayFs {
             }
         }
         let read_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        let append_only = flags.0 & libc::O_APPEND != 0
-            && matches!(&file, OpenFile::Upper(f) if crate::upper::is_append_only_open(f));
+        let may_need_direct_io = flags.0 & libc::O_APPEND != 0 || flags.0 & libc::O_ACCMODE == libc::O_WRONLY;
+        let direct_io = may_need_direct_io && matches!(&file, OpenFile::Upper(f) if crate::upper::needs_direct_io(f));
         let (fh, backing) = self.adopt(&mut inodes, ino.0, file, read_write, |f| reply.open_backing(f));
         match backing {
             // Keep-cache is not allowed with passthrough: the page cache is the backing file's.
             Some(backing) => reply.opened_passthrough(fh, NO_FLUSH, &backing),
-            None if append_only => reply.opened(fh, NO_FLUSH | FopenFlags::FOPEN_DIRECT_IO),
+            None if direct_io => reply.opened(fh, NO_FLUSH | FopenFlags::FOPEN_DIRECT_IO),
             None => reply.opened(fh, NO_FLUSH | FopenFlags::FOPEN_KEEP_CACHE),
         }
     }

@@ -60,12 +60,14 @@ pub struct Upper {
     overrides_permissions: bool,
 }
 
-/// True for a file [`Upper::open_file`] opened with O_APPEND (an append-only file): its writes land
-/// at the end of the file whatever their offset, so the kernel must send them as they are made
-/// (direct I/O), never write back whole cached pages.
-pub fn is_append_only_open(file: &File) -> bool {
+/// True for a file [`Upper::open_file`] opened with O_APPEND (an append-only file, whose writes land
+/// at the end whatever their offset) or without read access (a write-only file, for a daemon
+/// that cannot override permissions): the kernel must send its writes as they are made (direct
+/// I/O), never write back whole cached pages or read the pages around a partial write.
+pub fn needs_direct_io(file: &File) -> bool {
     use std::os::fd::AsFd;
-    nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL).is_ok_and(|flags| flags & libc::O_APPEND != 0)
+    nix::fcntl::fcntl(file.as_fd(), nix::fcntl::FcntlArg::F_GETFL)
+        .is_ok_and(|flags| flags & libc::O_APPEND != 0 || flags & libc::O_ACCMODE == libc::O_WRONLY)
 }
 
 /// What the upper path of an orphan (an open object without a name) starts with.
@@ -482,16 +484,22 @@ impl Upper {
     /// Opens an upper file for the kernel's page cache: write access always comes with read
     /// access (the writeback cache reads pages around partial writes) and without O_APPEND (the
     /// kernel places appends itself and sends their offsets), except for an append-only file
-    /// (`chattr +a`), which opens for writing only with it (see [`is_append_only_open`]).
+    /// (`chattr +a`), which opens for writing only with it, and a write-only file (mode 0200) for
+    /// a daemon that cannot override permissions, which opens without read access (see
+    /// [`needs_direct_io`]).
     pub fn open_file(&self, rel: &[u8], flags: i32) -> io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let kept = (flags & (libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)) | libc::O_NOFOLLOW;
-        let open =
-            |extra| fs::OpenOptions::new().read(true).write(writes).custom_flags(kept | extra).open(self.host(rel));
-        match open(0) {
+        let open = |read, extra| {
+            fs::OpenOptions::new().read(read).write(writes).custom_flags(kept | extra).open(self.host(rel))
+        };
+        match open(true, 0) {
             Err(e) if writes && flags & libc::O_APPEND != 0 && e.raw_os_error() == Some(libc::EPERM) => {
-                open(libc::O_APPEND)
+                open(true, libc::O_APPEND)
+            }
+            Err(e) if flags & libc::O_ACCMODE == libc::O_WRONLY && e.raw_os_error() == Some(libc::EACCES) => {
+                open(false, 0)
             }
             other => other,
         }
