@@ -32,6 +32,8 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     std::fs::write(lower.join("ro/writable"), "w").unwrap();
     std::fs::write(lower.join("ro/read-only"), "r").unwrap();
     set_xattr(&lower.join("ro/read-only"), "user.kept", b"yes");
+    std::fs::create_dir(lower.join("sealed")).unwrap();
+    std::fs::write(lower.join("sealed/file"), "").unwrap();
     // The user's own layers (in the runner, a user namespace maps them to root).
     chown_to_nobody(&lower);
     let set_mode = |path: &str, mode| std::fs::set_permissions(lower.join(path), std::fs::Permissions::from_mode(mode));
@@ -73,7 +75,8 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
          echo more >> ro/writable; chmod 400 ro/read-only; umask 002; mkdir made; mkdir -m 555 made/read-only; \
          stat -c %n:%a ro ro/writable ro/read-only made made/read-only; \
          echo first > write-only; chmod 200 write-only; echo second >> write-only; chmod 600 write-only; \
-         cat write-only",
+         cat write-only; mkdir -m 0 unreadable; rmdir unreadable; rm sealed/file; chmod 0 sealed; rmdir sealed; \
+         ls -a",
         rw.display()
     );
     let changed = as_nobody(&cache, "sh", &["-c", &script]);
@@ -87,7 +90,7 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     assert!(listing.contains("open:0:5"), "{listing}");
     // The daemon cannot override permissions, yet copies files up into a 0555 directory (its
     // copy keeps 0555), places a new 0555 directory and writes to a file the user may only
-    // write, as kernel overlayfs would.
+    // write, and removes empty directories it may not read, as kernel overlayfs would.
     for expected in ["ro:555", "ro/writable:666", "ro/read-only:400", "made:775", "made/read-only:555"] {
         assert!(listing.lines().any(|l| l == expected), "{expected} in {listing}");
     }
@@ -98,6 +101,9 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     assert_eq!(std::fs::read_to_string(upper.join("ro/writable")).unwrap(), "wmore\n");
     // A write-only file (0200) opens for writing (without read access, so in direct I/O).
     assert!(listing.contains("first\nsecond\n"), "{listing}");
+    // Directories unreadable to their owner (and so to the daemon) are removed when empty.
+    let (_, last_listing) = listing.split_once("second\n").unwrap();
+    assert!(!last_listing.contains("unreadable") && !last_listing.contains("sealed"), "{listing}");
     assert_eq!(
         support::tree::xattrs(&upper.join("ro/read-only")).get("user.kept").map(Vec::as_slice),
         Some(&b"yes"[..])

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -681,16 +681,7 @@ fn unmount(name: &str, path: &Path) -> Result<()> {
 }
 
 fn remove_tree(name: &str, dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-        Err(e) => return Err(Error::io(dir, e)),
-    }
-    // Without CAP_DAC_OVERRIDE, a directory the container made unwritable (Fedora's 0550 /root,
-    // a copied-up 0555 directory) keeps its entries; they are ours, so open them up and retry.
-    grant_owner_access(dir);
-    match fs::remove_dir_all(dir) {
+    match strata_fs::upper::remove_tree(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(container(
@@ -705,31 +696,10 @@ fn remove_tree(name: &str, dir: &Path) -> Result<()> {
     }
 }
 
-/// Best effort: adds u+rwx to every directory under `top` on its filesystem, without following
-/// symlinks.
-fn grant_owner_access(top: &Path) {
-    let Ok(top_meta) = fs::symlink_metadata(top) else { return };
-    let mut stack = vec![top.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(meta) = fs::symlink_metadata(&dir) else { continue };
-        if !meta.file_type().is_dir() || meta.dev() != top_meta.dev() {
-            continue;
-        }
-        if meta.mode() & 0o700 != 0o700 {
-            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode((meta.mode() | 0o700) & 0o7777));
-        }
-        let Ok(iter) = fs::read_dir(&dir) else { continue };
-        for entry in iter.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use tempfile::TempDir;
 
     fn dirs() -> (TempDir, StateDirs) {

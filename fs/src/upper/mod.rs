@@ -163,7 +163,7 @@ impl Upper {
         for entry in fs::read_dir(&self.work)? {
             let path = entry?.path();
             if fs::symlink_metadata(&path)?.is_dir() {
-                fs::remove_dir_all(&path)?;
+                remove_tree(&path)?;
             } else {
                 fs::remove_file(&path)?;
             }
@@ -215,25 +215,9 @@ impl Upper {
     /// The names of the upper directory at `rel`: visible entries and whited-out names.
     pub fn list(&self, rel: &[u8]) -> io::Result<Listing> {
         let host = self.host(rel);
-        let mut present = Vec::new();
-        let mut hidden = Vec::new();
-        for child in fs::read_dir(&host)? {
-            let child = child?;
-            let name = child.file_name().as_bytes().to_vec();
-            match whiteout::classify(&name) {
-                whiteout::WhiteoutName::Hides(n) => hidden.push(n.to_vec()),
-                whiteout::WhiteoutName::Opaque | whiteout::WhiteoutName::Metadata => {}
-                whiteout::WhiteoutName::Plain => {
-                    let meta = fs::symlink_metadata(child.path())?;
-                    if is_whiteout(&child.path(), &meta) {
-                        hidden.push(name);
-                    } else {
-                        present.push((name, meta));
-                    }
-                }
-            }
-        }
-        Ok((present, hidden))
+        // A directory unreadable to its owner is listed too (see `with_owner_access`): the
+        // kernel lets a caller remove it when it is empty, which takes a listing to know.
+        self.with_owner_access(&host, 0o500, || list_host_dir(&host))
     }
 
     /// Builds an object in the work directory with `make`, then renames it onto `rel`,
@@ -256,7 +240,7 @@ impl Upper {
         });
         // After an exchange the old object is at `temp`; after a failure, the unfinished new one.
         if !matches!(placed, Ok((_, false))) && fs::symlink_metadata(&temp).is_ok() {
-            let _ = fs::remove_dir_all(&temp).or_else(|_| fs::remove_file(&temp));
+            let _ = remove_tree(&temp).or_else(|_| fs::remove_file(&temp));
         }
         let (made, _) = placed?;
         if let Some(mode) = dir_mode.filter(|&m| self.building_mode(Kind::Dir, m) != m) {
@@ -276,26 +260,36 @@ impl Upper {
         }
     }
 
-    /// Runs `op`, which adds an entry to the directory holding `host`. A daemon that cannot
-    /// override permissions may still have to add one where the directory's mode grants its
-    /// owner no write access: copying up a changed file of a 0555 lower directory (as Fedora's
-    /// `/usr/lib`) puts it into the directory's 0555 copy. The owner's access is then widened
-    /// for `op` and set back right after (a crash in between leaves the directory writable to
-    /// its owner, nothing else).
+    /// Runs `op`, which adds an entry to the directory holding `host`, with write access to
+    /// that directory (see [`Upper::with_owner_access`]): copying up a changed file of a 0555
+    /// lower directory (as Fedora's `/usr/lib`) puts it into the directory's 0555 copy.
     fn with_writable_parent<T>(&self, host: &Path, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        match host.parent() {
+            Some(parent) => self.with_owner_access(parent, 0o300, op),
+            None => op(),
+        }
+    }
+
+    /// Runs `op` on directory `dir`, with the owner's `access` bits. The kernel has already
+    /// checked the caller's permissions; a daemon that cannot override permissions must still
+    /// act on its own directories whose mode refuses their owner (`mkdir -m 0`, 0555 copies of
+    /// lower directories). Where `op` is refused, the owner's access is widened for it and set
+    /// back right after (a crash in between leaves the directory open to its owner, nothing
+    /// else; requests changing the upper are serialised, so no other one sees it).
+    fn with_owner_access<T>(&self, dir: &Path, access: u32, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
         let first = op();
         let refused = matches!(&first, Err(e) if e.raw_os_error() == Some(libc::EACCES));
-        let parent = host.parent().filter(|_| refused && !self.overrides_permissions);
-        let Some((parent, meta)) = parent.and_then(|p| Some((p, fs::symlink_metadata(p).ok()?))) else {
+        let Some(meta) = (refused && !self.overrides_permissions).then(|| fs::symlink_metadata(dir).ok()).flatten()
+        else {
             return first;
         };
-        if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & 0o300 == 0o300 {
+        if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & access == access {
             return first;
         }
         let mode = meta.mode() & 0o7777;
-        fs::set_permissions(parent, fs::Permissions::from_mode(mode | 0o300))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | access))?;
         let result = op();
-        fs::set_permissions(parent, fs::Permissions::from_mode(mode))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
         result
     }
 
@@ -305,7 +299,7 @@ impl Upper {
         if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
             // A directory cannot be renamed over: clear it out of the way first (it is empty in
             // the merged view, so only whiteouts are inside).
-            fs::remove_dir_all(&host)?;
+            remove_tree(&host)?;
         }
         self.place(rel, None, |temp| self.make_whiteout(temp, rel))
     }
@@ -356,7 +350,7 @@ impl Upper {
     pub fn remove(&self, rel: &[u8]) -> io::Result<()> {
         let host = self.host(rel);
         match fs::remove_file(&host) {
-            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => fs::remove_dir_all(host),
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => remove_tree(&host),
             other => other,
         }
     }
@@ -613,6 +607,29 @@ fn rename2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     })
 }
 
+/// The visible entries of an upper directory (name, lstat) and the names it whites out.
+fn list_host_dir(host: &Path) -> io::Result<Listing> {
+    let mut present = Vec::new();
+    let mut hidden = Vec::new();
+    for child in fs::read_dir(host)? {
+        let child = child?;
+        let name = child.file_name().as_bytes().to_vec();
+        match whiteout::classify(&name) {
+            whiteout::WhiteoutName::Hides(n) => hidden.push(n.to_vec()),
+            whiteout::WhiteoutName::Opaque | whiteout::WhiteoutName::Metadata => {}
+            whiteout::WhiteoutName::Plain => {
+                let meta = fs::symlink_metadata(child.path())?;
+                if is_whiteout(&child.path(), &meta) {
+                    hidden.push(name);
+                } else {
+                    present.push((name, meta));
+                }
+            }
+        }
+    }
+    Ok((present, hidden))
+}
+
 /// A 0/0 character device, or a zero-size file carrying an overlay whiteout xattr.
 fn is_whiteout(host: &Path, meta: &fs::Metadata) -> bool {
     use std::os::unix::fs::FileTypeExt;
@@ -660,6 +677,48 @@ pub fn privileged() -> bool {
         .map(|map| map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
         .unwrap_or(false);
     nix::unistd::geteuid().is_root() && initial_namespace
+}
+
+/// Removes a directory and what it holds, on its own filesystem. A daemon without
+/// CAP_DAC_OVERRIDE cannot list or empty its own directories that a user made unreadable or
+/// unwritable (`mkdir -m 0`, Fedora's 0550 /root, a copied-up 0555 directory holding
+/// whiteouts): where that stops the removal, the owner's access is granted to every directory
+/// under `dir` and the removal retried.
+pub fn remove_tree(dir: &Path) -> io::Result<()> {
+    // An empty directory needs no listing, and so no access to it.
+    match fs::remove_dir(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+        other => return other,
+    }
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            grant_owner_access(dir);
+            fs::remove_dir_all(dir)
+        }
+        other => other,
+    }
+}
+
+/// Best effort: adds u+rwx to every directory under `top` on its filesystem, without following
+/// symlinks.
+fn grant_owner_access(top: &Path) {
+    let Ok(top_meta) = fs::symlink_metadata(top) else { return };
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&dir) else { continue };
+        if !meta.file_type().is_dir() || meta.dev() != top_meta.dev() {
+            continue;
+        }
+        if meta.mode() & 0o700 != 0o700 {
+            let _ = fs::set_permissions(&dir, fs::Permissions::from_mode((meta.mode() | 0o700) & 0o7777));
+        }
+        let Ok(iter) = fs::read_dir(&dir) else { continue };
+        for entry in iter.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
 }
 
 /// The capability to bypass permission checks (linux/capability.h; not in the libc crate).
