@@ -332,6 +332,31 @@ fn xattr_set(file: &std::fs::File, name: &str, value: &[u8]) {
     assert_eq!(rc, 0, "fsetxattr {name:?}: {}", std::io::Error::last_os_error());
 }
 
+/// Copy-up keeps a sparse file's holes, as kernel overlayfs' does: a 1 GiB file with a few
+/// bytes of data (a VM image, /var/log/lastlog) costs its data blocks, not a gigabyte of zeros.
+#[test]
+fn copy_up_of_a_sparse_file_keeps_its_holes() {
+    use std::os::unix::fs::FileExt;
+    if !require_fuse() {
+        return;
+    }
+    const MIB: u64 = 1 << 20;
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let sparse = std::fs::File::create(lower.join("sparse")).unwrap();
+    sparse.set_len(1024 * MIB).unwrap();
+    sparse.write_all_at(b"data", 500 * MIB).unwrap();
+    let mnt = writable(w, &lower);
+    std::fs::OpenOptions::new().append(true).open(mnt.dir.join("sparse")).unwrap().write_all_at(b"!", 0).unwrap();
+    let upper = std::fs::metadata(w.join("upper/sparse")).unwrap();
+    assert_eq!(upper.len(), 1024 * MIB + 1);
+    assert!(upper.blocks() * 512 < 4 * MIB, "the copy allocates {} bytes", upper.blocks() * 512);
+    let mut data = [0u8; 4];
+    std::fs::File::open(mnt.dir.join("sparse")).unwrap().read_exact_at(&mut data, 500 * MIB).unwrap();
+    assert_eq!(&data, b"data");
+}
+
 #[test]
 fn copy_up_is_atomic_under_kill_9() {
     if !require_fuse() {

@@ -260,34 +260,87 @@ pub fn decompress(
 /// Copies `len` bytes at `offset` of `file` to the start of `out`: `copy_file_range` (in-kernel
 /// copy, reflink where the filesystem can), `sendfile` across filesystems (where
 /// `copy_file_range` answers EXDEV; a splice through the page cache, as kernel overlayfs' own
-/// copy-up does), and a read/write loop where the kernel can do neither.
+/// copy-up does), and a read/write loop where the kernel can do neither. Holes of a sparse
+/// source stay holes (found with SEEK_DATA/SEEK_HOLE, as kernel overlayfs' copy-up skips them):
+/// a 1 GiB sparse file copies as the few blocks it has, not a gigabyte of zeros.
 pub fn copy_range(file: &File, offset: u64, len: u64, out: &File) -> io::Result<()> {
-    let ended = || io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte");
-    let mut in_kernel = Some(KernelCopy::CopyFileRange);
-    let mut buf = Vec::new();
-    let mut done = 0u64;
-    while done < len {
-        let Some(how) = in_kernel else {
-            buf.resize(1 << 20, 0);
-            let want = buf.len().min((len - done) as usize);
-            let n = file.read_at(&mut buf[..want], offset + done)?;
-            out.write_all_at(&buf[..n], done)?;
-            if n == 0 {
-                return Err(ended());
-            }
-            done += n as u64;
-            continue;
-        };
-        let want = (len - done).min(COPY_CHUNK) as usize;
-        match how.copy(file, offset + done, out, done, want) {
-            Ok(0) => return Err(ended()),
-            Ok(n) => done += n as u64,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) if how.unsupported(&e) => in_kernel = how.fallback(),
-            Err(e) => return Err(e),
-        }
+    let end = offset + len;
+    if file.metadata()?.len() < end {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte"));
     }
-    Ok(())
+    let mut copier = Copier { in_kernel: Some(KernelCopy::CopyFileRange), buf: Vec::new() };
+    let mut pos = offset;
+    while let Some((data, data_end)) = next_data(file, pos, end)? {
+        copier.copy(file, data, data_end - data, out, data - offset)?;
+        pos = data_end;
+    }
+    // A hole at the end: the size says where the copy ends.
+    out.set_len(len)
+}
+
+/// The next stretch of data in `file` from `pos` up to `end` (its start and end), skipping holes;
+/// None when only holes are left. Where the filesystem cannot tell, everything is data.
+fn next_data(file: &File, pos: u64, end: u64) -> io::Result<Option<(u64, u64)>> {
+    if pos >= end {
+        return Ok(None);
+    }
+    let seek = |from: u64, whence| {
+        // SAFETY: an open descriptor; lseek moves only its file position, which no copy uses.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
+        if at < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(at as u64)
+        }
+    };
+    let data = match seek(pos, libc::SEEK_DATA) {
+        Ok(data) => data,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Some((pos, end))),
+        Err(e) => return Err(e),
+    };
+    if data >= end {
+        return Ok(None);
+    }
+    let hole = seek(data, libc::SEEK_HOLE)?;
+    Ok(Some((data, hole.min(end))))
+}
+
+/// Copies byte ranges between files the fastest way the kernel allows for the pair, learning
+/// which from the first refusal.
+struct Copier {
+    in_kernel: Option<KernelCopy>,
+    buf: Vec<u8>,
+}
+
+impl Copier {
+    /// Copies `len` bytes at `from` of `file` to `to` of `out`.
+    fn copy(&mut self, file: &File, from: u64, len: u64, out: &File, to: u64) -> io::Result<()> {
+        let ended = || io::Error::new(io::ErrorKind::UnexpectedEof, "the layer ended before the file's last byte");
+        let mut done = 0u64;
+        while done < len {
+            let Some(how) = self.in_kernel else {
+                self.buf.resize(1 << 20, 0);
+                let want = self.buf.len().min((len - done) as usize);
+                let n = file.read_at(&mut self.buf[..want], from + done)?;
+                out.write_all_at(&self.buf[..n], to + done)?;
+                if n == 0 {
+                    return Err(ended());
+                }
+                done += n as u64;
+                continue;
+            };
+            let want = (len - done).min(COPY_CHUNK) as usize;
+            match how.copy(file, from + done, out, to + done, want) {
+                Ok(0) => return Err(ended()),
+                Ok(n) => done += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) if how.unsupported(&e) => self.in_kernel = how.fallback(),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The in-kernel ways to copy between files, in order of preference.
@@ -389,5 +442,28 @@ mod tests {
             let short = super::copy_range(&source, 2_999_000, 5000, &tempfile::tempfile().unwrap());
             assert_eq!(short.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
         }
+    }
+
+    /// A sparse source: its data lands at the same places, its holes (at the start, between and
+    /// at the end) stay holes in the copy.
+    #[test]
+    fn copy_range_keeps_holes() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        const MIB: u64 = 1 << 20;
+        let source = tempfile::tempfile().unwrap();
+        source.set_len(64 * MIB).unwrap();
+        source.write_all_at(b"first", 8 * MIB).unwrap();
+        source.write_all_at(b"second", 40 * MIB).unwrap();
+        let out = tempfile::tempfile().unwrap();
+        super::copy_range(&source, MIB, 62 * MIB, &out).unwrap();
+        let meta = out.metadata().unwrap();
+        assert_eq!(meta.len(), 62 * MIB);
+        assert!(meta.blocks() * 512 < 2 * MIB, "{} bytes allocated", meta.blocks() * 512);
+        let mut copied = vec![0u8; (62 * MIB) as usize];
+        out.read_exact_at(&mut copied, 0).unwrap();
+        let mut expected = vec![0u8; (62 * MIB) as usize];
+        expected[(7 * MIB) as usize..][..5].copy_from_slice(b"first");
+        expected[(39 * MIB) as usize..][..6].copy_from_slice(b"second");
+        assert!(copied == expected);
     }
 }
