@@ -332,10 +332,12 @@ fn xattr_set(file: &std::fs::File, name: &str, value: &[u8]) {
     assert_eq!(rc, 0, "fsetxattr {name:?}: {}", std::io::Error::last_os_error());
 }
 
-/// Copy-up keeps a sparse file's holes, as kernel overlayfs' does: a 1 GiB file with a few
-/// bytes of data (a VM image, /var/log/lastlog) costs its data blocks, not a gigabyte of zeros.
+/// Sparse files keep their holes, as on kernel overlayfs: copy-up of a 1 GiB file with a few
+/// bytes of data (a VM image, /var/log/lastlog) costs its data blocks, not a gigabyte of zeros,
+/// and through read-only and writable mounts a lower one shows its allocated blocks and answers
+/// SEEK_DATA/SEEK_HOLE, so `cp` copies it sparse.
 #[test]
-fn copy_up_of_a_sparse_file_keeps_its_holes() {
+fn sparse_files_keep_their_holes() {
     use std::os::unix::fs::FileExt;
     if !require_fuse() {
         return;
@@ -347,7 +349,19 @@ fn copy_up_of_a_sparse_file_keeps_its_holes() {
     let sparse = std::fs::File::create(lower.join("sparse")).unwrap();
     sparse.set_len(1024 * MIB).unwrap();
     sparse.write_all_at(b"data", 500 * MIB).unwrap();
+    let read_only = Mounted::new(&w.join("cache"), &["--layer", lower.to_str().unwrap()], &w.join("ro"));
     let mnt = writable(w, &lower);
+    for dir in [&read_only.dir, &mnt.dir] {
+        let file = std::fs::File::open(dir.join("sparse")).unwrap();
+        assert!(file.metadata().unwrap().blocks() * 512 < 4 * MIB, "blocks in {}", dir.display());
+        assert_eq!(seek(&file, 0, libc::SEEK_DATA), Ok(500 * MIB - 500 * MIB % 4096));
+        assert_eq!(seek(&file, 500 * MIB, libc::SEEK_HOLE), Ok(500 * MIB + 4096));
+        assert_eq!(seek(&file, 600 * MIB, libc::SEEK_DATA), Err(libc::ENXIO));
+        let copy = w.join("copy");
+        assert!(Command::new("cp").arg(dir.join("sparse")).arg(&copy).status().unwrap().success());
+        assert!(std::fs::metadata(&copy).unwrap().blocks() * 512 < 4 * MIB, "cp from {}", dir.display());
+        std::fs::remove_file(copy).unwrap();
+    }
     std::fs::OpenOptions::new().append(true).open(mnt.dir.join("sparse")).unwrap().write_all_at(b"!", 0).unwrap();
     let upper = std::fs::metadata(w.join("upper/sparse")).unwrap();
     assert_eq!(upper.len(), 1024 * MIB + 1);
@@ -355,6 +369,16 @@ fn copy_up_of_a_sparse_file_keeps_its_holes() {
     let mut data = [0u8; 4];
     std::fs::File::open(mnt.dir.join("sparse")).unwrap().read_exact_at(&mut data, 500 * MIB).unwrap();
     assert_eq!(&data, b"data");
+}
+
+fn seek(file: &std::fs::File, offset: u64, whence: libc::c_int) -> Result<u64, i32> {
+    // SAFETY: an open descriptor.
+    let at = unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(file), offset as libc::off_t, whence) };
+    if at < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    } else {
+        Ok(at as u64)
+    }
 }
 
 #[test]

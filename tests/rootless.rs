@@ -76,7 +76,8 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
          stat -c %n:%a ro ro/writable ro/read-only made made/read-only; \
          echo first > write-only; chmod 200 write-only; echo second >> write-only; chmod 600 write-only; \
          cat write-only; mkdir -m 0 unreadable; rmdir unreadable; rm sealed/file; chmod 0 sealed; rmdir sealed; \
-         ls -a",
+         truncate -s 64M sparse; printf data | dd of=sparse bs=1 seek=32M conv=notrunc status=none; cp sparse copied; \
+         cmp sparse copied && echo sparse-copy-same; rm sparse copied; ls -a",
         rw.display()
     );
     let changed = as_nobody(&cache, "sh", &["-c", &script]);
@@ -102,6 +103,9 @@ fn an_unprivileged_user_mounts_read_only_and_writable() {
     // A write-only file (0200) opens for writing (without read access, so in direct I/O).
     assert!(listing.contains("first\nsecond\n"), "{listing}");
     // Directories unreadable to their owner (and so to the daemon) are removed when empty.
+    // A sparse file copies whole with the writeback cache (where the daemon answers no
+    // SEEK_DATA/SEEK_HOLE: the kernel may hold data the upper file does not have yet).
+    assert!(listing.contains("sparse-copy-same"), "{listing}");
     let (_, last_listing) = listing.split_once("second\n").unwrap();
     assert!(!last_listing.contains("unreadable") && !last_listing.contains("sealed"), "{listing}");
     assert_eq!(

@@ -60,7 +60,7 @@ pub fn of_entry(e: &Entry) -> FileAttr {
     FileAttr {
         ino: INodeNo(0),
         size,
-        blocks: size.div_ceil(512),
+        blocks: e.host_blocks.unwrap_or(size.div_ceil(512)),
         atime: t,
         mtime: t,
         ctime: e.ctime.map_or(t, time),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use fuser::{
     AccessFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
     ReplyStatfs, ReplyXattr, Request,
 };
 use handles::{Handles, NO_HANDLE};
@@ -123,6 +123,23 @@ impl ReadAt for std::fs::File {
 }
 
 /// Fills a reply from `reader` through a shared read buffer: full reads except at end of file.
+/// Answers FUSE_LSEEK (the kernel sends only SEEK_DATA and SEEK_HOLE) with `seek`.
+pub(crate) fn reply_lseek(
+    offset: i64,
+    whence: i32,
+    seek: impl FnOnce(u64, libc::c_int) -> Result<u64, Errno>,
+    reply: ReplyLseek,
+) {
+    let found = match u64::try_from(offset) {
+        Ok(offset) if whence == libc::SEEK_DATA || whence == libc::SEEK_HOLE => seek(offset, whence),
+        _ => Err(Errno::EINVAL),
+    };
+    match found.and_then(|at| i64::try_from(at).map_err(|_| Errno::EOVERFLOW)) {
+        Ok(at) => reply.offset(at),
+        Err(e) => reply.error(e),
+    }
+}
+
 pub(crate) fn read_into_reply(reader: &impl ReadAt, offset: u64, size: u32, reply: ReplyData) {
     let taken = READ_BUFFERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
     let mut buf = taken.unwrap_or_else(|| vec![0; MAX_READ].into_boxed_slice());
@@ -244,6 +261,21 @@ impl Filesystem for ImageFs {
             },
             _ => reply.error(Errno::EBADF),
         }
+    }
+
+    /// SEEK_DATA/SEEK_HOLE, so `cp` and `tar --sparse` find a directory layer's holes.
+    fn lseek(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let seek =
+            |reader: &FileReader, at, whence| reader.seek_data_or_hole(at, whence).map_err(|e| errno::from_io(&e));
+        reply_lseek(
+            offset,
+            whence,
+            |at, whence| match self.open_files.get(fh.0) {
+                Some(reader) => seek(&reader, at, whence),
+                None => seek(&self.reader_of(ino)?, at, whence),
+            },
+            reply,
+        )
     }
 
     fn release(

@@ -18,13 +18,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
     KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::dir_listing::Listings;
 use super::handles::{Handles, NO_HANDLE};
 use super::io_modes::{InodeIo, IoModes, Open};
-use super::{attr, errno, read_into_reply, reply_xattr};
+use super::{attr, errno, read_into_reply, reply_lseek, reply_xattr};
 use crate::idshift::IdShift;
 use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
@@ -415,6 +415,27 @@ impl Filesystem for OverlayFs {
             Some(OpenFile::Upper(file)) => read_into_reply(file, offset, size, reply),
             None => reply.error(Errno::EBADF),
         }
+    }
+
+    /// SEEK_DATA/SEEK_HOLE, so `cp` and `tar --sparse` find sparse files' holes. With the
+    /// writeback cache the kernel asks without writing its dirty pages back first, so the upper
+    /// file could show a hole (or its end) where the kernel holds data: ENOSYS then, after which
+    /// the kernel treats every file of the mount as data up to its end.
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        if !self.io.passthrough {
+            return reply.error(Errno::ENOSYS);
+        }
+        let found = |result: io::Result<u64>| result.map_err(|e| errno::from_io(&e));
+        reply_lseek(
+            offset,
+            whence,
+            |at, whence| match self.files.get(fh.0).as_deref() {
+                Some(OpenFile::Lower(reader)) => found(reader.seek_data_or_hole(at, whence)),
+                Some(OpenFile::Upper(file)) => found(crate::layer::blob::seek_data_or_hole(file, at, whence)),
+                None => Err(Errno::EBADF),
+            },
+            reply,
+        )
     }
 
     fn write(

@@ -284,16 +284,7 @@ fn next_data(file: &File, pos: u64, end: u64) -> io::Result<Option<(u64, u64)>> 
     if pos >= end {
         return Ok(None);
     }
-    let seek = |from: u64, whence| {
-        // SAFETY: an open descriptor; lseek moves only its file position, which no copy uses.
-        let at = unsafe { libc::lseek(file.as_raw_fd(), from as libc::off_t, whence) };
-        if at < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(at as u64)
-        }
-    };
-    let data = match seek(pos, libc::SEEK_DATA) {
+    let data = match seek_data_or_hole(file, pos, libc::SEEK_DATA) {
         Ok(data) => data,
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(None),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Some((pos, end))),
@@ -302,8 +293,22 @@ fn next_data(file: &File, pos: u64, end: u64) -> io::Result<Option<(u64, u64)>> 
     if data >= end {
         return Ok(None);
     }
-    let hole = seek(data, libc::SEEK_HOLE)?;
+    let hole = seek_data_or_hole(file, data, libc::SEEK_HOLE)?;
     Ok(Some((data, hole.min(end))))
+}
+
+/// lseek(2) with SEEK_DATA or SEEK_HOLE (`whence`): where the next data or hole at or after
+/// `offset` starts. Moves only the descriptor's file position, which no reader or copy here uses
+/// (they all give offsets).
+pub fn seek_data_or_hole(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::ENXIO))?;
+    // SAFETY: an open descriptor.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset, whence) };
+    if at < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(at as u64)
+    }
 }
 
 /// Copies byte ranges between files the fastest way the kernel allows for the pair, learning

@@ -290,6 +290,7 @@ fn entry_from(
     e.ctime = Some(Timestamp { sec: stat.st_ctime, nsec: stat.st_ctime_nsec as u32 });
     e.host_ino = stat.st_ino;
     e.host_nlink = stat.st_nlink as u32;
+    e.host_blocks = Some(stat.st_blocks as u64);
     match kind {
         Kind::File => e.size = stat.st_size as u64,
         Kind::Symlink => {

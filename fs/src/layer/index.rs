@@ -116,6 +116,10 @@ pub struct Entry {
     pub host_ino: u64,
     /// The host file's link count (directory layers, once read; 0 otherwise). Not persisted.
     pub host_nlink: u32,
+    /// The host file's allocated 512-byte blocks (directory layers: a sparse file shows how
+    /// little it takes, which `cp` looks at before it looks for holes); None in tar layers, whose
+    /// files show their size's worth, as extracted. Not persisted.
+    pub host_blocks: Option<u64>,
 }
 
 /// One extended attribute: (name, value).
@@ -143,6 +147,7 @@ impl Entry {
             ctime: None,
             host_ino: 0,
             host_nlink: 0,
+            host_blocks: None,
         }
     }
 

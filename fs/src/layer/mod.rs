@@ -448,6 +448,16 @@ impl FileReader {
             FileReader::Host(file) => file.read_at(buf, offset),
         }
     }
+
+    /// lseek(2)'s SEEK_DATA and SEEK_HOLE (`whence`) from `offset`: a host file's own holes; a
+    /// file in an archive is data from its start to its end.
+    pub fn seek_data_or_hole(&self, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+        match self {
+            FileReader::InArchive { len, .. } if offset >= *len => Err(io::Error::from_raw_os_error(libc::ENXIO)),
+            FileReader::InArchive { len, .. } => Ok(if whence == libc::SEEK_DATA { offset } else { *len }),
+            FileReader::Host(file) => blob::seek_data_or_hole(file, offset, whence),
+        }
+    }
 }
 
 /// Cache key of a blob the image names no digest for: its identity on the host (path, device,
