@@ -289,7 +289,10 @@ impl Upper {
         let mode = meta.mode() & 0o7777;
         fs::set_permissions(dir, fs::Permissions::from_mode(mode | access))?;
         let result = op();
-        fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+        // `op`'s outcome stands either way: it may have changed the upper already.
+        if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(mode)) {
+            tracing::warn!("cannot give {} its mode {mode:o} back: {e}", dir.display());
+        }
         result
     }
 
