@@ -1048,6 +1048,41 @@ fn inode_flags_are_set_on_the_upper_object_as_with_kernel_overlayfs() {
     assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EROFS));
 }
 
+/// A file deleted while open and then made append-only or immutable through its descriptor (as
+/// stress-ng's file-ioctl stressor does) is freed at its last close, as any filesystem frees an
+/// unlinked inode: its link in the work directory stayed before, and the next mount refused to
+/// start on the work directory it could not empty. A leftover of a crashed daemon with such a
+/// flag is removed at mount.
+#[test]
+fn deleted_files_made_append_only_or_immutable_are_freed() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let set_flags = |file: &std::fs::File, mut flags: i32| {
+        // SAFETY: an open descriptor and an int argument.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(file), libc::FS_IOC_SETFLAGS, &mut flags) };
+        assert_eq!(rc, 0, "FS_IOC_SETFLAGS {flags:#x}: {}", std::io::Error::last_os_error());
+    };
+    let mnt = writable(w, &lower);
+    for (name, flag) in [("append-only", 0x20), ("immutable", 0x10)] {
+        let file = std::fs::File::create(mnt.dir.join(name)).unwrap();
+        std::fs::remove_file(mnt.dir.join(name)).unwrap();
+        set_flags(&file, flag);
+        drop(file);
+    }
+    await_work_entries(&w.join("work"), 0);
+    drop(mnt);
+
+    let leftover = std::fs::File::create(w.join("work/#1-1")).unwrap();
+    set_flags(&leftover, 0x10);
+    drop(leftover);
+    let _again = writable(w, &lower);
+    assert_eq!(std::fs::read_dir(w.join("work")).unwrap().count(), 0);
+}
+
 /// Directory-lower objects show their host inode number (in the low bits, with the layer above
 /// them, as kernel overlayfs' xino does) and their host ctime, so what a tool recorded about them
 /// on the host still matches (git's index keeps the low 32 bits of st_ino and the ctime, and

@@ -275,7 +275,7 @@ impl Overlay {
     /// cleaned at the next mount: logged, not an error for the request that let it go.
     fn remove_orphan(&self, orphan: Option<Vec<u8>>) {
         if let Some(path) = orphan {
-            if let Err(e) = self.upper.remove(&path) {
+            if let Err(e) = self.upper.remove_orphan(&path) {
                 tracing::warn!("cannot delete {}, an unlinked file closed: {e}", self.upper.host(&path).display());
             }
         }

@@ -70,6 +70,29 @@ pub fn ioctl(path: &Path, op: FileAttrIoctl, arg: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// `FS_APPEND_FL` and `FS_IMMUTABLE_FL` (linux/fs.h): flags that forbid unlinking a file.
+const UNREMOVABLE_FLAGS: libc::c_int = 0x20 | 0x10;
+
+/// Clears the append-only and immutable flags of the object at `path`, so that it can be
+/// removed; Ok(false) when it had neither (or cannot have flags: a symlink, a device).
+pub fn clear_unremovable_flags(path: &Path) -> io::Result<bool> {
+    let mut flags = [0u8; std::mem::size_of::<libc::c_int>()];
+    match ioctl(path, FileAttrIoctl::GetFlags, &mut flags) {
+        Ok(()) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTTY | libc::EOPNOTSUPP | libc::ENXIO)) => {
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    }
+    let current = libc::c_int::from_ne_bytes(flags);
+    if current & UNREMOVABLE_FLAGS == 0 {
+        return Ok(false);
+    }
+    let mut cleared = (current & !UNREMOVABLE_FLAGS).to_ne_bytes();
+    ioctl(path, FileAttrIoctl::SetFlags, &mut cleared)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::FileAttrIoctl;

@@ -162,11 +162,20 @@ impl Upper {
     fn clean_work(&self) -> io::Result<()> {
         for entry in fs::read_dir(&self.work)? {
             let path = entry?.path();
-            if fs::symlink_metadata(&path)?.is_dir() {
-                remove_tree(&path)?;
-            } else {
-                fs::remove_file(&path)?;
-            }
+            let removed = match fs::symlink_metadata(&path)?.is_dir() {
+                true => remove_tree(&path),
+                false => remove_unlinked_file(&path),
+            };
+            removed.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot empty the work directory: removing {}: {e}; remove it by hand \
+                         (`chattr -R -ia` first if it is immutable or append-only)",
+                        path.display()
+                    ),
+                )
+            })?;
         }
         Ok(())
     }
@@ -347,6 +356,13 @@ impl Upper {
         fs::hard_link(self.host(rel), &link)?;
         let name = link.file_name().expect("a temporary name").as_bytes();
         Ok([ORPHAN_PREFIX, name].concat())
+    }
+
+    /// Removes an orphan (see [`Upper::keep_orphan`]) its last user let go, as a filesystem frees
+    /// an unlinked inode whatever its flags: one made append-only or immutable through its open
+    /// file has them cleared first.
+    pub fn remove_orphan(&self, orphan: &[u8]) -> io::Result<()> {
+        remove_unlinked_file(&self.host(orphan))
     }
 
     /// Removes an upper object that no lower layer shadows (no whiteout needed).
@@ -697,6 +713,17 @@ pub fn remove_tree(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             grant_owner_access(dir);
             fs::remove_dir_all(dir)
+        }
+        other => other,
+    }
+}
+
+/// Removes a file that no longer has a name for anyone (an orphan, a leftover in the work
+/// directory), clearing the append-only or immutable flag that stops it.
+fn remove_unlinked_file(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && file_attr::clear_unremovable_flags(path)? => {
+            fs::remove_file(path)
         }
         other => other,
     }
