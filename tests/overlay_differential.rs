@@ -224,8 +224,9 @@ impl KernelOverlay {
         for d in [upper, work, dir] {
             std::fs::create_dir_all(d).unwrap();
         }
+        // nodev,nosuid as strata's and fuse-overlayfs' mounts here: a device opens on none.
         let options = format!(
-            "lowerdir={}:{},upperdir={},workdir={},{extra}",
+            "nodev,nosuid,lowerdir={}:{},upperdir={},workdir={},{extra}",
             lowers.top.display(),
             lowers.bottom.display(),
             upper.display(),
@@ -280,7 +281,7 @@ impl SubjectMount {
             }
             Subject::FuseOverlayfs => {
                 let options = format!(
-                    "lowerdir={}:{},upperdir={},workdir={}",
+                    "nodev,nosuid,lowerdir={}:{},upperdir={},workdir={}",
                     s(&lowers.top),
                     s(&lowers.bottom),
                     s(upper),
@@ -488,7 +489,7 @@ mod fuse_overlayfs_allowances {
         // fuse-overlayfs creates entries in its work directory and renames them into place: in a
         // set-group-ID directory, a new entry may get neither the directory's group nor (a
         // directory) the S_ISGID bit.
-        if let Op::Create { path, .. } | Op::Mkdir { path, .. } | Op::Symlink { path, .. } | Op::Mkfifo { path, .. } =
+        if let Op::Create { path, .. } | Op::Mkdir { path, .. } | Op::Symlink { path, .. } | Op::Mknod { path, .. } =
             op
         {
             let parent = Path::new(path).parent().map(|p| kernel.join(p)).unwrap_or_else(|| kernel.to_path_buf());
@@ -988,7 +989,8 @@ fn hand_written_cases() -> Vec<Case> {
                 (unlink("e"), None),
                 (Op::Symlink { target: s("d"), path: s("e") }, None),
                 (stat("e"), None),
-                (Op::Mkfifo { path: s("c/f3"), mode: 0o600 }, Some(Ok(None))),
+                (Op::Mknod { path: s("c/f3"), mode: libc::S_IFIFO | 0o600, rdev: 0 }, Some(Ok(None))),
+                (Op::Mknod { path: s("c/f4"), mode: libc::S_IFCHR | 0o600, rdev: 0 }, Some(Err(Errno(libc::EPERM)))),
                 (readdir("c"), None),
             ],
         ),

@@ -220,10 +220,11 @@ pub enum Op {
         path: String,
         name: String,
     },
-    /// mknod(S_IFIFO)
-    Mkfifo {
+    /// mknod(2): `mode` includes the file type (a FIFO or a device)
+    Mknod {
         path: String,
         mode: u32,
+        rdev: u64,
     },
     /// open + read the whole file (following symlinks): its digest
     Read {
@@ -266,7 +267,7 @@ impl Op {
             | Op::Utimens { path, .. }
             | Op::SetXattr { path, .. }
             | Op::RemoveXattr { path, .. }
-            | Op::Mkfifo { path, .. }
+            | Op::Mknod { path, .. }
             | Op::Read { path }
             | Op::ReadDir { path }
             | Op::Stat { path }
@@ -440,7 +441,7 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             let name = CString::new(name.as_bytes()).unwrap();
             check(unsafe { libc::lremovexattr(p(path).as_ptr(), name.as_ptr()) } as _)?
         }
-        Op::Mkfifo { path, mode } => check(unsafe { libc::mknod(p(path).as_ptr(), libc::S_IFIFO | *mode, 0) } as _)?,
+        Op::Mknod { path, mode, rdev } => check(unsafe { libc::mknod(p(path).as_ptr(), *mode, *rdev) } as _)?,
         Op::Read { path } => return Ok(Some(digest(&read_all(&p(path))?))),
         Op::ReadDir { path } => {
             let dir = if path.is_empty() { root.to_path_buf() } else { root.join(path) };
@@ -649,7 +650,7 @@ const WEIGHTS: &[(u32, &str)] = &[
     (5, "utimens"),
     (5, "setxattr"),
     (3, "removexattr"),
-    (2, "mkfifo"),
+    (2, "mknod"),
     (6, "read"),
     (4, "readdir"),
     (4, "stat"),
@@ -719,7 +720,17 @@ pub fn generate(rng: &mut Rng, tree: &[Entry]) -> Op {
             mode: *g.rng.pick(&[XattrMode::Any, XattrMode::Any, XattrMode::Create, XattrMode::Replace]),
         },
         "removexattr" => Op::RemoveXattr { path: g.existing(|_| true), name: g.rng.pick(XATTR_NAMES).to_string() },
-        "mkfifo" => Op::Mkfifo { path: g.new_path(), mode: 0o644 },
+        "mknod" => {
+            // FIFOs mostly; devices too, among them 0/0, the upper's whiteout (refused: EPERM)
+            let (mode, rdev) = *g.rng.pick(&[
+                (libc::S_IFIFO | 0o644, 0),
+                (libc::S_IFIFO | 0o600, 0),
+                (libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
+                (libc::S_IFCHR | 0o600, libc::makedev(0, 0)),
+                (libc::S_IFBLK | 0o660, libc::makedev(7, 0)),
+            ]);
+            Op::Mknod { path: g.new_path(), mode, rdev }
+        }
         "read" => Op::Read { path: g.existing(|e| e.is_file) },
         "readdir" => {
             if g.rng.chance(15) {

@@ -498,6 +498,11 @@ impl Overlay {
         let Probe::Absent { whiteout: replaces_whiteout } = self.probe(&mut table, parent, name)? else {
             return Err(errno(libc::EEXIST));
         };
+        if kind == Kind::CharDevice && rdev == 0 {
+            // The upper's own whiteout: made, it would vanish once the kernel forgot it (as
+            // kernel overlayfs, refused).
+            return Err(errno(libc::EPERM));
+        }
         self.copy_up(&mut table, parent)?;
         let path = crate::path::join(&table.path(parent)?, name);
         let (gid, mode) = self.inherit_setgid(&table, parent, who, kind, mode)?;

@@ -13,6 +13,7 @@
 
 mod copy;
 mod file_attr;
+mod host_path;
 
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
@@ -26,6 +27,7 @@ use nix::sys::stat::{Mode, SFlag};
 
 pub use copy::CopySource;
 pub use file_attr::FileAttrIoctl;
+pub use host_path::HostPath;
 
 use crate::layer::index::{Entry, Kind};
 use crate::layer::override_stat::{self, Stored};
@@ -181,14 +183,10 @@ impl Upper {
     }
 
     /// The host path of `rel`: a path in the upper, or an orphan's (see [`Upper::keep_orphan`]).
-    pub fn host(&self, rel: &[u8]) -> PathBuf {
-        if let Some(orphan) = rel.strip_prefix(ORPHAN_PREFIX) {
-            return self.work.join(OsStr::from_bytes(orphan));
-        }
-        if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(OsStr::from_bytes(rel))
+    pub fn host(&self, rel: &[u8]) -> HostPath {
+        match rel.strip_prefix(ORPHAN_PREFIX) {
+            Some(orphan) => HostPath::new(&self.work, orphan),
+            None => HostPath::new(&self.root, rel),
         }
     }
 
@@ -288,7 +286,9 @@ impl Upper {
     fn with_owner_access<T>(&self, dir: &Path, access: u32, op: impl Fn() -> io::Result<T>) -> io::Result<T> {
         let first = op();
         let refused = matches!(&first, Err(e) if e.raw_os_error() == Some(libc::EACCES));
-        let Some(meta) = (refused && !self.overrides_permissions).then(|| fs::symlink_metadata(dir).ok()).flatten()
+        // Followed: `dir` may be reached through a descriptor (see `HostPath`); the upper's
+        // directories are never symlinks.
+        let Some(meta) = (refused && !self.overrides_permissions).then(|| fs::metadata(dir).ok()).flatten()
         else {
             return first;
         };
