@@ -4,8 +4,8 @@
 # (a static shell for images built from host files), uidmap (newuidmap/newgidmap for rootless
 # containers), fuse-overlayfs (the tests compare strata-overlayfs with it), podman and runc (a test
 # runs podman with strata-overlayfs as its mount_program; `strata-bench --runner` compares with
-# runc), stress-ng (a test runs its filesystem stressors on writable mounts) and a Rust
-# toolchain check. With --bench it also installs the tools the macro benchmark
+# runc), stress-ng (a test runs its filesystem stressors on writable mounts), a Rust toolchain
+# check, and pjdfstest and fsx built from crates.io (see the end). With --bench it also installs the tools the macro benchmark
 # uses: debootstrap, fio, ratarmount (PyPI), and bubblewrap.
 set -euo pipefail
 
@@ -49,3 +49,14 @@ fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this kernel has no FUSE" >&2; exit 1; }
 
 have_cmd cargo || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+
+# pjdfstest (POSIX semantics of every path syscall) and fsx (file data under random I/O): third
+# parties' conformance suites that tests/conformance.rs runs on mounts. Built from crates.io once,
+# into target/test-tools (found there by the tests; `cargo clean` removes them, the next run
+# rebuilds them).
+tools="$(cd "$(dirname "$0")/.." && pwd)/target/test-tools"
+for tool in pjdfstest@0.2.2 fsx@0.3.2; do
+  [ -x "$tools/bin/${tool%@*}" ] && continue
+  echo "setup: building $tool from crates.io into $tools" >&2
+  CARGO_TARGET_DIR="$tools/build" cargo install --quiet --locked --root "$tools" "$tool"
+done
