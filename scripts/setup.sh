@@ -54,9 +54,14 @@ have_cmd cargo || { echo "setup: cargo not found: install Rust (rustup) first" >
 # parties' conformance suites that tests/conformance.rs runs on mounts. Built from crates.io once,
 # into target/test-tools (found there by the tests; `cargo clean` removes them, the next run
 # rebuilds them).
+# pjdfstest is linked statically: a test runs it inside a container of an image without a C library.
 tools="$(cd "$(dirname "$0")/.." && pwd)/target/test-tools"
-for tool in pjdfstest@0.2.2 fsx@0.3.2; do
-  [ -x "$tools/bin/${tool%@*}" ] && continue
-  echo "setup: building $tool from crates.io into $tools" >&2
-  CARGO_TARGET_DIR="$tools/build" cargo install --quiet --locked --root "$tools" "$tool"
-done
+if [ ! -x "$tools/bin/pjdfstest" ]; then
+  echo "setup: building pjdfstest 0.2.2 from crates.io into $tools" >&2
+  RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$tools/build-static" cargo install --quiet \
+    --locked --target "$(rustc -vV | sed -n 's/^host: //p')" --root "$tools" pjdfstest@0.2.2
+fi
+if [ ! -x "$tools/bin/fsx" ]; then
+  echo "setup: building fsx 0.3.2 from crates.io into $tools" >&2
+  CARGO_TARGET_DIR="$tools/build" cargo install --quiet --locked --root "$tools" fsx@0.3.2
+fi

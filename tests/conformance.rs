@@ -3,6 +3,8 @@
 //!   times, link counts, long paths) must fail nothing that kernel overlayfs passes over the same
 //!   lower. Kernel overlayfs fails its tests of 0/0 character devices, which are its whiteouts
 //!   (mknod refuses them: EPERM); strata must fail those and no others.
+//!   In a rootless container, strata must fail nothing more than a tmpfs in the same container
+//!   but those tests.
 //! - fsx (random reads, writes, mmap reads and writes, truncation, fallocate, hole punching,
 //!   copy_file_range, sendfile, reopening, each read checked against its own copy of the file)
 //!   must complete, as root (FUSE passthrough) and as an unprivileged user (the writeback cache).
@@ -28,7 +30,7 @@ fn suite(name: &str) -> Option<PathBuf> {
     found.then_some(path)
 }
 
-/// pjdfstest's configuration: the features Linux has, and two users of this machine to act as.
+/// pjdfstest's configuration: the features Linux has, and two users to act as (`USERS`).
 const PJDFSTEST_CONFIG: &str = r#"
 [features]
 posix_fallocate = {}
@@ -41,8 +43,12 @@ naptime = 0.01
 allow_remount = false
 
 [dummy_auth]
-entries = [["nobody", "nogroup"], ["daemon", "daemon"]]
+entries = USERS
 "#;
+
+fn write_pjdfstest_config(path: &Path, users: &str) {
+    std::fs::write(path, PJDFSTEST_CONFIG.replace("USERS", users)).unwrap();
+}
 
 /// A pjdfstest run: the names of the tests that failed, and how many passed.
 struct PjdfstestRun {
@@ -54,6 +60,10 @@ fn pjdfstest(binary: &Path, config: &Path, dir: &Path) -> PjdfstestRun {
     std::fs::create_dir_all(dir).unwrap();
     let out = Command::new(binary).arg("-c").arg(config).arg("-p").arg(dir).output().unwrap();
     let log = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    parse_pjdfstest(&log, dir)
+}
+
+fn parse_pjdfstest(log: &str, dir: &Path) -> PjdfstestRun {
     // "Summary: 41 failed, 16 skipped, 341 passed, 0 expected failures, 398 total"
     let summary = log.lines().find_map(|l| l.strip_prefix("Summary: ")).unwrap_or_else(|| {
         panic!("pjdfstest in {} printed no summary:\n{log}", dir.display());
@@ -70,6 +80,11 @@ fn pjdfstest(binary: &Path, config: &Path, dir: &Path) -> PjdfstestRun {
     PjdfstestRun { failed, passed: count(" passed") }
 }
 
+/// pjdfstest's tests of 0/0 character devices: overlay whiteouts, which mknod refuses.
+fn tests_whiteout_devices(name: &str) -> bool {
+    name.ends_with("::char")
+}
+
 #[test]
 fn pjdfstest_fails_nothing_that_kernel_overlayfs_passes() {
     if !require_fuse() {
@@ -84,7 +99,7 @@ fn pjdfstest_fails_nothing_that_kernel_overlayfs_passes() {
     }
     std::fs::write(w.join("lower/d/f"), "lower").unwrap();
     let config = w.join("pjdfstest.toml");
-    std::fs::write(&config, PJDFSTEST_CONFIG).unwrap();
+    write_pjdfstest_config(&config, r#"[["nobody", "nogroup"], ["daemon", "daemon"]]"#);
 
     // Both with the options strata's mounts have: nodev, nosuid.
     let options = format!(
@@ -93,7 +108,8 @@ fn pjdfstest_fails_nothing_that_kernel_overlayfs_passes() {
         w.join("k-upper").display(),
         w.join("k-work").display()
     );
-    let mounted = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(w.join("k-mnt")).output();
+    let mounted =
+        Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(w.join("k-mnt")).output();
     assert!(mounted.unwrap().status.success(), "mounting kernel overlayfs");
     let _kernel_mount = Unmount(w.join("k-mnt"));
     let kernel = pjdfstest(&binary, &config, &w.join("k-mnt/pjd"));
@@ -116,10 +132,65 @@ fn pjdfstest_fails_nothing_that_kernel_overlayfs_passes() {
         kernel.passed
     );
     assert!(
-        kernel.failed.iter().all(|name| name.ends_with("::char")),
+        kernel.failed.iter().all(|name| tests_whiteout_devices(name)),
         "kernel overlayfs failed more than its 0/0 character device tests: {:#?}",
         kernel.failed
     );
+}
+
+/// In a rootless container (root of a user namespace mapped to subordinate ids; the daemon has
+/// CAP_DAC_OVERRIDE there), pjdfstest on the strata rootfs against pjdfstest on a tmpfs of the
+/// same container: the namespace refuses both some things (device nodes); strata may fail beyond
+/// the tmpfs only the whiteout-device tests.
+#[test]
+fn pjdfstest_in_a_rootless_container_fails_only_what_a_tmpfs_there_fails() {
+    if !require_fuse() || !require_command("setpriv") || !require_command("newuidmap") || !require_command("busybox") {
+        return;
+    }
+    let Some(binary) = suite("pjdfstest") else { return };
+    let (uid, gid) = support::subid_user();
+    let _fuse = support::FuseOpenToAll::new();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    std::fs::set_permissions(h, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = h.join("image");
+    strata_tools::fixture::write_oci_layout(&image, &strata_tools::fixture::runner_image().unwrap()).unwrap();
+    // Built static (scripts/setup.sh): the image has no C library.
+    std::fs::copy(&binary, h.join("pjdfstest")).unwrap();
+    write_pjdfstest_config(&h.join("pjdfstest.toml"), r#"[["nobody", "nogroup"], ["app", "app"]]"#);
+    assert!(Command::new("chown").args(["-R", &format!("{uid}:{gid}")]).arg(h).status().unwrap().success());
+
+    let volume = format!("{}:/host", h.display());
+    let script = "mkdir -p /pjdfst /scratch/pjdfst \
+        && /host/pjdfstest -c /host/pjdfstest.toml -p /pjdfst > /host/strata.log 2>&1; \
+        /host/pjdfstest -c /host/pjdfstest.toml -p /scratch/pjdfst > /host/tmpfs.log 2>&1; \
+        true"; // pjdfstest exits 1 when a test failed: the logs tell
+    let out = Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .args(["run", "--rm", "--volume", &volume, "--tmpfs", "/scratch", image.to_str().unwrap(), "sh", "-c", script])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", h)
+        .env("XDG_RUNTIME_DIR", h.join("run"))
+        .env("XDG_DATA_HOME", h.join("data"))
+        .env("XDG_CACHE_HOME", h.join("cache"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "strata run: {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    let read = |name: &str| std::fs::read_to_string(h.join(name)).unwrap();
+    let strata = parse_pjdfstest(&read("strata.log"), Path::new("/pjdfst (strata, rootless)"));
+    let tmpfs = parse_pjdfstest(&read("tmpfs.log"), Path::new("/scratch/pjdfst (tmpfs, rootless)"));
+
+    let only_strata: Vec<&String> =
+        strata.failed.difference(&tmpfs.failed).filter(|name| !tests_whiteout_devices(name)).collect();
+    assert!(
+        only_strata.is_empty(),
+        "pjdfstest in a rootless container fails on strata, passes on a tmpfs: {only_strata:#?}\n{}",
+        read("strata.log")
+    );
+    assert!(strata.passed > 250, "pjdfstest passed only {} tests on strata, rootless", strata.passed);
 }
 
 /// fsx's configuration: every operation it has, on files up to 8 MiB.

@@ -489,8 +489,7 @@ mod fuse_overlayfs_allowances {
         // fuse-overlayfs creates entries in its work directory and renames them into place: in a
         // set-group-ID directory, a new entry may get neither the directory's group nor (a
         // directory) the S_ISGID bit.
-        if let Op::Create { path, .. } | Op::Mkdir { path, .. } | Op::Symlink { path, .. } | Op::Mknod { path, .. } =
-            op
+        if let Op::Create { path, .. } | Op::Mkdir { path, .. } | Op::Symlink { path, .. } | Op::Mknod { path, .. } = op
         {
             let parent = Path::new(path).parent().map(|p| kernel.join(p)).unwrap_or_else(|| kernel.to_path_buf());
             if std::fs::symlink_metadata(parent).is_ok_and(|m| m.mode() & libc::S_ISGID != 0) {

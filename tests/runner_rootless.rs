@@ -11,16 +11,12 @@ use std::process::{Command, Output};
 
 use support::{require_command, require_fuse, NOBODY};
 
-/// The tests of this file change /dev/fuse's mode: they take turns.
-static FUSE_MODE_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 struct Rootless {
     home: tempfile::TempDir,
     image: PathBuf,
     uid: u32,
     gid: u32,
     _fuse: support::FuseOpenToAll,
-    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Rootless {
@@ -28,7 +24,6 @@ impl Rootless {
         if !require_fuse() || !require_command("setpriv") || !require_command("busybox") {
             return None;
         }
-        let turn = FUSE_MODE_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let fuse = support::FuseOpenToAll::new();
         let home = tempfile::tempdir().unwrap();
         std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -36,7 +31,7 @@ impl Rootless {
         strata_tools::fixture::write_oci_layout(&image, &strata_tools::fixture::runner_image().unwrap()).unwrap();
         let chown = Command::new("chown").args(["-R", &format!("{uid}:{gid}")]).arg(home.path()).status();
         assert!(chown.unwrap().success());
-        Some(Rootless { home, image, uid, gid, _fuse: fuse, _turn: turn })
+        Some(Rootless { home, image, uid, gid, _fuse: fuse })
     }
 
     fn strata(&self, args: &[&str]) -> Output {

@@ -114,22 +114,29 @@ pub fn mount_tmpfs(dir: &Path, options: &str) -> Unmount {
 }
 
 /// /dev/fuse opened to every user for a test that mounts as an unprivileged one (standard
-/// distributions ship it as 0666); put back as it was when dropped.
-pub struct FuseOpenToAll(u32);
+/// distributions ship it as 0666); put back as it was when dropped. The tests of one binary that
+/// need it take turns, so none puts the mode back while another still needs it open.
+pub struct FuseOpenToAll {
+    original_mode: u32,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+static FUSE_MODE_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl FuseOpenToAll {
     pub fn new() -> FuseOpenToAll {
         use std::os::unix::fs::PermissionsExt;
-        let original = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
+        let turn = FUSE_MODE_TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let original_mode = std::fs::metadata("/dev/fuse").unwrap().permissions().mode() & 0o7777;
         std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
-        FuseOpenToAll(original)
+        FuseOpenToAll { original_mode, _turn: turn }
     }
 }
 
 impl Drop for FuseOpenToAll {
     fn drop(&mut self) {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.0));
+        let _ = std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(self.original_mode));
     }
 }
 

@@ -288,8 +288,7 @@ impl Upper {
         let refused = matches!(&first, Err(e) if e.raw_os_error() == Some(libc::EACCES));
         // Followed: `dir` may be reached through a descriptor (see `HostPath`); the upper's
         // directories are never symlinks.
-        let Some(meta) = (refused && !self.overrides_permissions).then(|| fs::metadata(dir).ok()).flatten()
-        else {
+        let Some(meta) = (refused && !self.overrides_permissions).then(|| fs::metadata(dir).ok()).flatten() else {
             return first;
         };
         if meta.uid() != nix::unistd::geteuid().as_raw() || meta.mode() & access == access {
