@@ -165,19 +165,9 @@ fn pjdfstest_in_a_rootless_container_fails_only_what_a_tmpfs_there_fails() {
         && /host/pjdfstest -c /host/pjdfstest.toml -p /pjdfst > /host/strata.log 2>&1; \
         /host/pjdfstest -c /host/pjdfstest.toml -p /scratch/pjdfst > /host/tmpfs.log 2>&1; \
         true"; // pjdfstest exits 1 when a test failed: the logs tell
-    let out = Command::new("setpriv")
-        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_strata"))
-        .args(["run", "--rm", "--volume", &volume, "--tmpfs", "/scratch", image.to_str().unwrap(), "sh", "-c", script])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
-        .env("HOME", h)
-        .env("XDG_RUNTIME_DIR", h.join("run"))
-        .env("XDG_DATA_HOME", h.join("data"))
-        .env("XDG_CACHE_HOME", h.join("cache"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let image = image.to_str().unwrap();
+    let run = ["run", "--rm", "--volume", &volume, "--tmpfs", "/scratch", image, "sh", "-c", script];
+    let out = support::strata_as(uid, gid, h, &run);
     assert!(out.status.success(), "strata run: {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     let read = |name: &str| std::fs::read_to_string(h.join(name)).unwrap();
     let strata = parse_pjdfstest(&read("strata.log"), Path::new("/pjdfst (strata, rootless)"));

@@ -35,20 +35,7 @@ impl Rootless {
     }
 
     fn strata(&self, args: &[&str]) -> Output {
-        let h = self.home.path();
-        Command::new("setpriv")
-            .args(["--reuid", &self.uid.to_string(), "--regid", &self.gid.to_string(), "--clear-groups", "--"])
-            .arg(env!("CARGO_BIN_EXE_strata"))
-            .args(args)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
-            .env("HOME", h)
-            .env("XDG_RUNTIME_DIR", h.join("run"))
-            .env("XDG_DATA_HOME", h.join("data"))
-            .env("XDG_CACHE_HOME", h.join("cache"))
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("running strata as an unprivileged user")
+        support::strata_as(self.uid, self.gid, self.home.path(), args)
     }
 
     fn sh(&self, options: &[&str], script: &str) -> Output {

@@ -194,3 +194,21 @@ pub fn as_nobody(cache: &Path, program: &str, args: &[&str]) -> Output {
 pub fn chown_to_nobody(path: &Path) {
     assert!(Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(path).status().unwrap().success());
 }
+
+/// Runs the strata binary as user `uid`:`gid` (no supplementary groups) with a clean environment
+/// whose home, runtime, data and cache directories are under `home`, as a rootless user has them.
+pub fn strata_as(uid: u32, gid: u32, home: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid", &uid.to_string(), "--regid", &gid.to_string(), "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+        .env("HOME", home)
+        .env("XDG_RUNTIME_DIR", home.join("run"))
+        .env("XDG_DATA_HOME", home.join("data"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running strata as an unprivileged user")
+}
