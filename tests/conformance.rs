@@ -85,12 +85,6 @@ fn tests_whiteout_devices(name: &str) -> bool {
     name.ends_with("::char")
 }
 
-/// pjdfstest tests strata fails now and then, each an open finding (README, "Semantics"): the
-/// write open of `open::etxtbsy` succeeds while the copied `sleep` it starts should be running,
-/// about 2 runs in 100 on this host (never on kernel overlayfs or ext4 in 100 each); not
-/// reproduced outside pjdfstest (C, Python and Rust copies of the test, 300–500 runs each).
-const KNOWN_RACES_ON_STRATA: &[&str] = &["open::etxtbsy"];
-
 #[test]
 fn pjdfstest_fails_nothing_that_kernel_overlayfs_passes() {
     if !require_fuse() {
@@ -125,11 +119,7 @@ fn pjdfstest_fails_nothing_that_kernel_overlayfs_passes() {
     let strata = pjdfstest(&binary, &config, &strata_mount.dir.join("pjd"));
     drop(strata_mount);
 
-    let (known, only_strata): (Vec<&String>, Vec<&String>) =
-        strata.failed.difference(&kernel.failed).partition(|name| KNOWN_RACES_ON_STRATA.contains(&name.as_str()));
-    if !known.is_empty() {
-        eprintln!("note: pjdfstest's {known:?} failed on strata this time (a known race, see KNOWN_RACES_ON_STRATA)");
-    }
+    let only_strata: Vec<&String> = strata.failed.difference(&kernel.failed).collect();
     assert!(
         only_strata.is_empty(),
         "pjdfstest fails on strata, passes on kernel overlayfs: {only_strata:#?}\n(kernel overlayfs fails {:#?})",

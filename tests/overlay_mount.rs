@@ -875,6 +875,43 @@ fn directory_lower_files_are_read_in_passthrough() {
     assert_eq!(std::fs::read_to_string(lower.join("a/f1")).unwrap(), "one", "the lower is untouched");
 }
 
+/// A program running from the mount can be neither written nor truncated (ETXTBSY), not even by
+/// open(O_RDONLY|O_TRUNC), which the kernel checks against running programs only after the daemon
+/// has truncated (atomic O_TRUNC): the daemon knows the opens execve(2) makes and refuses it
+/// first, as a crashing program would otherwise tell. Once the program has exited, it truncates.
+#[test]
+fn a_running_program_is_neither_written_nor_truncated() {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let m = writable(w, &lower);
+    let program = m.dir.join("sleep");
+    let original = std::fs::read("/usr/bin/sleep").unwrap();
+    std::fs::write(&program, &original).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let open = |options: &mut OpenOptions| options.open(&program).map(drop).map_err(|e| e.raw_os_error());
+    let read_truncating = || open(OpenOptions::new().read(true).custom_flags(libc::O_TRUNC));
+
+    let mut running = Command::new(&program).arg("60").spawn().unwrap();
+    assert_eq!(open(OpenOptions::new().write(true)), Err(Some(libc::ETXTBSY)), "open(O_WRONLY)");
+    assert_eq!(open(OpenOptions::new().read(true).write(true)), Err(Some(libc::ETXTBSY)), "open(O_RDWR)");
+    assert_eq!(read_truncating(), Err(Some(libc::ETXTBSY)), "open(O_RDONLY|O_TRUNC)");
+    let truncated = Command::new("truncate").args(["-s", "0"]).arg(&program).output().unwrap();
+    assert!(String::from_utf8_lossy(&truncated.stderr).contains("Text file busy"), "truncate(2): {truncated:?}");
+    assert!(running.try_wait().unwrap().is_none(), "the program still runs");
+    assert_eq!(std::fs::read(&program).unwrap(), original, "the running program's file is intact");
+    running.kill().unwrap();
+    running.wait().unwrap();
+
+    assert_eq!(read_truncating(), Ok(()), "open(O_RDONLY|O_TRUNC) once the program has exited");
+    assert_eq!(std::fs::metadata(&program).unwrap().len(), 0);
+}
+
 /// Reading lower files through a mount, writable or read-only, and copying them up leave their
 /// access times alone (kernel overlayfs opens lower files with O_NOATIME too): the layer is never
 /// written, not even an atime. The lower's atimes are older than their mtimes, so a plain read on

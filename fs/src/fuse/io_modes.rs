@@ -3,8 +3,9 @@
 //! passthrough (the kernel reads and writes a backing file itself), and every passthrough open of
 //! an inode names the same backing file. Which backing that is: the upper file, or, for a file
 //! still in a lower layer, a read-only host file holding its bytes (the file of a directory layer
-//! itself, or the shared copy of a tar-layer file that container mounts ask for). Owns only this
-//! bookkeeping; opening files and registering backings are the caller's.
+//! itself, or the shared copy of a tar-layer file that container mounts ask for). Also which
+//! inodes are being executed, for the one truncation the kernel does not check against that.
+//! Owns only this bookkeeping; opening files and registering backings are the caller's.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -25,9 +26,20 @@ pub struct IoModes {
     inodes: Mutex<HashMap<u64, InodeIo>>,
     /// Signalled whenever an open is released.
     released: Condvar,
-    /// Open file handle -> (inode, opened in passthrough).
-    handles: DashMap<u64, (u64, bool)>,
+    handles: DashMap<u64, Handle>,
 }
+
+/// What the release of an open file handle undoes.
+#[derive(Clone, Copy)]
+struct Handle {
+    ino: u64,
+    passthrough: bool,
+    exec: bool,
+}
+
+/// The kernel's `__FMODE_EXEC`, set in the flags of the open that execve(2) makes of a program or
+/// its interpreter (not in libc). That open stays until the process exits or execs again.
+pub const FMODE_EXEC: i32 = 0x20;
 
 /// How long a change of a file's data waits for the last reader pinning it to its lower file to
 /// be released: close(2) returns before the kernel's RELEASE reaches the daemon, so a write right
@@ -40,6 +52,8 @@ pub struct InodeIo {
     cached: u32,
     passthrough: u32,
     backing: Option<Backing>,
+    /// Opens made by execve(2): the kernel denies writes to the inode while one lives.
+    executing: u32,
 }
 
 struct Backing {
@@ -78,11 +92,19 @@ impl IoModes {
     }
 
     /// The io state, locked for a change of `ino`'s data once no open pins the inode to its lower
-    /// file (waiting up to [`RELEASE_GRACE`] for releases in flight); Err(ETXTBSY) if one still does.
-    pub fn lock_for_data_change(&self, ino: u64) -> io::Result<MutexGuard<'_, HashMap<u64, InodeIo>>> {
+    /// file and, unless the kernel checked the change against running programs, none executes it
+    /// (waiting up to [`RELEASE_GRACE`] for releases in flight); Err(ETXTBSY) if one still does.
+    /// The kernel checks every change but the truncation of open(O_RDONLY|O_TRUNC), which it
+    /// checks after the daemon has truncated (atomic O_TRUNC): a running program would crash.
+    pub fn lock_for_data_change(
+        &self,
+        ino: u64,
+        checked_by_kernel: bool,
+    ) -> io::Result<MutexGuard<'_, HashMap<u64, InodeIo>>> {
+        let busy = |io: &InodeIo| io.pinned_to_lower() || (!checked_by_kernel && io.executing > 0);
         let deadline = Instant::now() + RELEASE_GRACE;
         let mut inodes = self.lock();
-        while inodes.get(&ino).is_some_and(InodeIo::pinned_to_lower) {
+        while inodes.get(&ino).is_some_and(busy) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(io::Error::from_raw_os_error(libc::ETXTBSY));
@@ -109,8 +131,12 @@ impl IoModes {
         backing
     }
 
-    pub fn track(&self, fh: u64, ino: u64, passthrough: bool) {
-        self.handles.insert(fh, (ino, passthrough));
+    /// Records the handle of an open [`IoModes::adopt`] counted; `exec`: made by execve(2).
+    pub fn track(&self, inodes: &mut HashMap<u64, InodeIo>, fh: u64, ino: u64, passthrough: bool, exec: bool) {
+        if exec {
+            inodes.entry(ino).or_default().executing += 1;
+        }
+        self.handles.insert(fh, Handle { ino, passthrough, exec });
     }
 
     fn backing(io: &mut InodeIo, open: &Open<'_>) -> Option<Arc<BackingId>> {
@@ -138,9 +164,10 @@ impl IoModes {
     }
 
     pub fn released(&self, fh: u64) {
-        let Some((_, (ino, passthrough))) = self.handles.remove(&fh) else { return };
+        let Some((_, Handle { ino, passthrough, exec })) = self.handles.remove(&fh) else { return };
         let mut inodes = self.lock();
         let Some(io) = inodes.get_mut(&ino) else { return };
+        io.executing -= u32::from(exec);
         if passthrough {
             io.passthrough -= 1;
             if io.passthrough == 0 {

@@ -23,7 +23,7 @@ use fuser::{
 
 use super::dir_listing::Listings;
 use super::handles::{Handles, NO_HANDLE};
-use super::io_modes::{InodeIo, IoModes, Open};
+use super::io_modes::{InodeIo, IoModes, Open, FMODE_EXEC};
 use super::{attr, errno, read_into_reply, reply_lseek, reply_xattr};
 use crate::idshift::IdShift;
 use crate::layer::cache::Cache;
@@ -118,9 +118,10 @@ impl OverlayFs {
         inodes: &mut HashMap<u64, InodeIo>,
         ino: u64,
         file: OpenFile,
-        read_write: bool,
+        flags: i32,
         register: impl Fn(&std::fs::File) -> io::Result<BackingId>,
     ) -> (FileHandle, Option<Arc<BackingId>>) {
+        let read_write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let reopen = || self.overlay.reopen_read_write(ino);
         // Only an upper file may go to passthrough with such bits: lower files are read-only.
         let privilege_bits = matches!(file, OpenFile::Upper(_))
@@ -128,7 +129,7 @@ impl OverlayFs {
         let open = Open { ino, file: &file, read_write, privilege_bits, reopen: &reopen, register: &register };
         let backing = self.io.adopt(inodes, open);
         let fh = self.files.insert(file);
-        self.io.track(fh, ino, backing.is_some());
+        self.io.track(inodes, fh, ino, backing.is_some(), flags & FMODE_EXEC != 0);
         (FileHandle(fh), backing)
     }
 
@@ -253,7 +254,7 @@ impl Filesystem for OverlayFs {
             mtime: mtime.map(timespec),
         };
         // A size change is a data change: not while opens read the lower file (see `open`).
-        let data_change = match size.map(|_| self.io.lock_for_data_change(ino.0)).transpose() {
+        let data_change = match size.map(|_| self.io.lock_for_data_change(ino.0, true)).transpose() {
             Ok(locked) => locked,
             Err(e) => return reply.error(errno::from_io(&e)),
         };
@@ -345,7 +346,10 @@ impl Filesystem for OverlayFs {
         let changes_data = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         // Made before taking the io lock: a first copy of a large file takes a while.
         let shared = if changes_data { None } else { self.shared_copy(ino.0) };
-        let locked = if changes_data { self.io.lock_for_data_change(ino.0) } else { Ok(self.io.lock()) };
+        // The kernel checks a writing open against running programs before it reaches the daemon.
+        let checked_by_kernel = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let locked =
+            if changes_data { self.io.lock_for_data_change(ino.0, checked_by_kernel) } else { Ok(self.io.lock()) };
         let mut inodes = match locked {
             Ok(inodes) => inodes,
             Err(e) => return reply.error(errno::from_io(&e)),
@@ -361,10 +365,9 @@ impl Filesystem for OverlayFs {
                 return reply.error(errno::from_io(&e));
             }
         }
-        let read_write = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let may_need_direct_io = flags.0 & libc::O_APPEND != 0 || flags.0 & libc::O_ACCMODE == libc::O_WRONLY;
         let direct_io = may_need_direct_io && matches!(&file, OpenFile::Upper(f) if crate::upper::needs_direct_io(f));
-        let (fh, backing) = self.adopt(&mut inodes, ino.0, file, read_write, |f| reply.open_backing(f));
+        let (fh, backing) = self.adopt(&mut inodes, ino.0, file, flags.0, |f| reply.open_backing(f));
         match backing {
             // Keep-cache is not allowed with passthrough: the page cache is the backing file's.
             Some(backing) => reply.opened_passthrough(fh, NO_FLUSH, &backing),
@@ -388,7 +391,7 @@ impl Filesystem for OverlayFs {
             Ok((attr, file)) => {
                 let mut inodes = self.io.lock();
                 let (fh, backing) =
-                    self.adopt(&mut inodes, attr.ino.0, OpenFile::Upper(file), true, |f| reply.open_backing(f));
+                    self.adopt(&mut inodes, attr.ino.0, OpenFile::Upper(file), libc::O_RDWR, |f| reply.open_backing(f));
                 let shown = self.shown(attr);
                 match backing {
                     Some(backing) => reply.created_passthrough(&TTL, &shown, Generation(0), fh, NO_FLUSH, &backing),
