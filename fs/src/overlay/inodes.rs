@@ -159,10 +159,15 @@ impl Table {
     pub fn register(&mut self, ino: Ino, inode: Inode) {
         match self.inodes.get_mut(&ino) {
             Some(existing) => {
-                // What a fresh resolve found is the truth about the object now.
+                // What a fresh resolve found is the truth about the object now: one taken for
+                // gone lives on under this name (a hard link the table never saw, looked up
+                // before the kernel's FORGET of the old name reached the daemon).
                 existing.lower = inode.lower;
                 existing.upper = inode.upper;
                 existing.kind = inode.kind;
+                if existing.gone().is_some() {
+                    existing.remains = None;
+                }
                 let name = inode.names.into_iter().next().expect("a resolved inode has a name");
                 if !existing.names.contains(&name) {
                     existing.names.push(name);
@@ -334,5 +339,17 @@ mod tests {
         t.opened(11);
         t.make_orphan(11, b"/#orphan2".to_vec());
         assert_eq!(t.forget(11, 1), Some(b"/#orphan2".to_vec()));
+    }
+
+    #[test]
+    fn an_object_taken_for_gone_and_found_under_a_name_lives_again() {
+        let mut t = Table::new(None, 100);
+        t.remember(11, Inode::new(ROOT_INO, b"x", None, true, Kind::File));
+        t.remove_name(11, ROOT_INO, b"x");
+        t.gone(11, FileAttr { nlink: 1, ..crate::fuse::attr::negative() });
+        assert_eq!(t.get(11).unwrap().gone().map(|a| a.nlink), Some(0));
+        t.remember(11, Inode::new(ROOT_INO, b"h1", None, true, Kind::File));
+        assert!(t.get(11).unwrap().gone().is_none());
+        assert_eq!(t.path(11).unwrap(), b"h1");
     }
 }
