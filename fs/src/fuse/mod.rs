@@ -122,7 +122,6 @@ impl ReadAt for std::fs::File {
     }
 }
 
-/// Fills a reply from `reader` through a shared read buffer: full reads except at end of file.
 /// Answers FUSE_LSEEK (the kernel sends only SEEK_DATA and SEEK_HOLE) with `seek`.
 pub(crate) fn reply_lseek(
     offset: i64,
@@ -140,6 +139,7 @@ pub(crate) fn reply_lseek(
     }
 }
 
+/// Fills a reply from `reader` through a shared read buffer: full reads except at end of file.
 pub(crate) fn read_into_reply(reader: &impl ReadAt, offset: u64, size: u32, reply: ReplyData) {
     let taken = READ_BUFFERS.lock().unwrap_or_else(|e| e.into_inner()).pop();
     let mut buf = taken.unwrap_or_else(|| vec![0; MAX_READ].into_boxed_slice());
