@@ -292,7 +292,8 @@ fn entry_from(
     e.host_nlink = stat.st_nlink as u32;
     e.host_blocks = Some(stat.st_blocks as u64);
     match kind {
-        Kind::File => e.size = stat.st_size as u64,
+        // A directory's size is its host directory's, as kernel overlayfs shows a lower one.
+        Kind::File | Kind::Dir => e.size = stat.st_size as u64,
         Kind::Symlink => {
             e.size = link_target.len() as u64;
             e.link_target = link_target.into();
@@ -682,6 +683,7 @@ mod tests {
         let host_mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(root.join("d05")).unwrap().permissions());
         assert_eq!(entry(b"d05").mode, host_mode & 0o7777);
+        assert_eq!(entry(b"d05").size, std::fs::metadata(root.join("d05")).unwrap().len(), "a directory's host size");
         let (first, second) = (entry(b"d00/first"), entry(b"d39/second"));
         assert!(first.link_id != 0 && first.link_id == second.link_id, "one hard-link set");
         assert_eq!((first.size, second.size), (1, 1));
