@@ -517,6 +517,33 @@ fn the_process_is_confined() {
     assert!(stderr(&out).contains("Read-only file system"), "/proc/sys is read-only: {}", stderr(&out));
 }
 
+/// runc's CVE-2024-21626: a working directory or a program path through `/proc/self/fd/N`, where
+/// N is a descriptor of the host (the mountpoint, /dev/fuse) still open while the container's
+/// process sets itself up, would start the program outside its root, and `cd ..` would then
+/// reach the host's `/`. Every such path must fail to start or stay inside.
+#[test]
+fn a_workdir_or_program_through_a_host_descriptor_stays_inside() {
+    let Some(env) = Env::new() else { return };
+    let marker = tempfile::Builder::new().prefix("strata-host-marker").tempfile_in("/tmp").unwrap();
+    let marker_name = marker.path().file_name().unwrap().to_str().unwrap().to_string();
+    let escaped = format!("cd ../../../../../../../..; [ -e tmp/{marker_name} ] && echo ESCAPED; pwd");
+    for fd in 3..=24 {
+        let workdir = format!("/proc/self/fd/{fd}");
+        let out = env.sh(&["-w", &workdir], &escaped);
+        assert!(!stdout(&out).contains("ESCAPED"), "-w {workdir}: {}", stdout(&out));
+        if out.status.success() {
+            assert_eq!(stdout(&out), "/\n", "-w {workdir} started somewhere: {}", stderr(&out));
+        } else {
+            assert_eq!(out.status.code(), Some(125), "-w {workdir}: {}", stderr(&out));
+            assert!(stderr(&out).contains(&workdir), "-w {workdir}: the error names it: {}", stderr(&out));
+        }
+        let program = format!("/proc/self/fd/{fd}/../../../../../../../../bin/sh");
+        let out = env.run(&[], &[&program, "-c", &escaped]);
+        assert!(!stdout(&out).contains("ESCAPED"), "{program}: {}", stdout(&out));
+        assert!(!out.status.success(), "{program} ran: {}", stdout(&out));
+    }
+}
+
 #[test]
 fn a_tty_is_a_terminal_inside() {
     let Some(env) = Env::new() else { return };

@@ -498,7 +498,7 @@ impl ContainerJob<'_> {
         match pid {
             -1 => Err(Error::sys("creating the container's namespaces", std::io::Error::last_os_error())),
             0 => {
-                let failure = match self.start_container(setgroups, pinned) {
+                let failure = match self.start_container(start_error.as_raw_fd(), setgroups, pinned) {
                     Ok(never) => match never {},
                     Err(failure) => failure,
                 };
@@ -514,6 +514,7 @@ impl ContainerJob<'_> {
     /// The container's first process: builds its world and execs. Returns only on failure.
     fn start_container(
         &self,
+        start_error: RawFd,
         setgroups: bool,
         pinned: Option<&Original>,
     ) -> Result<std::convert::Infallible, StartError> {
@@ -532,10 +533,12 @@ impl ContainerJob<'_> {
         }
         let root = Root::open(&self.rootfs)?;
         rootfs::apply(&root, self.steps)?;
+        let workdir = process::open_workdir(&root, &self.spec.cwd)?;
+        let (identity, env) = process::resolve_identity(self.spec, &root)?;
         drop(root);
         rootfs::pivot_root(&self.rootfs)?;
-        let (identity, env) = process::resolve_identity(self.spec)?;
-        process::enter_workdir(&self.spec.cwd)?;
+        process::enter_workdir(workdir, &self.spec.cwd)?;
+        process::close_host_descriptors(&[start_error, self.pty_slave.unwrap_or(-1)])?;
         match self.pty_slave {
             Some(slave) => tty::attach_as_controlling(slave).map_err(|e| Error::sys("attaching the terminal", e))?,
             None if !self.spec.interactive => redirect_stdin_to_null()?,
@@ -543,7 +546,6 @@ impl ContainerJob<'_> {
         }
         process::become_identity(&identity, setgroups)?;
         process::reset_signal_dispositions();
-        process::close_host_descriptors()?;
         if let Some(original) = pinned {
             original.restore_this_thread();
         }

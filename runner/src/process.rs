@@ -5,13 +5,15 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{OwnedFd, RawFd};
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use crate::caps;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
+use crate::resolve::{Root, TargetKind};
 use crate::spec::{set_default_env, Spec};
 use crate::user::{self, Identity};
 
@@ -38,35 +40,27 @@ impl From<Error> for StartError {
     }
 }
 
-/// A file of the container's /etc, empty when the image has none. Read without asking for its
-/// size first (a bare `Take` has no size hint): on the FUSE rootfs std's size question is a statx
-/// that costs the daemon a FUSE_STATX round trip it can only refuse.
-fn read_etc(path: &str) -> Result<String> {
-    let mut text = String::new();
-    match std::fs::File::open(path) {
-        Ok(file) => {
-            io::Read::read_to_string(&mut io::Read::take(file, u64::MAX), &mut text).at(path)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io(path, e)),
-    }
-    Ok(text)
-}
-
-/// The identity and environment of the process, resolved in the container's own /etc.
-pub fn resolve_identity(spec: &Spec) -> Result<(Identity, Vec<String>)> {
-    let passwd = read_etc("/etc/passwd")?;
-    let group = read_etc("/etc/group")?;
+/// The identity and environment of the process, resolved in the container's own /etc (read
+/// inside `root`: an image's `/etc/passwd` symlink cannot lead to a host file).
+pub fn resolve_identity(spec: &Spec, root: &Root) -> Result<(Identity, Vec<String>)> {
+    let passwd = root.read_to_string("/etc/passwd")?.unwrap_or_default();
+    let group = root.read_to_string("/etc/group")?.unwrap_or_default();
     let identity = user::resolve(&spec.user, &passwd, &group)?;
     let mut env = spec.env.clone();
     set_default_env(&mut env, "HOME", identity.home.as_deref().unwrap_or("/"));
     Ok((identity, env))
 }
 
-/// Creates the working directory if missing (as Docker does for WORKDIR) and enters it.
-pub fn enter_workdir(cwd: &str) -> Result<()> {
-    std::fs::create_dir_all(cwd).map_err(|e| Error::io(format!("{cwd} (working directory)"), e))?;
-    nix::unistd::chdir(cwd).map_err(|e| Error::sys(format!("entering the working directory {cwd}"), e))
+/// The working directory, created if missing (as Docker does for WORKDIR), resolved inside
+/// `root` before `pivot_root`: a `WORKDIR` such as `/proc/self/fd/N` or a symlink out of the
+/// image cannot start the process outside its root (runc's CVE-2024-21626). Entered with
+/// [`enter_workdir`] once the root is `/`.
+pub fn open_workdir(root: &Root, cwd: &str) -> Result<OwnedFd> {
+    root.ensure(cwd, TargetKind::Dir)
+}
+
+pub fn enter_workdir(workdir: OwnedFd, cwd: &str) -> Result<()> {
+    nix::unistd::fchdir(&workdir).map_err(|e| Error::sys(format!("entering the working directory {cwd}"), e))
 }
 
 /// Becomes `identity` with Docker's capabilities and no_new_privs. `setgroups`: whether the user
@@ -106,9 +100,24 @@ fn unblock_all_signals() {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
-/// Marks every descriptor above 2 close-on-exec: whatever strata or its libraries opened
-/// (the /dev/fuse channel, pipes, directories of the host) cannot reach the container's program.
-pub fn close_host_descriptors() -> Result<()> {
+/// Closes every descriptor above 2 but `keep`, and marks those close-on-exec: whatever strata or
+/// its libraries opened (the /dev/fuse channel, pipes, the mountpoint and other directories of
+/// the host) can neither reach the container's program nor serve as a path out of its root
+/// (`/proc/self/fd/N/..`) in a lookup before exec, as the program's own path.
+pub fn close_host_descriptors(keep: &[RawFd]) -> Result<()> {
+    let mut kept: Vec<u32> = keep.iter().filter(|&&fd| fd > 2).map(|&fd| fd as u32).collect();
+    kept.sort_unstable();
+    let mut first = 3u32;
+    for fd in kept.iter().copied().chain([u32::MAX]) {
+        if fd > first {
+            let last = if fd == u32::MAX { u32::MAX } else { fd - 1 };
+            // SAFETY: close_range on descriptors nothing in this process uses any more.
+            if unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) } != 0 {
+                return Err(Error::sys("closing the host's descriptors", io::Error::last_os_error()));
+            }
+        }
+        first = first.max(fd.saturating_add(1));
+    }
     // SAFETY: close_range with the CLOEXEC flag only changes descriptor flags.
     if unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } != 0 {
         return Err(Error::sys("marking descriptors close-on-exec", io::Error::last_os_error()));

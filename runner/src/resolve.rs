@@ -49,6 +49,20 @@ impl Root {
         }
     }
 
+    /// The contents of the file at `path` (a container path), None if absent. Read without
+    /// asking for its size first (a bare `Take` has no size hint): on the FUSE rootfs std's size
+    /// question is a statx that costs the daemon a FUSE_STATX round trip it can only refuse.
+    pub fn read_to_string(&self, path: &str) -> Result<Option<String>> {
+        let file = match self.open_with(path, libc::O_RDONLY) {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(self.error(path, e)),
+        };
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::Read::take(file, u64::MAX), &mut text).map_err(|e| self.error(path, e))?;
+        Ok(Some(text))
+    }
+
     /// Opens `path` as an O_PATH descriptor, creating it (and missing parents) as `kind` inside the root.
     pub fn ensure(&self, path: &str, kind: TargetKind) -> Result<OwnedFd> {
         let mut path = path.to_string();
@@ -65,8 +79,15 @@ impl Root {
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                     create_at(parent_fd.as_raw_fd(), &cname, kind).map_err(|e| self.error(&path, e))?
                 }
-                // A dangling symlink: create what it points at, resolved inside the root.
+                // A dangling symlink: create what it points at, resolved inside the root. Not a
+                // magic link of /proc (`/proc/self/fd/N` of a descriptor opened on the way, whose
+                // "target" is a host path): opening it again refuses it (ELOOP).
                 Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFLNK => {
+                    match self.open_in(&path) {
+                        Ok(fd) => return self.check_kind(fd, &path, kind),
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(e) => return Err(self.error(&path, e)),
+                    }
                     let target =
                         std::fs::read_link(fd_link(&parent_fd).join(name)).map_err(|e| self.error(&path, e))?;
                     path = if target.is_absolute() {
@@ -84,11 +105,17 @@ impl Root {
     }
 
     fn open_in(&self, path: &str) -> io::Result<OwnedFd> {
+        self.open_with(path, libc::O_PATH)
+    }
+
+    /// Opens `path` with `flags`, resolved as if the root were `/` and refusing /proc's magic
+    /// links (`/proc/self/fd/N`, `/proc/self/cwd`), which would lead out of it.
+    fn open_with(&self, path: &str, flags: i32) -> io::Result<OwnedFd> {
         let cpath = CString::new(path.trim_start_matches('/').as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
         let cpath = if cpath.as_bytes().is_empty() { CString::new(".").expect("no NUL") } else { cpath };
         // SAFETY: open_how is plain data; zero is "no mode, no flags".
         let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+        how.flags = (flags | libc::O_CLOEXEC) as u64;
         how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
         // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and a correctly sized open_how.
         let fd = unsafe {
