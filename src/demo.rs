@@ -33,7 +33,8 @@ pub fn run() -> Result<()> {
     let config = MountConfig {
         source: layout.display().to_string(),
         allow_other: false,
-        dev_suid: false,
+        devices: false,
+        setuid: false,
         threads: 2,
         writable: false,
     };
@@ -56,7 +57,14 @@ pub fn run() -> Result<()> {
 fn show_writable(work: &Path, image: &image::Image, cache: &Cache, mountpoint: &Path) -> Result<()> {
     let (upper, scratch) = (work.join("upper"), work.join("work"));
     let overlay = strata_fs::overlay::open(Lower::load(&image.layers, cache, &Quiet)?, &upper, &scratch, None)?;
-    let config = MountConfig { source: "demo".into(), allow_other: false, dev_suid: false, threads: 2, writable: true };
+    let config = MountConfig {
+        source: "demo".into(),
+        allow_other: false,
+        devices: false,
+        setuid: false,
+        threads: 2,
+        writable: true,
+    };
     mount::serve_in_background(strata_fs::fuse::overlay_fs::OverlayFs::new(overlay), mountpoint, &config)?;
     let changed = (|| -> std::io::Result<()> {
         std::fs::write(mountpoint.join("app/hello.txt"), "hello, changed in the container\n")?;

@@ -197,8 +197,14 @@ fn run(cli: Cli) -> Result<()> {
                 ids: Default::default(),
                 stored_modes: None,
             };
-            let config =
-                MountConfig { source: image.source_name(), allow_other, dev_suid: false, threads, writable: false };
+            let config = MountConfig {
+                source: image.source_name(),
+                allow_other,
+                devices: false,
+                setuid: false,
+                threads,
+                writable: false,
+            };
             layers.mount(&mountpoint, config, foreground)
         }
         Command::Overlayfs { args } => overlayfs_cli::run(&args),

@@ -138,7 +138,8 @@ fn mount_config(parsed: &OverlayArgs, source: String, as_root: bool) -> MountCon
     MountConfig {
         source,
         allow_other: parsed.allow_other || as_root,
-        dev_suid: (parsed.dev_suid || as_root) && !parsed.no_dev_suid,
+        devices: (parsed.dev_suid || as_root) && !parsed.no_dev_suid,
+        setuid: (parsed.dev_suid || as_root) && !parsed.no_dev_suid,
         threads: 4,
         writable: false,
     }
@@ -194,7 +195,8 @@ mod tests {
         let config = |options: &str, as_root: bool| {
             let c =
                 mount_config(&parse(&args(&format!("-o lowerdir=/l{options} /mnt"))).unwrap(), String::new(), as_root);
-            (c.allow_other, c.dev_suid)
+            assert_eq!(c.devices, c.setuid);
+            (c.allow_other, c.devices)
         };
         assert_eq!(config("", true), (true, true));
         assert_eq!(config("", false), (false, false));

@@ -510,8 +510,8 @@ fn the_process_is_confined() {
     let text = stdout(&out);
     let fds: Vec<&str> = text.lines().take_while(|l| l.parse::<u32>().is_ok()).collect();
     assert!(fds.iter().all(|fd| ["0", "1", "2", "3"].contains(fd)), "descriptors in the container: {fds:?}");
-    assert!(text.contains("CapEff:\t00000000a80425fb"), "{text}");
-    assert!(text.contains("CapBnd:\t00000000a80425fb"), "{text}");
+    assert!(text.contains("CapEff:\t00000000a00425fb"), "Docker's set without CAP_MKNOD: {text}");
+    assert!(text.contains("CapBnd:\t00000000a00425fb"), "{text}");
     assert!(text.contains("NoNewPrivs:\t1"), "{text}");
     assert!(text.contains("1:3\n0\n"), "/proc/timer_list masked by /dev/null, /sys/firmware by an empty tmpfs: {text}");
     assert!(stderr(&out).contains("Read-only file system"), "/proc/sys is read-only: {}", stderr(&out));
@@ -542,6 +542,30 @@ fn a_workdir_or_program_through_a_host_descriptor_stays_inside() {
         assert!(!stdout(&out).contains("ESCAPED"), "{program}: {}", stdout(&out));
         assert!(!out.status.success(), "{program} ran: {}", stdout(&out));
     }
+}
+
+/// Without a device cgroup, nodes must be inert: the image's own (the rootfs is nodev) and any
+/// the container would make (no CAP_MKNOD), while /dev's work.
+#[test]
+fn device_nodes_of_the_image_or_made_inside_open_nothing() {
+    let Some(env) = Env::new() else { return };
+    let out = env.sh(
+        &[],
+        "echo x > /dev/null && echo dev-null-works; \
+         echo x > /app/null-device || echo image-node-refused; \
+         mknod /dev/disk b 8 0 || echo mknod-dev-refused; \
+         mknod /tmp/disk b 8 0 || echo mknod-tmp-refused; \
+         mkfifo /tmp/fifo && echo fifo-made",
+    );
+    let text = stdout(&out);
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["dev-null-works", "image-node-refused", "mknod-dev-refused", "mknod-tmp-refused", "fifo-made"],
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("Permission denied"), "the image's node: {}", stderr(&out));
+    assert!(stderr(&out).contains("Operation not permitted"), "mknod: {}", stderr(&out));
 }
 
 #[test]

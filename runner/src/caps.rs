@@ -6,7 +6,10 @@ use std::io;
 
 use crate::error::{Error, Result};
 
-/// Docker's default capability set (moby `oci/caps/defaults.go`), by number (linux/capability.h).
+/// Docker's default capability set (moby `oci/caps/defaults.go`) without CAP_MKNOD, as podman's
+/// since 4.0, by number (linux/capability.h). Docker keeps CAP_MKNOD because its device cgroup
+/// decides which nodes open; strata sets up no device cgroup, so a node made in the container's
+/// /dev (a tmpfs that must honour nodes) would open any device of the host.
 pub const DEFAULT_CAPS: &[(u32, &str)] = &[
     (0, "CAP_CHOWN"),
     (1, "CAP_DAC_OVERRIDE"),
@@ -19,7 +22,6 @@ pub const DEFAULT_CAPS: &[(u32, &str)] = &[
     (10, "CAP_NET_BIND_SERVICE"),
     (13, "CAP_NET_RAW"),
     (18, "CAP_SYS_CHROOT"),
-    (27, "CAP_MKNOD"),
     (29, "CAP_AUDIT_WRITE"),
     (31, "CAP_SETFCAP"),
 ];

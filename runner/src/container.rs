@@ -426,7 +426,10 @@ impl DaemonJob<'_> {
         let config = MountConfig {
             source: self.source.clone(),
             allow_other: true,
-            dev_suid: true,
+            // The container gets its devices in its own /dev; nodes of the image stay inert (as
+            // Docker's device cgroup makes them), since no device cgroup is set up here.
+            devices: false,
+            setuid: true,
             threads: DAEMON_THREADS,
             writable: true,
         };

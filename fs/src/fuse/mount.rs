@@ -27,8 +27,12 @@ pub struct MountConfig {
     pub source: String,
     /// Let users other than the mounter use the mount (root only, or `user_allow_other`).
     pub allow_other: bool,
-    /// Honour device nodes and setuid bits (a container rootfs needs them; inspection does not).
-    pub dev_suid: bool,
+    /// Honour device nodes (what the mounter must decide: a container's rootfs must not, lest an
+    /// image's node open a host disk).
+    pub devices: bool,
+    /// Honour setuid and setgid bits and file capabilities (a container rootfs needs them;
+    /// inspection does not).
+    pub setuid: bool,
     /// Threads serving requests.
     pub threads: usize,
     /// Mount read-write (a writable overlay) rather than read-only.
@@ -44,11 +48,8 @@ impl MountConfig {
             MountOption::DefaultPermissions,
             MountOption::NoAtime,
         ];
-        options.extend(if self.dev_suid {
-            [MountOption::Dev, MountOption::Suid]
-        } else {
-            [MountOption::NoDev, MountOption::NoSuid]
-        });
+        options.push(if self.devices { MountOption::Dev } else { MountOption::NoDev });
+        options.push(if self.setuid { MountOption::Suid } else { MountOption::NoSuid });
         let mut config = Config::default();
         config.mount_options = options;
         config.acl = if self.allow_other { SessionACL::All } else { SessionACL::Owner };
