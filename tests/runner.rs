@@ -451,24 +451,32 @@ fn a_container_killed_with_sigkill_leaves_no_mount_and_no_cgroup() {
 #[test]
 fn a_killed_supervisor_takes_the_container_down_and_rm_cleans_up() {
     let Some(env) = Env::new() else { return };
-    let name = unique("crash");
     let image_path = image().to_str().unwrap();
-    let mut child =
-        env.command(&["run", "--name", &name, "--memory", "64m", image_path, "sleep", "30"]).spawn().unwrap();
-    let pid = container_pid(&env, &name);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "the container outlived its supervisor");
-        std::thread::sleep(Duration::from_millis(20));
+    // With a cgroup, and without one as another user (whose change of uid once cleared the
+    // parent-death signal, so the container outlived its daemon).
+    for options in [&["--memory", "64m"], &["-u", "app"]] {
+        let name = unique("crash");
+        let args: Vec<&str> = ["run", "--name", &name]
+            .into_iter()
+            .chain(options.iter().copied())
+            .chain([image_path, "sleep", "30"])
+            .collect();
+        let mut child = env.command(&args).spawn().unwrap();
+        let pid = container_pid(&env, &name);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "{options:?}: the container outlived its supervisor");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let ps = stdout(&env.strata(&["ps"]));
+        assert!(ps.lines().any(|l| l.starts_with(&name) && l.contains("stale")), "{ps}");
+        assert!(!mount_visible_anywhere(&name));
+        assert_ok(&env.strata(&["rm", &name]));
+        assert!(cgroup_dirs_named(&name).is_empty(), "cgroup left after rm: {:?}", cgroup_dirs_named(&name));
+        assert!(!env.run_dir(&name).exists() && !env.data_dir(&name).exists());
     }
-    let ps = stdout(&env.strata(&["ps"]));
-    assert!(ps.lines().any(|l| l.starts_with(&name) && l.contains("stale")), "{ps}");
-    assert!(!mount_visible_anywhere(&name));
-    assert_ok(&env.strata(&["rm", &name]));
-    assert!(cgroup_dirs_named(&name).is_empty(), "cgroup left after rm: {:?}", cgroup_dirs_named(&name));
-    assert!(!env.run_dir(&name).exists() && !env.data_dir(&name).exists());
 }
 
 #[test]

@@ -391,7 +391,7 @@ impl DaemonJob<'_> {
     fn serve(self, mut maps_done: File, start_error: (OwnedFd, OwnedFd), status: &mut File) -> Result<i32> {
         let (exec_seen, start_error) = start_error;
         // Dies with the supervisor, taking the container along.
-        set_parent_death_signal()?;
+        process::set_parent_death_signal()?;
         let _ = nix::unistd::setsid();
         let job = self.container;
         let mut setgroups = true;
@@ -521,7 +521,7 @@ impl ContainerJob<'_> {
         setgroups: bool,
         pinned: Option<&Original>,
     ) -> Result<std::convert::Infallible, StartError> {
-        set_parent_death_signal()?;
+        process::set_parent_death_signal()?;
         // Until exec, this is strata's own image: keep it out of reach of /proc/PID/* in the container.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -558,14 +558,6 @@ impl ContainerJob<'_> {
             process::exec(&self.spec.args, &env)
         })
     }
-}
-
-fn set_parent_death_signal() -> Result<()> {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
-        return Err(Error::sys("setting the parent-death signal", std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// Points the daemon's stdin, stdout and stderr at /dev/null: it reports through its status pipe,

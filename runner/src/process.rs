@@ -63,6 +63,15 @@ pub fn enter_workdir(workdir: OwnedFd, cwd: &str) -> Result<()> {
     nix::unistd::fchdir(&workdir).map_err(|e| Error::sys(format!("entering the working directory {cwd}"), e))
 }
 
+/// SIGKILL when the parent (the daemon) dies, so a container never outlives its filesystem.
+pub fn set_parent_death_signal() -> Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
+        return Err(Error::sys("setting the parent-death signal", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Becomes `identity` with Docker's capabilities and no_new_privs. `setgroups`: whether the user
 /// namespace allows setgroups(2) (a single-id rootless mapping denies it).
 pub fn become_identity(identity: &Identity, setgroups: bool) -> Result<()> {
@@ -74,6 +83,8 @@ pub fn become_identity(identity: &Identity, setgroups: bool) -> Result<()> {
     let (uid, gid) = (Uid::from_raw(identity.uid), Gid::from_raw(identity.gid));
     nix::unistd::setresgid(gid, gid, gid).map_err(|e| Error::sys(format!("setting gid {gid}"), e))?;
     nix::unistd::setresuid(uid, uid, uid).map_err(|e| Error::sys(format!("setting uid {uid}"), e))?;
+    // A change of credentials clears the parent-death signal: set it again.
+    set_parent_death_signal()?;
     caps::set_process_caps(if identity.uid == 0 { caps::default_mask() } else { [0, 0] })?;
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
