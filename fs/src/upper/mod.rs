@@ -520,7 +520,7 @@ impl Upper {
     pub fn chmod(&self, rel: &[u8], mode: u32) -> io::Result<()> {
         match self.stored_for_change(rel)? {
             Some((name, stored)) => set_xattr(&self.host(rel), name, &Stored { mode, ..stored }.format()),
-            None => fs::set_permissions(self.host(rel), fs::Permissions::from_mode(mode & 0o7777)),
+            None => chmod_no_follow(&self.host(rel), mode & 0o7777),
         }
     }
 
@@ -697,6 +697,18 @@ pub fn privileged() -> bool {
     nix::unistd::geteuid().is_root() && initial_namespace
 }
 
+/// chmod that never follows a symlink at `path` (EOPNOTSUPP for one, as Linux 6.6+ answers a mode
+/// change of a symlink): older kernels pass a SETATTR for a symlink reached through an O_PATH
+/// descriptor, and following it would change the mode of whatever it points at on the host.
+/// (Checked, then changed: requests changing the upper are serialised, and nothing else writes
+/// in it.)
+fn chmod_no_follow(path: &Path, mode: u32) -> io::Result<()> {
+    if fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
 /// Removes a directory and what it holds, on its own filesystem. A daemon without
 /// CAP_DAC_OVERRIDE cannot list or empty its own directories that a user made unreadable or
 /// unwritable (`mkdir -m 0`, Fedora's 0550 /root, a copied-up 0555 directory holding
@@ -792,5 +804,25 @@ fn sized(call: impl Fn(*mut u8, usize) -> libc::ssize_t) -> io::Result<Vec<u8>> 
         if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
             return Err(io::Error::last_os_error());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mode_change_never_follows_a_symlink_out_of_the_upper() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, "host file").unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        let err = chmod_no_follow(&link, 0o666).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
+        assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o7777, 0o600);
+        chmod_no_follow(&outside, 0o640).unwrap();
+        assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o7777, 0o640);
     }
 }
