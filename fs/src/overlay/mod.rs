@@ -130,7 +130,8 @@ enum Probe {
     Absent { whiteout: bool },
 }
 
-/// The upper object `meta` describes is about to go (see `Overlay::forget_host_object`).
+/// The upper object `meta` describes has gone (or is about to): the host may reuse its inode
+/// number for a new object, which must not inherit this one's overlay number.
 fn forget_host_meta(table: &mut Table, meta: &std::fs::Metadata) {
     // A hard-linked object lives on under its other names, and keeps its number.
     if meta.is_dir() || meta.nlink() <= 1 {
@@ -559,9 +560,6 @@ impl Overlay {
         self.copy_up(&mut table, new_parent)?;
         let from = table.path(ino)?;
         let to = crate::path::join(&table.path(new_parent)?, new_name);
-        if matches!(self.upper.entry(&to)?, UpperEntry::Whiteout) {
-            self.upper.remove(&to)?;
-        }
         self.upper.link(&from, &to)?;
         // The kernel takes a lookup reference on the inode it gets back, as for a lookup.
         table.add_name(ino, new_parent, new_name);
@@ -637,14 +635,6 @@ impl Overlay {
         }
     }
 
-    /// The upper object at `path` is about to go: its host inode number may be reused by the
-    /// host for a new object, which must not inherit this one's overlay number.
-    fn forget_host_object(&self, table: &mut Table, path: &[u8]) {
-        if let Ok(UpperEntry::Present(meta)) = self.upper.entry(path) {
-            forget_host_meta(table, &meta);
-        }
-    }
-
     fn readdir_locked_is_empty(&self, table: &Table, ino: Ino) -> io::Result<bool> {
         let dir = table.get(ino)?;
         if dir.upper && !self.upper.list(&table.path(ino)?)?.0.is_empty() {
@@ -714,46 +704,50 @@ impl Overlay {
         let to = crate::path::join(&table.path(new_parent)?, new_name);
         let replaced = target.as_ref().filter(|_| !exchange).map(|(target_ino, _)| *target_ino);
         let replaced_attr = replaced.map(|target_ino| self.attr_locked(&table, target_ino)).transpose()?;
-        if !exchange && source.kind == Kind::Dir {
-            // A directory cannot replace a whiteout or a directory holding whiteouts: clear the
-            // target out of the way, and make the moved directory opaque where a lower one was,
-            // so none of the lower one's names show through it.
-            if !matches!(self.upper.entry(&to)?, UpperEntry::Missing) {
-                self.forget_host_object(&mut table, &to);
-                self.upper.remove(&to)?;
-            }
-            if self.lower_shows(&table, new_parent, new_name)? {
-                self.upper.set_xattr(&from, self.upper.opaque_xattr(), b"y", 0)?;
-            }
-        } else if let Some((_, t)) = &target {
-            if !exchange && t.kind == Kind::Dir {
-                return Err(errno(libc::EISDIR));
+        // A directory moving where a lower layer has something must hide it: made opaque before
+        // anything moves (it has no lower content of its own, EXDEV above, so being opaque
+        // changes nothing where it is), so no crash shows the lower names through it.
+        let mut moving = vec![(source.kind, &from, new_parent, new_name)];
+        if let (true, Some((_, t))) = (exchange, &target) {
+            moving.push((t.kind, &to, parent, name));
+        }
+        for (kind, now_at, dir, name_there) in moving {
+            if kind == Kind::Dir && self.lower_shows(&table, dir, name_there)? {
+                self.upper.make_opaque(now_at)?;
             }
         }
+        let source_shadows_lower = !exchange && self.lower_shows(&table, parent, name)?;
         let mut host_flags = flags & libc::RENAME_EXCHANGE;
-        if !exchange && self.lower_shows(&table, parent, name)? {
+        // A directory cannot be renamed over a whiteout or a directory holding whiteouts: the
+        // target becomes a whiteout (atomically), and the directory is exchanged with it.
+        let over_whiteout =
+            !exchange && source.kind == Kind::Dir && !matches!(self.upper.entry(&to)?, UpperEntry::Missing);
+        // The object replaced goes from the host once the rename (or the whiteout) is done.
+        let mut target_meta = match self.upper.entry(&to)? {
+            UpperEntry::Present(meta) if !exchange => Some(meta),
+            _ => None,
+        };
+        if over_whiteout {
+            self.upper.whiteout(&to)?;
+            if let Some(meta) = target_meta.take() {
+                forget_host_meta(&mut table, &meta);
+            }
+            host_flags |= libc::RENAME_EXCHANGE;
+        } else if source_shadows_lower {
             host_flags |= libc::RENAME_WHITEOUT;
         }
         let orphan = replaced.and_then(|target_ino| self.keep_if_open(&table, target_ino, new_parent, new_name));
-        if !exchange {
-            self.forget_host_object(&mut table, &to);
-        }
         let renamed = self.upper.rename(&from, &to, host_flags);
         if let Some(target_ino) = replaced {
             self.orphaned(&mut table, target_ino, orphan, renamed.is_ok());
         }
         renamed?;
-        if exchange {
-            // Exchanged directories have no lower content of their own (EXDEV above): each must
-            // hide whatever a lower layer has at its new place.
-            let target_kind = target.as_ref().map(|(_, t)| t.kind);
-            for (kind, path, dir, at) in
-                [(Some(source.kind), &to, new_parent, new_name), (target_kind, &from, parent, name)]
-            {
-                if kind == Some(Kind::Dir) && self.lower_shows(&table, dir, at)? {
-                    self.upper.set_xattr(path, self.upper.opaque_xattr(), b"y", 0)?;
-                }
-            }
+        if let Some(meta) = &target_meta {
+            forget_host_meta(&mut table, meta);
+        }
+        if over_whiteout {
+            // The whiteout the directory was exchanged with is now at its old name.
+            self.upper.settle_moved_whiteout(&from, source_shadows_lower);
         }
         if let Some((target_ino, _)) = &target {
             if exchange {

@@ -304,15 +304,54 @@ impl Upper {
         result
     }
 
-    /// Deletes whatever the upper has at `rel` and leaves a whiteout in its place, atomically.
+    /// Deletes whatever the upper has at `rel` and leaves a whiteout in its place, atomically: a
+    /// directory (empty in the merged view, holding only whiteouts) is exchanged with the new
+    /// whiteout and removed from the work directory afterwards (see [`Upper::place`]), as kernel
+    /// overlayfs does, so a crash never leaves it half emptied, showing lower names again.
     pub fn whiteout(&self, rel: &[u8]) -> io::Result<()> {
         let host = self.host(rel);
-        if fs::symlink_metadata(&host).is_ok_and(|m| m.is_dir()) {
-            // A directory cannot be renamed over: clear it out of the way first (it is empty in
-            // the merged view, so only whiteouts are inside).
-            remove_tree(&host)?;
+        // Moving a directory to another parent needs write access to it (its `..` changes): a
+        // daemon that cannot override permissions gives itself that on its own directory (which
+        // is about to go), and gives the mode back if the whiteout could not replace it.
+        let widened = match fs::symlink_metadata(&host) {
+            Ok(meta)
+                if meta.is_dir()
+                    && !self.overrides_permissions
+                    && meta.mode() & 0o200 == 0
+                    && meta.uid() == nix::unistd::geteuid().as_raw() =>
+            {
+                fs::set_permissions(&host, fs::Permissions::from_mode((meta.mode() | 0o200) & 0o7777))?;
+                Some(meta.mode() & 0o7777)
+            }
+            _ => None,
+        };
+        let placed = self.place(rel, None, |temp| self.make_whiteout(temp, rel));
+        if let (Err(_), Some(mode)) = (&placed, widened) {
+            let _ = fs::set_permissions(&host, fs::Permissions::from_mode(mode));
         }
-        self.place(rel, None, |temp| self.make_whiteout(temp, rel))
+        placed
+    }
+
+    /// Marks the directory at `rel` opaque: lower layers' names no longer show through it. A
+    /// daemon that cannot override permissions gains write access to its 0555 directory for it.
+    pub fn make_opaque(&self, rel: &[u8]) -> io::Result<()> {
+        let host = self.host(rel);
+        self.with_owner_access(&host, 0o200, || set_xattr(&host, self.opaque_xattr(), b"y"))
+    }
+
+    /// A whiteout moved to `rel` by an exchange (see `Overlay::rename`): kept where it hides a
+    /// lower object (`needed`; the xattr form needs its directory marked), removed otherwise.
+    /// Either way the merged view is already right, so a failure here is only logged.
+    pub fn settle_moved_whiteout(&self, rel: &[u8], needed: bool) {
+        let host = self.host(rel);
+        let settled = match needed {
+            true if fs::symlink_metadata(&host).is_ok_and(|m| m.is_file()) => self.mark_for_xattr_whiteouts(rel),
+            true => Ok(()),
+            false => fs::remove_file(&host),
+        };
+        if let Err(e) = settled {
+            tracing::warn!("cannot settle the whiteout left at {}: {e}", host.display());
+        }
     }
 
     /// Makes a whiteout at `temp` for the upper path `rel`: the 0/0 character device, or, where
@@ -327,14 +366,20 @@ impl Upper {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                 fs::OpenOptions::new().write(true).create_new(true).open(temp)?;
                 set_xattr(temp, self.whiteout_xattr(), b"y")?;
-                let dir = self.host(crate::path::split_parent(rel).map_or(&[][..], |(parent, _)| parent));
-                if !get_xattr(&dir, self.opaque_xattr()).is_ok_and(|v| whiteout::is_opaque_value(&v)) {
-                    set_xattr(&dir, self.opaque_xattr(), b"x")?;
-                }
-                Ok(())
+                self.mark_for_xattr_whiteouts(rel)
             }
             other => other,
         }
+    }
+
+    /// Marks the directory holding `rel` as one that holds xattr-form whiteouts
+    /// (`*.overlay.opaque=x`, what overlayfs looks for before reading them), unless it is opaque.
+    fn mark_for_xattr_whiteouts(&self, rel: &[u8]) -> io::Result<()> {
+        let dir = self.host(crate::path::split_parent(rel).map_or(&[][..], |(parent, _)| parent));
+        if !get_xattr(&dir, self.opaque_xattr()).is_ok_and(|v| whiteout::is_opaque_value(&v)) {
+            set_xattr(&dir, self.opaque_xattr(), b"x")?;
+        }
+        Ok(())
     }
 
     fn whiteout_xattr(&self) -> &'static [u8] {
@@ -447,9 +492,12 @@ impl Upper {
         }
     }
 
+    /// Links `from` at `to`: made in the work directory and renamed into place, so a whiteout at
+    /// `to` is replaced in one step (a link that fails, or a crash, leaves it hiding the lower
+    /// object).
     pub fn link(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
-        let to = self.host(to);
-        self.with_writable_parent(&to, || fs::hard_link(self.host(from), &to))
+        let source = self.host(from);
+        self.place(to, None, |temp| fs::hard_link(&source, temp))
     }
 
     pub fn set_xattr(&self, rel: &[u8], name: &[u8], value: &[u8], flags: i32) -> io::Result<()> {
