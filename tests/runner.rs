@@ -252,6 +252,16 @@ fn volumes_are_shared_with_the_host_and_can_be_read_only() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("Read-only file system"), "{}", stderr(&out));
     assert_eq!(std::fs::read_to_string(host.path().join("from-host")).unwrap(), "host data\n");
+
+    // A mount below the volume's source is read-only in the container too.
+    let sub = host.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&sub).status().unwrap();
+    assert!(mounted.success());
+    let out = env.sh(&["-v", &ro], "echo x > /data/sub/new");
+    let unmounted = Command::new("umount").arg(&sub).status().unwrap();
+    assert!(!out.status.success() && stderr(&out).contains("Read-only file system"), "{}", stderr(&out));
+    assert!(unmounted.success());
 }
 
 #[test]
