@@ -120,11 +120,12 @@ impl Supervisor<'_> {
         for warning in &placement.warnings {
             eprintln!("strata: warning: {warning}");
         }
-        if let Some(cg) = &placement.cgroup {
+        // Owned (removed by clean-up) before the record naming it is saved, which may fail.
+        self.cgroup = placement.cgroup;
+        if let Some(cg) = &self.cgroup {
             self.record.cgroup_dirs = cg.dirs().to_vec();
             self.dirs.save(&self.record)?;
         }
-        self.cgroup = placement.cgroup;
         let run_dir = self.dirs.run_dir(name);
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
         for (file, text) in rootfs::etc_files(&spec.hostname, spec.network, host_resolv.as_deref()) {
