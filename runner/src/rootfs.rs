@@ -175,7 +175,7 @@ fn apply_step(root: &Root, step: &Step) -> Result<()> {
             if *read_only {
                 // The descriptor still names the covered directory: reopen to reach the new mount.
                 let fd = root.ensure(target, kind)?;
-                remount_read_only(&fd).map_err(|e| failed("making read-only", target, e))?;
+                make_tree_read_only(&fd).map_err(|e| failed("making read-only", target, e))?;
             }
             Ok(())
         }
@@ -220,18 +220,17 @@ fn apply_step(root: &Root, step: &Step) -> Result<()> {
             mount(Some(&link), &link, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
                 .map_err(|e| failed("bind-mounting", path, e))?;
             let fd = root.find(path)?.ok_or_else(|| Error::invalid(format!("{path} vanished")))?;
-            remount_read_only(&fd).map_err(|e| failed("making read-only", path, e))
+            make_tree_read_only(&fd).map_err(|e| failed("making read-only", path, e))
         }
         Step::ReadOnlyRoot => remount_read_only(&root.find("/")?.expect("the root exists"))
             .map_err(|e| failed("making read-only", "/", e)),
     }
 }
 
-/// Remounts the mount `fd` is on read-only, keeping its other flags: in a user namespace the
-/// kernel refuses a remount that would drop a locked nosuid/nodev/noexec.
-fn remount_read_only(fd: &OwnedFd) -> nix::Result<()> {
-    // Every mount of the bind (MS_REC brought the source's submounts along) in one call (Linux
-    // 5.12+): a remount changes only the top one, leaving `/srv/db` writable under `-v /srv:/data:ro`.
+/// Makes the mount `fd` is on read-only, and every mount below it: a bind (MS_REC brought the
+/// source's submounts along) in one call (Linux 5.12+), where a remount changes only the top one,
+/// leaving `/srv/db` writable under `-v /srv:/data:ro`.
+fn make_tree_read_only(fd: &OwnedFd) -> nix::Result<()> {
     let attr = libc::mount_attr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
     // SAFETY: a live descriptor, an empty NUL-terminated path and a mount_attr of the given size.
     let rc = unsafe {
@@ -245,13 +244,16 @@ fn remount_read_only(fd: &OwnedFd) -> nix::Result<()> {
         )
     };
     match nix::errno::Errno::result(rc) {
-        Err(nix::errno::Errno::ENOSYS) => remount_top_read_only(fd),
+        // Before Linux 5.12: the top mount only.
+        Err(nix::errno::Errno::ENOSYS) => remount_read_only(fd),
         other => other.map(drop),
     }
 }
 
-/// Before Linux 5.12: the top mount only.
-fn remount_top_read_only(fd: &OwnedFd) -> nix::Result<()> {
+/// Remounts the mount `fd` is on read-only, keeping its other flags: in a user namespace the
+/// kernel refuses a remount that would drop a locked nosuid/nodev/noexec. Only that mount: the
+/// read-only root keeps its /dev, /proc, tmpfs and volumes as they are.
+fn remount_read_only(fd: &OwnedFd) -> nix::Result<()> {
     use nix::sys::statvfs::{fstatvfs, FsFlags};
     let current = fstatvfs(fd.as_fd())?.flags();
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
