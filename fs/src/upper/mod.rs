@@ -483,13 +483,37 @@ impl Upper {
             false => rename2(&self.host(from), &self.host(to), flags),
         };
         match renamed {
-            // RENAME_WHITEOUT needs CAP_MKNOD: rename, then leave the xattr form of whiteout.
+            // RENAME_WHITEOUT needs CAP_MKNOD: the xattr form of whiteout instead, see below.
             Err(e) if flags & libc::RENAME_WHITEOUT != 0 && e.raw_os_error() == Some(libc::EPERM) => {
-                rename2(&self.host(from), &self.host(to), flags & !libc::RENAME_WHITEOUT)?;
-                self.whiteout(from)
+                self.rename_leaving_xattr_whiteout(from, to)
             }
             other => other,
         }
+    }
+
+    /// RENAME_WHITEOUT's result with the xattr form of whiteout, in two exchanges, never showing
+    /// the lower object at `from` again in between, and undone if the second step fails. Where
+    /// `to` is free, a whiteout is put there first and exchanged with the source (a crash in
+    /// between has only hidden what `to` showed, which the rename replaces anyway); where `to`
+    /// holds an object, the source is exchanged with it and a whiteout then replaces it at
+    /// `from` (a crash in between shows the two swapped).
+    fn rename_leaving_xattr_whiteout(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        let (host_from, host_to) = (self.host(from), self.host(to));
+        if fs::symlink_metadata(&host_to).is_err() {
+            self.whiteout(to)?;
+            let exchanged =
+                self.mark_for_xattr_whiteouts(from).and_then(|()| rename2(&host_from, &host_to, libc::RENAME_EXCHANGE));
+            if exchanged.is_err() {
+                let _ = fs::remove_file(&host_to);
+            }
+            return exchanged;
+        }
+        rename2(&host_from, &host_to, libc::RENAME_EXCHANGE)?;
+        self.whiteout(from).inspect_err(|_| {
+            if let Err(e) = rename2(&host_from, &host_to, libc::RENAME_EXCHANGE) {
+                tracing::warn!("cannot exchange {} and {} back: {e}", host_from.display(), host_to.display());
+            }
+        })
     }
 
     /// Links `from` at `to`: made in the work directory and renamed into place, so a whiteout at
