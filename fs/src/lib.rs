@@ -16,6 +16,7 @@ pub mod image;
 pub mod inspect;
 pub mod layer;
 pub mod merge;
+pub mod mount_attr;
 pub mod mountinfo;
 pub mod overlay;
 pub mod path;

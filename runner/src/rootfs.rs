@@ -4,7 +4,7 @@
 //! [`apply`] only performs it, resolving every container path through [`crate::resolve`].
 //! Runs inside the container's mount namespace, before the process changes identity.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -231,22 +231,10 @@ fn apply_step(root: &Root, step: &Step) -> Result<()> {
 /// source's submounts along) in one call (Linux 5.12+), where a remount changes only the top one,
 /// leaving `/srv/db` writable under `-v /srv:/data:ro`.
 fn make_tree_read_only(fd: &OwnedFd) -> nix::Result<()> {
-    let attr = libc::mount_attr { attr_set: libc::MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    // SAFETY: a live descriptor, an empty NUL-terminated path and a mount_attr of the given size.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    };
-    match nix::errno::Errno::result(rc) {
+    match strata_fs::mount_attr::set(fd.as_fd(), libc::MOUNT_ATTR_RDONLY, 0, true) {
         // Before Linux 5.12: the top mount only.
-        Err(nix::errno::Errno::ENOSYS) => remount_read_only(fd),
-        other => other.map(drop),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => remount_read_only(fd),
+        other => other.map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
     }
 }
 

@@ -484,29 +484,9 @@ fn private_read_only_view(path: &Path) -> Option<OwnedFd> {
     }
     // SAFETY: open_tree returned this descriptor to us alone.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let attr = libc::mount_attr {
-        attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOATIME,
-        attr_clr: libc::MOUNT_ATTR__ATIME,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: a live descriptor, an empty NUL-terminated path and a mount_attr of the given size.
-    let made = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
-            &attr as *const libc::mount_attr,
-            std::mem::size_of::<libc::mount_attr>(),
-        )
-    } == 0;
-    if !made {
-        tracing::debug!(
-            "{}: read as it is (no read-only copy of its mount: {})",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
+    let read_only = libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOATIME;
+    if let Err(e) = crate::mount_attr::set(tree.as_fd(), read_only, libc::MOUNT_ATTR__ATIME, false) {
+        tracing::debug!("{}: read as it is (no read-only copy of its mount: {e})", path.display());
         return None;
     }
     open_dir(Some(&tree), path, b"").ok()

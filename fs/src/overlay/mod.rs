@@ -720,10 +720,10 @@ impl Overlay {
         let mut host_flags = flags & libc::RENAME_EXCHANGE;
         // A directory cannot be renamed over a whiteout or a directory holding whiteouts: the
         // target becomes a whiteout (atomically), and the directory is exchanged with it.
-        let over_whiteout =
-            !exchange && source.kind == Kind::Dir && !matches!(self.upper.entry(&to)?, UpperEntry::Missing);
+        let at_target = self.upper.entry(&to)?;
+        let over_whiteout = !exchange && source.kind == Kind::Dir && !matches!(at_target, UpperEntry::Missing);
         // The object replaced goes from the host once the rename (or the whiteout) is done.
-        let mut target_meta = match self.upper.entry(&to)? {
+        let mut target_meta = match at_target {
             UpperEntry::Present(meta) if !exchange => Some(meta),
             _ => None,
         };
