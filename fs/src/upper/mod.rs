@@ -313,12 +313,10 @@ impl Upper {
         // Moving a directory to another parent needs write access to it (its `..` changes): a
         // daemon that cannot override permissions gives itself that on its own directory (which
         // is about to go), and gives the mode back if the whiteout could not replace it.
-        let widened = match fs::symlink_metadata(&host) {
-            Ok(meta)
-                if meta.is_dir()
-                    && !self.overrides_permissions
-                    && meta.mode() & 0o200 == 0
-                    && meta.uid() == nix::unistd::geteuid().as_raw() =>
+        let own_meta = (!self.overrides_permissions).then(|| fs::symlink_metadata(&host));
+        let widened = match own_meta {
+            Some(Ok(meta))
+                if meta.is_dir() && meta.mode() & 0o200 == 0 && meta.uid() == nix::unistd::geteuid().as_raw() =>
             {
                 fs::set_permissions(&host, fs::Permissions::from_mode((meta.mode() | 0o200) & 0o7777))?;
                 Some(meta.mode() & 0o7777)
