@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::ops::{self, apply, generate, scan, Errno, Op, Outcome, Rng, XattrMode};
 use support::tree::{differences, snapshot, Node};
-use support::{is_mounted, require_command, require_fuse, run_strata, Mounted};
+use support::{is_mounted, require_command, require_fuse, run_strata, strata, Mounted};
 
 /// Kernel overlayfs features pinned, so the oracle is the same whatever the kernel's build
 /// defaults are: no directory redirects (renaming a lower or merged directory is EXDEV), the
@@ -40,6 +40,9 @@ enum Subject {
     /// strata with an empty tar layer below the lowers: a stack mixing tar and directory
     /// layers, whose tar layer is read through its index.
     StrataWithTar,
+    /// strata writing whiteouts in overlayfs' xattr form (`STRATA_XATTR_WHITEOUTS=1`), the form
+    /// a daemon that may not make 0/0 devices writes.
+    StrataXattrWhiteouts,
     FuseOverlayfs,
 }
 
@@ -56,8 +59,16 @@ impl Subject {
         match self {
             Subject::Strata => "strata",
             Subject::StrataWithTar => "strata (with a tar layer)",
+            Subject::StrataXattrWhiteouts => "strata (xattr whiteouts)",
             Subject::FuseOverlayfs => "fuse-overlayfs",
         }
+    }
+
+    /// Whether the subject's upper holds whiteouts in the xattr form (also where the whole test
+    /// runs with `STRATA_XATTR_WHITEOUTS=1`).
+    fn writes_xattr_whiteouts(self) -> bool {
+        self == Subject::StrataXattrWhiteouts
+            || (self != Subject::FuseOverlayfs && std::env::var_os("STRATA_XATTR_WHITEOUTS").is_some_and(|v| v == "1"))
     }
 }
 
@@ -215,23 +226,43 @@ impl KernelOverlay {
     }
 
     /// The subject's upper mounted by the kernel as a user would, with the kernel's plain
-    /// defaults pinned (no index: the upper carries no index of its own).
-    fn mount_upper_of_subject(lowers: &Lowers, upper: &Path, work: &Path, dir: &Path) -> KernelOverlay {
-        Self::mount_with(lowers, upper, work, dir, "redirect_dir=off,index=off,metacopy=off,xino=off")
+    /// defaults pinned (no index: the upper carries no index of its own). An upper holding
+    /// whiteouts in the xattr form is mounted as the top lower layer instead: kernel overlayfs
+    /// reads that form in lower layers only (an upper's xattr whiteout is hidden from lookups
+    /// but still listed).
+    fn mount_upper_of_subject(
+        subject: Subject,
+        lowers: &Lowers,
+        upper: &Path,
+        work: &Path,
+        dir: &Path,
+    ) -> KernelOverlay {
+        let defaults = "redirect_dir=off,index=off,metacopy=off,xino=off";
+        if subject.writes_xattr_whiteouts() {
+            let layers = format!("lowerdir={}:{}:{}", upper.display(), lowers.top.display(), lowers.bottom.display());
+            return Self::mount_layers(&layers, dir, defaults);
+        }
+        Self::mount_with(lowers, upper, work, dir, defaults)
     }
 
     fn mount_with(lowers: &Lowers, upper: &Path, work: &Path, dir: &Path, extra: &str) -> KernelOverlay {
-        for d in [upper, work, dir] {
+        for d in [upper, work] {
             std::fs::create_dir_all(d).unwrap();
         }
-        // nodev,nosuid as strata's and fuse-overlayfs' mounts here: a device opens on none.
-        let options = format!(
-            "nodev,nosuid,lowerdir={}:{},upperdir={},workdir={},{extra}",
+        let layers = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
             lowers.top.display(),
             lowers.bottom.display(),
             upper.display(),
             work.display()
         );
+        Self::mount_layers(&layers, dir, extra)
+    }
+
+    fn mount_layers(layers: &str, dir: &Path, extra: &str) -> KernelOverlay {
+        std::fs::create_dir_all(dir).unwrap();
+        // nodev,nosuid as strata's and fuse-overlayfs' mounts here: a device opens on none.
+        let options = format!("nodev,nosuid,{layers},{extra}");
         let out = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &options]).arg(dir).output().unwrap();
         assert!(out.status.success(), "kernel overlay mount failed: {}", String::from_utf8_lossy(&out.stderr));
         assert!(is_mounted(dir));
@@ -268,7 +299,7 @@ impl SubjectMount {
         }
         let s = |p: &Path| p.to_str().unwrap().to_string();
         let strata = match kind {
-            Subject::Strata | Subject::StrataWithTar => {
+            Subject::Strata | Subject::StrataWithTar | Subject::StrataXattrWhiteouts => {
                 let mut args = vec!["--upper".to_string(), s(upper), "--work".to_string(), s(work)];
                 if kind == Subject::StrataWithTar {
                     let empty_tar = upper.with_extension("empty.tar");
@@ -277,7 +308,20 @@ impl SubjectMount {
                 }
                 args.extend(["--layer".to_string(), s(&lowers.bottom), "--layer".to_string(), s(&lowers.top)]);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                Some(Mounted::new(cache, &args, dir))
+                if kind == Subject::StrataXattrWhiteouts {
+                    let out = strata()
+                        .env("STRATA_CACHE", cache)
+                        .env("STRATA_XATTR_WHITEOUTS", "1")
+                        .arg("mount")
+                        .args(&args)
+                        .arg(dir)
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "strata mount failed: {}", String::from_utf8_lossy(&out.stderr));
+                    Some(Mounted { dir: dir.to_path_buf() })
+                } else {
+                    Some(Mounted::new(cache, &args, dir))
+                }
             }
             Subject::FuseOverlayfs => {
                 let options = format!(
@@ -298,7 +342,7 @@ impl SubjectMount {
 
     fn unmount(&mut self) {
         let out = match self.kind {
-            Subject::Strata | Subject::StrataWithTar => {
+            Subject::Strata | Subject::StrataWithTar | Subject::StrataXattrWhiteouts => {
                 run_strata(&self.cache, &["umount", self.dir.to_str().unwrap()])
             }
             Subject::FuseOverlayfs => Command::new("umount").arg(&self.dir).output().unwrap(),
@@ -1330,13 +1374,21 @@ fn remount_check(
     pair.subject.unmount();
     pair.kernel.unmount();
     let stored = raw_tree(&pair.subject_upper);
+    if subject == Subject::StrataXattrWhiteouts && !stored.contains("overlay.whiteout=") {
+        return Err(format!("no whiteout in the xattr form in {}'s upper:\n{stored}", subject.name()));
+    }
     if subject == Subject::FuseOverlayfs {
         let removed =
             fuse_overlayfs_allowances::strip_private_markers(&pair.subject_upper, &root.join("s-work"), lowers);
         eprintln!("removed from fuse-overlayfs's upper and work dirs:\n  {}", removed.join("\n  "));
     }
-    let remount =
-        KernelOverlay::mount_upper_of_subject(lowers, &pair.subject_upper, &root.join("re-work"), &root.join("re-mnt"));
+    let remount = KernelOverlay::mount_upper_of_subject(
+        subject,
+        lowers,
+        &pair.subject_upper,
+        &root.join("re-work"),
+        &root.join("re-mnt"),
+    );
     let reread = try_snapshot(&remount.dir);
     drop(remount);
     drop(pair);
@@ -1387,6 +1439,20 @@ fn upper_is_kernel_overlayfs_compatible() {
         return;
     }
     let Some(subject) = subject() else { return };
+    upper_compatibility_on(subject, 3);
+}
+
+/// The xattr form of whiteouts (a zero-size file marked `trusted.overlay.whiteout` in a
+/// directory marked `trusted.overlay.opaque=x`), which strata writes where it may not make 0/0
+/// devices: kernel overlayfs reads it in lower layers, so the upper is remounted as one.
+#[test]
+fn upper_with_xattr_whiteouts_is_a_kernel_overlayfs_lower() {
+    if require_fuse() && subject() == Some(Subject::Strata) {
+        upper_compatibility_on(Subject::StrataXattrWhiteouts, 2);
+    }
+}
+
+fn upper_compatibility_on(subject: Subject, default_seeds: u64) {
     let count = env_number("STRATA_DIFF_OPS", 200) as usize;
     let work = scratch();
     let lowers = Lowers::build(work.path());
@@ -1395,7 +1461,7 @@ fn upper_is_kernel_overlayfs_compatible() {
     // copied-up files and hard links all end up in the upper directory.
     let hand: Vec<Op> = hand_written_cases().into_iter().flat_map(|(_, steps)| steps).map(|(op, _)| op).collect();
     let mut failures = Vec::new();
-    for seed in seeds(3).into_iter().map(|s| s + 1000) {
+    for seed in seeds(default_seeds).into_iter().map(|s| s + 1000) {
         let root = work.path().join(format!("seed-{seed}"));
         let pair = Pair::new(subject, &lowers, &cache, &root);
         let mut differ = Differ::new(subject, &pair, &lowers);

@@ -768,9 +768,9 @@ fn uid_gid_mapping_and_squash_options() {
 /// Overlayfs' xattr form of whiteouts (a zero-size file marked `trusted.overlay.whiteout`, its
 /// directory marked `trusted.overlay.opaque=x`), which strata writes where mknod is refused;
 /// forced here with `STRATA_XATTR_WHITEOUTS=1`. Deletions, renames and a deleted directory stay
-/// hidden through strata and after a remount. (Kernel overlayfs 6.18 honours this form in its
-/// lower layers; over an upper it lists such a whiteout in a copied-up subdirectory, so the
-/// kernel is not the oracle here.)
+/// hidden through strata and after a remount. (Kernel overlayfs honours this form in its lower
+/// layers only; overlay_differential.rs compares such an upper, mounted as a kernel lower,
+/// with the kernel's own run.)
 #[test]
 fn xattr_form_whiteouts_hide_what_they_delete() {
     if !require_fuse() {
