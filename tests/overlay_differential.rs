@@ -1505,11 +1505,33 @@ fn upper_compatibility_on(subject: Subject, default_seeds: u64) {
     );
 }
 
+/// Opens `name` in `mnt` for appending as nobody, sets `mode` as root while it is open, then
+/// writes through the descriptor opened before.
+fn write_after_chmod_by_nobody(mnt: &Path, name: &str, mode: u32) {
+    use std::io::{BufRead, Write};
+    let script = format!("exec 3>>{name} && echo opened && read go && echo written >&3");
+    let mut writer = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", &script])
+        .current_dir(mnt)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut opened = String::new();
+    std::io::BufReader::new(writer.stdout.as_mut().unwrap()).read_line(&mut opened).unwrap();
+    assert_eq!(opened, "opened\n", "nobody could not open {name} in {}", mnt.display());
+    chmod(&mnt.join(name), mode);
+    writer.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert!(writer.wait().unwrap().success(), "nobody's write into {name} in {}", mnt.display());
+}
+
 /// Writes and truncations by a caller without CAP_FSETID drop set-user-id and executable
 /// set-group-id bits, a root writer keeps them, and a write drops file capabilities: checked
 /// through kernel overlayfs and strata side by side, on lower files (copied up by the write) and
-/// on a file made in the mount. strata drops the bits itself (FUSE_HANDLE_KILLPRIV_V2), so this
-/// is the test that its choice of which opens may bypass it (passthrough) is right.
+/// on a file made in the mount; also a fallocate, a chown naming neither id, and a write through
+/// a descriptor opened before the file was made set-user-id (a passthrough open, whose writes
+/// the daemon never sees). strata drops the bits itself (FUSE_HANDLE_KILLPRIV_V2), so this is
+/// the test that it hears of every such change.
 #[test]
 fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
     if !require_fuse() || !require_command("setpriv") {
@@ -1529,6 +1551,9 @@ fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
         ("open-trunc-suid", 0o4777),
         ("root-appends-suid", 0o4777),
         ("root-appends-capability", 0o755),
+        ("fallocate-suid", 0o4777),
+        ("root-chowns-to-same-suid", 0o4755),
+        ("made-suid-while-open", 0o666),
     ];
     for (name, mode) in files {
         std::fs::write(lower.join(name), b"lower\n").unwrap();
@@ -1569,10 +1594,14 @@ fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
              echo x >> append-sgid-no-group-exec-own-group && \
              truncate -s 2 truncate-suid && : > open-trunc-suid && echo x >> made-suid",
         );
+        as_nobody("fallocate -l 100 fallocate-suid");
         for name in ["root-appends-suid", "root-appends-capability"] {
             let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join(name)).unwrap();
             std::io::Write::write_all(&mut f, b"root\n").unwrap();
         }
+        // chown(2) with both ids -1 changes no owner but drops set-user-id all the same.
+        assert_eq!(unsafe { libc::chown(c(&mnt.join("root-chowns-to-same-suid")).as_ptr(), u32::MAX, u32::MAX) }, 0);
+        write_after_chmod_by_nobody(mnt, "made-suid-while-open", 0o4777);
         let mut seen = BTreeMap::new();
         for entry in std::fs::read_dir(mnt).unwrap() {
             let path = entry.unwrap().path();
@@ -1585,6 +1614,7 @@ fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
     };
     let kernel = observe(&kernel_dir);
     let strata = observe(&strata_mount.dir);
+    assert_eq!(kernel["made-suid-while-open"], (0o777, false), "the oracle drops a bit added while open");
     assert_eq!(kernel["append-suid"], (0o777, false), "the oracle drops set-user-id on an unprivileged write");
     assert_eq!(kernel["append-sgid-no-group-exec"], (0o767, false), "the oracle drops another group's set-group-id");
     assert_eq!(kernel["append-sgid-no-group-exec-own-group"], (0o2767, false), "the oracle keeps a locking one");

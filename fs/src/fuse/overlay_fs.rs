@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use super::dir_listing::Listings;
@@ -29,7 +30,7 @@ use crate::idshift::IdShift;
 use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
 use crate::layer::FileReader;
-use crate::overlay::{has_privilege_bits, AttrChange, Caller, NewObject, OpenFile, Overlay};
+use crate::overlay::{has_privilege_bits, without_privilege_bits, AttrChange, Caller, NewObject, OpenFile, Overlay};
 use crate::upper::FileAttrIoctl;
 
 /// Every change goes through this mount, so the kernel's caches stay right for a long time.
@@ -240,6 +241,26 @@ impl Filesystem for OverlayFs {
                 Err(e) => return reply.error(errno::from_io(&e)),
             },
             _ => false,
+        };
+        // Nothing to change: the kernel dropping privileges, which FUSE_HANDLE_KILLPRIV_V2 leaves
+        // to the filesystem. It sends this before a write, fallocate or copy into a file with
+        // set-user-id, set-group-id or capabilities by a caller without CAP_FSETID (also for a
+        // passthrough write the daemon never sees, into a file made set-user-id while open),
+        // and for a chown(2) naming neither id.
+        let drops_privileges =
+            [mode.is_none(), uid.is_none(), gid.is_none(), size.is_none(), atime.is_none(), mtime.is_none()]
+                .into_iter()
+                .all(|none| none);
+        let mode = match drops_privileges {
+            true => match self.overlay.getattr(ino.0) {
+                Ok(attr) if attr.kind != FileType::Directory => {
+                    let caller = self.caller(req);
+                    without_privilege_bits(attr.perm.into(), attr.gid == caller.gid || req.uid() == 0)
+                }
+                Ok(_) => None,
+                Err(e) => return reply.error(errno::from_io(&e)),
+            },
+            false => mode,
         };
         let (uid, gid) = match self.ids.squashes() {
             true => (None, None),
