@@ -131,6 +131,47 @@ fn writes_land_in_the_upper_in_kernel_overlayfs_format() {
     assert_eq!(lower_snapshot(&lower), before, "the lower layer is never written");
 }
 
+/// Names the upper would read back as whiteouts or opaque markers are refused (EINVAL, as
+/// fuse-overlayfs refuses them), so no user can hide a lower file from everyone by naming a file;
+/// and RENAME_WHITEOUT, as kernel overlayfs refuses it.
+#[test]
+fn names_that_would_read_back_as_whiteouts_are_refused() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let lower = make_lower(w, false);
+    let mnt = writable(w, &lower);
+    let m = &mnt.dir;
+    let einval = |result: std::io::Result<()>, what: &str| {
+        assert_eq!(result.map_err(|e| e.raw_os_error()), Err(Some(libc::EINVAL)), "{what}");
+    };
+    einval(std::fs::write(m.join("a/.wh.f1"), ""), "creating .wh.f1");
+    einval(std::fs::write(m.join("c/.wh..wh..opq"), ""), "creating the opaque marker");
+    einval(std::fs::create_dir(m.join("a/.wh.b")), "mkdir .wh.b");
+    einval(std::os::unix::fs::symlink("x", m.join("a/.wh.x")), "symlink .wh.x");
+    einval(std::fs::hard_link(m.join("d"), m.join("a/.wh.f1")), "link to .wh.f1");
+    einval(std::fs::rename(m.join("d"), m.join("c/.wh.f3")), "rename to .wh.f3");
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let (from, to) = (c(&m.join("d")), c(&m.join("e")));
+    let renamed =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_WHITEOUT) };
+    einval(if renamed == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }, "RENAME_WHITEOUT");
+    drop(mnt);
+    let mnt = writable(w, &lower);
+    let m = &mnt.dir;
+    let names = |dir: &str| {
+        let mut names: Vec<String> =
+            std::fs::read_dir(m.join(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names("a"), ["b", "f1"], "a's lower objects, nothing hidden, nothing added");
+    assert_eq!(names("c"), ["f3"]);
+    assert_eq!(std::fs::read_to_string(m.join("d")).unwrap(), "dee");
+}
+
 /// `strata mount -f` of `lower` writable on `base/mnt` (upper and work under `base`), once mounted:
 /// the daemon is the child, for tests that kill it.
 fn writable_in_foreground(base: &Path, lower: &Path) -> (PathBuf, std::process::Child) {

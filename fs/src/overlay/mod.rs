@@ -106,6 +106,17 @@ pub fn without_privilege_bits(mode: u32, caller_in_group: bool) -> Option<u32> {
     (kept != mode).then_some(kept)
 }
 
+/// Refuses (EINVAL) a new name that the upper would read back as a whiteout or an opaque
+/// marker (`.wh.NAME`, `.wh..wh..opq`), as fuse-overlayfs does: a user could otherwise hide
+/// files of the lower layers from everyone, for good. (Kernel overlayfs, whose upper has no
+/// such names, accepts them.)
+fn refuse_whiteout_name(name: &[u8]) -> io::Result<()> {
+    match name.starts_with(crate::layer::whiteout::WHITEOUT_PREFIX) {
+        true => Err(errno(libc::EINVAL)),
+        false => Ok(()),
+    }
+}
+
 /// True for a mode whose writes may have to drop privilege bits ([`without_privilege_bits`]).
 pub fn has_privilege_bits(mode: u32) -> bool {
     mode & (libc::S_ISUID | libc::S_ISGID) != 0
@@ -494,6 +505,7 @@ impl Overlay {
         who: Caller,
     ) -> io::Result<(FileAttr, Option<File>)> {
         let NewObject { kind, mode, rdev, target } = *what;
+        refuse_whiteout_name(name)?;
         let mut table = self.table();
         // A deleted lower object leaves a whiteout; a directory made over it must be opaque.
         let Probe::Absent { whiteout: replaces_whiteout } = self.probe(&mut table, parent, name)? else {
@@ -549,6 +561,7 @@ impl Overlay {
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> io::Result<FileAttr> {
+        refuse_whiteout_name(new_name)?;
         let mut table = self.table();
         if self.resolve(&mut table, new_parent, new_name).is_ok() {
             return Err(errno(libc::EEXIST));
@@ -652,6 +665,11 @@ impl Overlay {
     /// Renames with renameat2 semantics. A directory that has lower content cannot move
     /// (EXDEV, as overlayfs without redirect_dir): `mv` then copies and deletes.
     pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> io::Result<()> {
+        // RENAME_WHITEOUT is the kernel's own overlayfs' tool, refused by it as by any overlay.
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(errno(libc::EINVAL));
+        }
+        refuse_whiteout_name(new_name)?;
         let mut table = self.table();
         let (ino, source) = self.resolve(&mut table, parent, name)?;
         let target = match self.resolve(&mut table, new_parent, new_name) {
