@@ -597,7 +597,12 @@ impl Upper {
     pub fn chown(&self, rel: &[u8], uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
         match self.stored_for_change(rel)? {
             Some((name, stored)) => {
-                let changed = Stored { uid: uid.unwrap_or(stored.uid), gid: gid.unwrap_or(stored.gid), ..stored };
+                let is_dir = fs::symlink_metadata(self.host(rel))?.is_dir();
+                let changed = Stored {
+                    uid: uid.unwrap_or(stored.uid),
+                    gid: gid.unwrap_or(stored.gid),
+                    mode: if is_dir { stored.mode } else { mode_after_chown(stored.mode) },
+                };
                 set_xattr(&self.host(rel), name, &changed.format())
             }
             None => std::os::unix::fs::lchown(self.host(rel), uid, gid),
@@ -767,6 +772,16 @@ pub fn privileged() -> bool {
     nix::unistd::geteuid().is_root() && initial_namespace
 }
 
+/// The mode a non-directory keeps after chown(2), as the kernel's `chown_common` leaves it:
+/// without set-user-id, and without set-group-id where group execution is allowed (otherwise the
+/// bit marks mandatory locking and stays).
+fn mode_after_chown(mode: u32) -> u32 {
+    match mode & libc::S_IXGRP {
+        0 => mode & !libc::S_ISUID,
+        _ => mode & !(libc::S_ISUID | libc::S_ISGID),
+    }
+}
+
 /// chmod that never follows a symlink at `path` (EOPNOTSUPP for one, as Linux 6.6+ answers a mode
 /// change of a symlink): older kernels pass a SETATTR for a symlink reached through an O_PATH
 /// descriptor, and following it would change the mode of whatever it points at on the host.
@@ -894,5 +909,29 @@ mod tests {
         assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o7777, 0o600);
         chmod_no_follow(&outside, 0o640).unwrap();
         assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o7777, 0o640);
+    }
+
+    /// With `xattr_permissions`, chown rewrites the stored mode as the kernel rewrites a real one.
+    #[test]
+    fn chown_drops_stored_set_user_id_bits_of_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, work) = (dir.path().join("upper"), dir.path().join("work"));
+        fs::create_dir(&root).unwrap();
+        set_xattr(&root, override_stat::USER, b"0:0:755").unwrap();
+        let upper = Upper::open(&root, &work, XattrMode::User).unwrap();
+        let cases =
+            [("suid", false, 0o4755, 0o755), ("sgid-exec", false, 0o2755, 0o755), ("sgid-lock", false, 0o2745, 0o2745)];
+        for (name, is_dir, before, after) in cases.into_iter().chain([("sgid-dir", true, 0o2755, 0o2755)]) {
+            let path = root.join(name);
+            match is_dir {
+                true => fs::create_dir(&path).unwrap(),
+                false => fs::write(&path, "").unwrap(),
+            }
+            set_xattr(&path, override_stat::USER, format!("0:0:{before:o}").as_bytes()).unwrap();
+            upper.chown(name.as_bytes(), Some(1), None).unwrap();
+            let kind = if is_dir { Kind::Dir } else { Kind::File };
+            let stored = upper.stored_mode(name.as_bytes(), kind).unwrap();
+            assert_eq!((stored.uid, stored.mode), (1, after), "{name}");
+        }
     }
 }
