@@ -172,6 +172,27 @@ fn names_that_would_read_back_as_whiteouts_are_refused() {
     assert_eq!(std::fs::read_to_string(m.join("d")).unwrap(), "dee");
 }
 
+/// `trusted.*` xattrs are listed to root only, as kernel overlayfs and the host list them.
+#[test]
+fn trusted_xattr_names_are_listed_to_root_only() {
+    if !require_fuse() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    std::fs::set_permissions(w, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lower = make_lower(w, false);
+    let mnt = writable_with(w, w, &lower, &w.join("mnt"), &["--allow-other"]);
+    let file = mnt.dir.join("d");
+    for (name, value) in [("trusted.secret", "x"), ("user.plain", "y")] {
+        xattr_set(&std::fs::File::open(&file).unwrap(), name, value.as_bytes());
+    }
+    let mut by_root = support::xattr_names_as(0, &file);
+    by_root.sort();
+    assert_eq!(by_root, ["trusted.secret", "user.plain"]);
+    assert_eq!(support::xattr_names_as(support::NOBODY, &file), ["user.plain"]);
+}
+
 /// `strata mount -f` of `lower` writable on `base/mnt` (upper and work under `base`), once mounted:
 /// the daemon is the child, for tests that kill it.
 fn writable_in_foreground(base: &Path, lower: &Path) -> (PathBuf, std::process::Child) {

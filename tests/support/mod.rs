@@ -212,3 +212,43 @@ pub fn strata_as(uid: u32, gid: u32, home: &Path, args: &[&str]) -> Output {
         .output()
         .expect("running strata as an unprivileged user")
 }
+
+/// The xattr names `uid`:`uid` (no supplementary groups) sees on `path` (llistxattr(2)), listed
+/// by a forked child that takes that identity; it makes only system calls between fork and exit.
+pub fn xattr_names_as(uid: u32, path: &Path) -> Vec<String> {
+    let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    // SAFETY: the child makes raw system calls on memory allocated before the fork, then exits.
+    match unsafe { libc::fork() } {
+        0 => unsafe {
+            use std::os::fd::AsRawFd;
+            let listed = if libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setresgid(uid, uid, uid) == 0
+                && libc::setresuid(uid, uid, uid) == 0
+            {
+                libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            } else {
+                -1
+            };
+            if listed >= 0 {
+                libc::write(write_end.as_raw_fd(), buf.as_ptr().cast(), listed as usize);
+            }
+            libc::_exit(if listed >= 0 { 0 } else { 1 });
+        },
+        -1 => panic!("fork: {}", std::io::Error::last_os_error()),
+        child => {
+            drop(write_end);
+            let mut listed = Vec::new();
+            std::io::Read::read_to_end(&mut std::fs::File::from(read_end), &mut listed).unwrap();
+            let mut status = 0;
+            assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+            assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "listxattr as {uid} failed");
+            listed
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect()
+        }
+    }
+}

@@ -166,6 +166,20 @@ pub(crate) fn read_into_reply(reader: &impl ReadAt, offset: u64, size: u32, repl
     }
 }
 
+/// Answers listxattr(2) with `names`, leaving out `trusted.*` names for callers other than root,
+/// as kernel overlayfs and the host filesystems list them only to CAP_SYS_ADMIN (which FUSE does
+/// not report; root stands for it).
+pub(crate) fn reply_xattr_names<'a>(
+    reply: ReplyXattr,
+    size: u32,
+    names: impl Iterator<Item = &'a [u8]>,
+    req: &Request,
+) {
+    let listed = names.filter(|name| req.uid() == 0 || !name.starts_with(b"trusted."));
+    let list: Vec<u8> = listed.flat_map(|name| name.iter().copied().chain([0])).collect();
+    reply_xattr(reply, size, &list)
+}
+
 pub(crate) fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
     if size == 0 {
         reply.size(data.len() as u32);
@@ -355,12 +369,9 @@ impl Filesystem for ImageFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.xattrs(ino) {
-            Ok(list) => {
-                let names: Vec<u8> = list.flat_map(|(n, _)| n.iter().copied().chain([0])).collect();
-                reply_xattr(reply, size, &names)
-            }
+            Ok(list) => reply_xattr_names(reply, size, list.map(|(name, _)| &name[..]), req),
             Err(e) => reply.error(e),
         }
     }

@@ -25,7 +25,7 @@ use fuser::{
 use super::dir_listing::Listings;
 use super::handles::{Handles, NO_HANDLE};
 use super::io_modes::{InodeIo, IoModes, Open, FMODE_EXEC};
-use super::{attr, errno, read_into_reply, reply_lseek, reply_xattr};
+use super::{attr, errno, read_into_reply, reply_lseek, reply_xattr, reply_xattr_names};
 use crate::idshift::IdShift;
 use crate::layer::cache::Cache;
 use crate::layer::index::Kind;
@@ -605,12 +605,9 @@ impl Filesystem for OverlayFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         match self.overlay.xattr_names(ino.0) {
-            Ok(list) => {
-                let names: Vec<u8> = list.iter().flat_map(|n| n.iter().copied().chain([0])).collect();
-                reply_xattr(reply, size, &names)
-            }
+            Ok(list) => reply_xattr_names(reply, size, list.iter().map(Vec::as_slice), req),
             Err(e) => reply.error(errno::from_io(&e)),
         }
     }
