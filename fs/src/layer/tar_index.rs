@@ -28,7 +28,7 @@ pub fn index_tar<R: Read + Seek>(reader: R, len: u64, layer: &str, progress: &dy
     for item in archive.entries_with_seek().map_err(|e| corrupt(e.to_string()))? {
         let mut entry = item.map_err(|e| corrupt(e.to_string()))?;
         let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let shown = shown_in_errors(&raw_path);
         let header = entry.header().clone();
         let entry_type = header.entry_type();
         let unsupported =
@@ -77,6 +77,16 @@ pub fn index_tar<R: Read + Seek>(reader: R, len: u64, layer: &str, progress: &dy
         }
         e.xattrs.sort();
         progress(data_offset + size);
+        // Go's archive/tar (Docker, containerd) and Python read no data after a header-only entry
+        // whatever its size field says, where the tar crate skips that many bytes: the layer
+        // would show another tree here than everywhere else.
+        if size != 0 && !matches!(entry_type, EntryType::Regular | EntryType::Continuous) {
+            return Err(corrupt(format!(
+                "entry {shown:?} (tar type {:?}) declares {size} bytes of data, which its type never has: \
+                 tar readers disagree on where the next entry starts",
+                entry_type.as_byte() as char
+            )));
+        }
 
         if let Some((parent, name)) = path::split_parent(&normalized) {
             match whiteout::classify(name) {
@@ -133,6 +143,16 @@ pub fn index_tar<R: Read + Seek>(reader: R, len: u64, layer: &str, progress: &dy
     Ok(builder.finish())
 }
 
+/// An entry's path as error messages show it: lossy UTF-8, cut after 1,024 bytes (a GNU or PAX
+/// long name can be as long as the archive).
+fn shown_in_errors(path: &[u8]) -> String {
+    const SHOWN: usize = 1024;
+    match path.len() > SHOWN {
+        true => format!("{}… ({} bytes)", String::from_utf8_lossy(&path[..SHOWN]), path.len()),
+        false => String::from_utf8_lossy(path).into_owned(),
+    }
+}
+
 enum PaxProblem {
     Sparse,
     Malformed(&'static str),
@@ -165,10 +185,11 @@ fn parse_pax_time(value: &[u8]) -> Option<Timestamp> {
         None => (false, text),
     };
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    let sec: i64 = whole.parse().ok()?;
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only (no second sign): then negating cannot overflow.
+    if whole.is_empty() || !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
         return None;
     }
+    let sec: i64 = whole.parse().ok()?;
     let mut digits: String = frac.chars().take(9).collect();
     while digits.len() < 9 {
         digits.push('0');
@@ -286,12 +307,37 @@ mod tests {
         assert!(matches!(err, Error::CorruptArchive { .. }), "{err}");
     }
 
+    /// Docker and Python read no data after a symlink, directory or device header whatever its
+    /// size says; the tar crate would skip that much and show another tree: refused.
+    #[test]
+    fn refuses_data_sizes_on_header_only_entries() {
+        for kind in [EntryType::Symlink, EntryType::Directory, EntryType::Char, EntryType::Fifo, EntryType::Link] {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = header("odd", kind, 512);
+            if matches!(kind, EntryType::Symlink | EntryType::Link) {
+                h.set_link_name("target").unwrap();
+            }
+            h.set_cksum();
+            b.append(&h, &[0u8; 512][..]).unwrap();
+            b.append(&header("hidden", EntryType::Regular, 1), &b"x"[..]).unwrap();
+            let data = b.into_inner().unwrap();
+            let err = index_tar(Cursor::new(&data), data.len() as u64, "t", &|_| {}).unwrap_err();
+            assert!(
+                matches!(err, Error::CorruptArchive { .. }) && err.to_string().contains("\"odd\""),
+                "{kind:?}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn parses_pax_times_and_xattr_names() {
         assert_eq!(parse_pax_time(b"1700000000.25"), Some(Timestamp { sec: 1_700_000_000, nsec: 250_000_000 }));
         assert_eq!(parse_pax_time(b"5"), Some(Timestamp { sec: 5, nsec: 0 }));
         assert_eq!(parse_pax_time(b"-1.5"), Some(Timestamp { sec: -2, nsec: 500_000_000 }));
         assert_eq!(parse_pax_time(b"x"), None);
+        assert_eq!(parse_pax_time(b"--9223372036854775808"), None, "a second sign");
+        assert_eq!(parse_pax_time(b"-+5"), None);
+        assert_eq!(parse_pax_time(b"-9223372036854775807.5"), Some(Timestamp { sec: i64::MIN, nsec: 500_000_000 }));
         assert_eq!(percent_decode(b"user.a%3Db").unwrap(), b"user.a=b");
     }
 }
