@@ -135,6 +135,39 @@ fn a_modified_blob_fails_its_digest() {
     assert!(!is_mounted(&mnt));
 }
 
+/// A manifest rewritten in place (another document under the digest the index names) and a
+/// docker config naming fewer diff_ids than layers (a layer left unverified) are refused.
+#[test]
+fn image_documents_are_held_to_their_digests() {
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let inspect = |image: &Path| run_strata(&w.join("cache"), &["inspect", image.to_str().unwrap()]);
+
+    let layout = w.join("layout");
+    let manifest = fixture::write_oci_layout(&layout, &fixture::standard_image()).unwrap();
+    assert!(inspect(&layout).status.success(), "{}", String::from_utf8_lossy(&inspect(&layout).stderr));
+    let manifest_blob = layout.join("blobs/sha256").join(manifest.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&manifest_blob).unwrap();
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&manifest_blob, bytes).unwrap();
+    let out = inspect(&layout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains(&manifest) && stderr.contains("not the"), "{stderr}");
+
+    let archive = w.join("archive");
+    fixture::write_docker_archive(&archive, &fixture::standard_image()).unwrap();
+    assert!(inspect(&archive).status.success());
+    let listing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(archive.join("manifest.json")).unwrap()).unwrap();
+    let config_path = archive.join(listing[0]["Config"].as_str().unwrap());
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    config["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = inspect(&archive);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("diff_ids for the"), "{stderr}");
+}
+
 #[test]
 fn an_entry_below_a_lower_file_is_refused() {
     if !require_fuse() {

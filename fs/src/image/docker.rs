@@ -45,6 +45,18 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
         }
     };
     let config = parse_config(store, &entry.config)?;
+    // As `docker load`: every layer has the diff_id it is verified against.
+    if config.rootfs.diff_ids.len() != entry.layers.len() {
+        return Err(Error::bad_image(
+            store.path(),
+            format!(
+                "{}: {} diff_ids for the {} layers of manifest.json",
+                entry.config,
+                config.rootfs.diff_ids.len(),
+                entry.layers.len()
+            ),
+        ));
+    }
     let mut layers = Vec::with_capacity(entry.layers.len());
     for (i, name) in entry.layers.iter().enumerate() {
         // Docker 25+ stores layers as `blobs/sha256/<hex>`: the name is then the stored digest.

@@ -82,6 +82,22 @@ pub(super) fn parse_config(store: &Store, name: &str) -> Result<ConfigFile> {
     parse(store, name)
 }
 
+/// The document a descriptor names, verified against the descriptor's digest: an image pinned by
+/// digest is that image, not what the layout holds under that name today.
+fn parse_blob<T: for<'de> Deserialize<'de>>(store: &Store, digest: &str) -> Result<T> {
+    use sha2::{Digest, Sha256};
+    let name = blob_name(store, digest)?;
+    let bytes = store.read(&name)?;
+    let found = format!("sha256:{:x}", Sha256::digest(&bytes));
+    if found != digest {
+        return Err(Error::bad_image(
+            store.path(),
+            format!("{name} holds {found}, not the {digest} its descriptor names: the layout was changed after it was written; copy the image again"),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::bad_image(store.path(), format!("{name}: {e}")))
+}
+
 pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
     let index: Index = parse(store, "index.json")?;
     let candidates: Vec<&Descriptor> = index
@@ -110,8 +126,8 @@ pub fn load(store: &Store, selector: &Selector) -> Result<Image> {
         }
     };
     let manifest_desc = resolve_platform(store, chosen)?;
-    let manifest: Manifest = parse(store, &blob_name(store, &manifest_desc.digest)?)?;
-    let config: ConfigFile = parse(store, &blob_name(store, &manifest.config.digest)?)?;
+    let manifest: Manifest = parse_blob(store, &manifest_desc.digest)?;
+    let config: ConfigFile = parse_blob(store, &manifest.config.digest)?;
     if !config.rootfs.diff_ids.is_empty() && config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(Error::bad_image(
             store.path(),
@@ -141,7 +157,7 @@ fn resolve_platform(store: &Store, mut desc: Descriptor) -> Result<Descriptor> {
         if !is_index(&desc.media_type) {
             return Ok(desc);
         }
-        let nested: Index = parse(store, &blob_name(store, &desc.digest)?)?;
+        let nested: Index = parse_blob(store, &desc.digest)?;
         let arch = host_architecture();
         desc = nested
             .manifests
