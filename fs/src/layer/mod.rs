@@ -175,7 +175,7 @@ impl Layer {
 
     /// A cached index, if present, valid, and still describing the blob it is served from.
     fn load_cached(name: &str, key: &str, range: &BlobRange, index_path: &Path, cache: &Cache) -> Option<Layer> {
-        let file = File::open(index_path).ok()?;
+        let file = File::open(index_path).ok().filter(cache::trusted)?;
         let mut bytes = Vec::new();
         io::Read::read_to_end(&mut &file, &mut bytes).ok()?;
         let (info, mut encoded) = codec::decode_lazily(bytes).ok()?;
@@ -187,7 +187,7 @@ impl Layer {
             range.clone()
         } else {
             let path = cache.blob_path(&info.diff_id);
-            let file = File::open(&path).ok()?;
+            let file = File::open(&path).ok().filter(cache::trusted)?;
             let blob = BlobRange::whole(file, path).ok()?;
             if blob.len != info.uncompressed_size {
                 return None;
@@ -402,7 +402,17 @@ impl Layer {
         let path = cache.shared_file_path(key, entry.data_offset);
         let open = || {
             use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path)
+            let file = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path)?;
+            match cache::trusted(&file) {
+                true => Ok(file),
+                false => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} belongs to another user: not used; give the cache directory to this user",
+                        path.display()
+                    ),
+                )),
+            }
         };
         // A copy of another size is not this entry's (a cache made by a different index): redo it.
         if let Ok(file) = open() {

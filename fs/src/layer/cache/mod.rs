@@ -1,7 +1,9 @@
 //! The cache directory shared by every mount and process: persisted layer indexes, decompressed
 //! layer blobs, and host copies of files that containers open (shared page cache). Everything is
 //! written to a temporary file in the destination directory and renamed into place, so a reader
-//! never sees a partial file. [`prune`] lists and shrinks it.
+//! never sees a partial file. Only files made by this user or by root are read back
+//! ([`trusted`]): a cache directory others can write to cannot plant an index or a layer. [`prune`]
+//! lists and shrinks it.
 
 pub mod prune;
 
@@ -10,6 +12,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
+
+/// True for a cache file this user or root made. Another user who can write to the cache
+/// directory (a shared `STRATA_CACHE`, a directory in /tmp) could have put any other there: a
+/// crafted index or decompressed layer, served as the layer its name claims.
+pub fn trusted(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw() || m.uid() == 0)
+}
 
 /// Bumped whenever the index encoding or its meaning changes; old indexes are then ignored.
 pub const INDEX_FORMAT_VERSION: u32 = 2;
@@ -25,7 +35,7 @@ impl Cache {
     }
 
     /// `$STRATA_CACHE`, else `/var/cache/strata` for root, else `$XDG_CACHE_HOME/strata`
-    /// (`~/.cache/strata`).
+    /// (`~/.cache/strata`), else (no home) `strata-UID` in the temporary directory.
     pub fn from_env() -> Cache {
         if let Some(dir) = std::env::var_os("STRATA_CACHE").filter(|v| !v.is_empty()) {
             return Cache::new(dir);
@@ -36,9 +46,11 @@ impl Cache {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
-        Cache::new(base.join("strata"))
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")));
+        match base {
+            Some(base) => Cache::new(base.join("strata")),
+            None => Cache::new(std::env::temp_dir().join(format!("strata-{}", nix::unistd::geteuid()))),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -76,4 +88,21 @@ impl Cache {
 /// `sha256:abc` becomes `sha256-abc`: one file name, no separators.
 pub(crate) fn key_file_name(key: &str) -> String {
     key.replace([':', '/'], "-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_of_this_user_or_root_are_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        fs::write(&path, b"").unwrap();
+        assert!(trusted(&File::open(&path).unwrap()), "this user's own file");
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(1234), None).unwrap();
+            assert!(!trusted(&File::open(&path).unwrap()), "another user's file");
+        }
+    }
 }
