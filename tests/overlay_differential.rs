@@ -1528,7 +1528,8 @@ fn write_after_chmod_by_nobody(mnt: &Path, name: &str, mode: u32) {
 /// Writes and truncations by a caller without CAP_FSETID drop set-user-id and executable
 /// set-group-id bits, a root writer keeps them, and a write drops file capabilities: checked
 /// through kernel overlayfs and strata side by side, on lower files (copied up by the write) and
-/// on a file made in the mount; also a fallocate, a chown naming neither id, and a write through
+/// on a file made in the mount; also a fallocate, a root write into a file with capabilities
+/// (the kernel removes them, then asks to drop privileges as for a chown), and a write through
 /// a descriptor opened before the file was made set-user-id (a passthrough open, whose writes
 /// the daemon never sees). strata drops the bits itself (FUSE_HANDLE_KILLPRIV_V2), so this is
 /// the test that it hears of every such change.
@@ -1551,8 +1552,8 @@ fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
         ("open-trunc-suid", 0o4777),
         ("root-appends-suid", 0o4777),
         ("root-appends-capability", 0o755),
+        ("root-appends-suid-capability", 0o4755),
         ("fallocate-suid", 0o4777),
-        ("root-chowns-to-same-suid", 0o4755),
         ("made-suid-while-open", 0o666),
     ];
     for (name, mode) in files {
@@ -1562,7 +1563,9 @@ fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
     lchown(&lower.join("append-sgid-no-group-exec-own-group"), 0, 65534);
     // security.capability, VFS_CAP_REVISION_2 with the effective bit: cap_net_raw=ep.
     let caps: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
-    set_xattr(&lower.join("root-appends-capability"), "security.capability", &caps);
+    for name in ["root-appends-capability", "root-appends-suid-capability"] {
+        set_xattr(&lower.join(name), "security.capability", &caps);
+    }
 
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let kernel_dir = w.join("k-mnt");
@@ -1595,12 +1598,10 @@ fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
              truncate -s 2 truncate-suid && : > open-trunc-suid && echo x >> made-suid",
         );
         as_nobody("fallocate -l 100 fallocate-suid");
-        for name in ["root-appends-suid", "root-appends-capability"] {
+        for name in ["root-appends-suid", "root-appends-capability", "root-appends-suid-capability"] {
             let mut f = std::fs::OpenOptions::new().append(true).open(mnt.join(name)).unwrap();
             std::io::Write::write_all(&mut f, b"root\n").unwrap();
         }
-        // chown(2) with both ids -1 changes no owner but drops set-user-id all the same.
-        assert_eq!(unsafe { libc::chown(c(&mnt.join("root-chowns-to-same-suid")).as_ptr(), u32::MAX, u32::MAX) }, 0);
         write_after_chmod_by_nobody(mnt, "made-suid-while-open", 0o4777);
         let mut seen = BTreeMap::new();
         for entry in std::fs::read_dir(mnt).unwrap() {
@@ -1620,5 +1621,6 @@ fn writes_drop_privilege_bits_as_kernel_overlayfs_does() {
     assert_eq!(kernel["append-sgid-no-group-exec-own-group"], (0o2767, false), "the oracle keeps a locking one");
     assert_eq!(kernel["root-appends-suid"], (0o4777, false), "the oracle keeps set-user-id on a root write");
     assert_eq!(kernel["root-appends-capability"], (0o755, false), "the oracle drops capabilities on a write");
+    assert_eq!(kernel["root-appends-suid-capability"], (0o4755, false), "and keeps a root writer's set-user-id");
     assert_eq!(kernel, strata, "modes and capabilities after the writes: kernel overlayfs, then strata");
 }

@@ -244,18 +244,20 @@ impl Filesystem for OverlayFs {
         };
         // Nothing to change: the kernel dropping privileges, which FUSE_HANDLE_KILLPRIV_V2 leaves
         // to the filesystem. It sends this before a write, fallocate or copy into a file with
-        // set-user-id, set-group-id or capabilities by a caller without CAP_FSETID (also for a
+        // set-user-id or set-group-id bits by a caller without CAP_FSETID (also for a
         // passthrough write the daemon never sees, into a file made set-user-id while open),
-        // and for a chown(2) naming neither id.
+        // and for a chown(2) naming neither id. It also sends it before any write into a file
+        // with capabilities, which it has just removed: from root (CAP_FSETID) that write keeps
+        // the bits, and root's chown(f, -1, -1) cannot be told from it (it keeps them too).
         let drops_privileges =
             [mode.is_none(), uid.is_none(), gid.is_none(), size.is_none(), atime.is_none(), mtime.is_none()]
                 .into_iter()
-                .all(|none| none);
+                .all(|none| none)
+                && lacks_fsetid(req);
         let mode = match drops_privileges {
             true => match self.overlay.getattr(ino.0) {
                 Ok(attr) if attr.kind != FileType::Directory => {
-                    let caller = self.caller(req);
-                    without_privilege_bits(attr.perm.into(), attr.gid == caller.gid || req.uid() == 0)
+                    without_privilege_bits(attr.perm.into(), attr.gid == self.caller(req).gid)
                 }
                 Ok(_) => None,
                 Err(e) => return reply.error(errno::from_io(&e)),
