@@ -295,6 +295,11 @@ pub fn decode_lazily(data: Vec<u8>) -> Result<(LayerInfo, EncodedIndex), DecodeP
         return Err(DecodeProblem::ChecksumMismatch);
     }
     let payload = &data[HEADER_LEN..];
+    // Entry offsets are kept as u32: a larger index (possible only with huge PAX xattrs) is
+    // refused, so its layer is indexed again on each mount rather than read at wrapped offsets.
+    if u32::try_from(payload.len()).is_err() {
+        return Err(DecodeProblem::Malformed("size over 4 GiB"));
+    }
     let mut r = Reader(payload);
     let info = read_info(&mut r)?;
     let count = r.count()?;
